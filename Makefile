@@ -1,0 +1,56 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test` (each creates .venv if needed).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTEST  := $(BIN)/python -m pytest
+STAMP   := $(VENV)/.installed
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR  ?= runs/mlflow-server
+
+.PHONY: install demo test test-fast smoke bench mlflow prepare clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data/synthetic/dataset.csv: | $(STAMP)
+	$(BIN)/python jobs/make_synthetic.py --out data/synthetic --n 400
+
+## demo: synthetic FracAtlas-like data + a real 4-trial Optuna/ASHA study on CPU, tracked in MLflow
+demo: $(STAMP) data/synthetic/dataset.csv
+	$(BIN)/python jobs/tune.py --config jobs/studies/demo.yaml
+
+## test: the whole suite (unit + tiny real Ray/MLflow runs); `make test-fast` skips the slow ones
+test: $(STAMP)
+	$(PYTEST) -q
+
+test-fast: $(STAMP)
+	$(PYTEST) -q -m "not slow and not integration"
+
+## smoke: only the tiny end-to-end Ray runs
+smoke: $(STAMP)
+	$(PYTEST) -q -m integration
+
+## prepare: audit real FracAtlas and write its manifest + data report (ROOT=path)
+prepare: $(STAMP)
+	$(BIN)/python jobs/prepare.py --root $(or $(ROOT),../shared/fracatlas)
+
+## bench: throughput benchmarks (CPU sizes here; GPU sizes when CUDA is present)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/tune_overhead.py
+
+## mlflow: a tracking server on 127.0.0.1 (sqlite backend, local artifacts); set tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
+mlflow: $(STAMP)
+	mkdir -p $(MLFLOW_DIR)
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
+		--artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts
+
+clean:
+	rm -rf runs data/synthetic .pytest_cache

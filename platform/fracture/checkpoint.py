@@ -1,0 +1,83 @@
+"""The checkpoint directory format, owned here and nowhere else.
+
+    model.pt      FractureNet state_dict (loads with torch.load(weights_only=True))
+    optimizer.pt  optimizer + LR-scheduler state, for resuming
+    state.json    epoch, resolved config, decision threshold, metrics, weights source, history
+
+A checkpoint is self-describing: `load_model(path)` rebuilds the exact model from state.json alone.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fracture.config import Config
+from fracture.model import FractureNet
+
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+
+
+def save(directory: str | Path, net: FractureNet, optimizer: torch.optim.Optimizer | None,
+         state: dict[str, Any], scheduler=None) -> Path:
+    """Write a checkpoint into `directory`.
+
+    Args:
+        state: JSON-able dict; must hold "epoch" and "config" (Config.to_dict()).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), directory / MODEL_FILE)
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
+                   directory / OPTIMIZER_FILE)
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2, default=float))
+    return directory
+
+
+def to_ray(directory: str | Path, net: FractureNet, optimizer, state: dict[str, Any], scheduler=None):
+    """save() then wrap as a ray.train.Checkpoint for ray.train.report."""
+    import ray.train
+
+    return ray.train.Checkpoint.from_directory(str(save(directory, net, optimizer, state, scheduler)))
+
+
+def read_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a fracture checkpoint (no {STATE_FILE})")
+    return json.loads(path.read_text())
+
+
+def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None) -> dict[str, Any] | None:
+    """Load a ray.train.Checkpoint (or None) into net/optimizer/scheduler; return its state or None."""
+    if ray_checkpoint is None:
+        return None
+    with ray_checkpoint.as_directory() as directory:
+        state = read_state(directory)
+        net.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
+        opt_path = Path(directory) / OPTIMIZER_FILE
+        if optimizer is not None and opt_path.is_file():
+            saved = torch.load(opt_path, map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler") is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+    return state
+
+
+def load_model(directory: str | Path) -> tuple[FractureNet, dict[str, Any]]:
+    """Rebuild the model from a checkpoint directory, in eval mode.
+
+    Returns:
+        (net, state) where state holds "config", "threshold", "epoch" and the metrics.
+    """
+    state = read_state(directory)
+    cfg = Config.from_dict(state["config"])
+    net = FractureNet(hidden=cfg.model.hidden, dropout=cfg.model.dropout, l2=cfg.model.l2)
+    net.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
+    return net.eval(), state

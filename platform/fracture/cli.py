@@ -1,0 +1,99 @@
+"""The one argument parser: `[--config STUDY.yaml] [section.key=value ...]` (+ a job's few flags).
+
+No --config means the default study, so `ray job submit -- python jobs/tune.py` works bare.
+Errors the user can fix (bad config, missing data, unreachable MLflow, missing weights) end the
+job with one clear line and exit status 2, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from fracture.config import Config, ConfigError, load
+
+DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "jobs" / "studies" / "demo.yaml"
+
+
+def parser(description: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"study YAML (default: {DEFAULT_STUDY.relative_to(DEFAULT_STUDY.parents[2])})")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. model.dropout=0.3 train.epochs=2")
+    return p
+
+
+def parse(argv: Sequence[str] | None = None, *, description: str = "",
+          p: argparse.ArgumentParser | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parse argv into (Config, the argparse namespace for job-specific flags)."""
+    p = p or parser(description)
+    args = p.parse_args(argv)
+    study = args.config or (DEFAULT_STUDY if DEFAULT_STUDY.is_file() else None)
+    with user_errors():
+        cfg = load(study, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        sys.exit(0)
+    return cfg, args
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the project's own 'you can fix this' exceptions into one line on stderr and exit 2."""
+    from fracture.manifest import DataError
+    from fracture.model import WeightsError
+
+    try:
+        yield
+    except (ConfigError, DataError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        # The tracking module's errors are raised before training; import lazily (mlflow is slow to import).
+        if type(exc).__name__ == "TrackingError":
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by RAY_ADDRESS (ray job submit sets it), else start a local one.
+
+    A local instance gets at least (trial CPUs + 2) logical CPUs: Ray Data's decode and augment
+    tasks need CPUs of their own beside the training workers, or a 2-core laptop would deadlock.
+    """
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Tune's trial table is the progress display; Ray Data's per-epoch bars would drown it.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    runtime_env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"]}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        _quiet_data()
+        return
+    _quiet_data()
+    need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker * max(1, cfg.search.max_concurrent) + 2
+    ray.init(num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=False,
+             runtime_env=runtime_env)
+
+
+def _quiet_data() -> None:
+    import ray.data
+
+    # Datasets carry the driver's DataContext to the actors that execute them.
+    ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,0 +1,287 @@
+"""The one config type: frozen dataclasses loaded from a study YAML plus `key=value` overrides.
+
+Every knob has exactly one default, here. YAML is parsed with PyYAML, which reads `1e-5` as a
+string, so every field is coerced to its annotated type and a value that cannot be coerced is an
+error naming the key. Unknown keys are errors too (typos must not silently fall back to defaults).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class ConfigError(ValueError):
+    """A study file or override that cannot become a Config; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synthetic"      # a FracAtlas-layout folder: images/{Fractured,Non_fractured}, dataset.csv
+    manifest: str = ""                # manifest Parquet; "" = <storage_path>/<name>/manifest.parquet, built on demand
+    image_size: int = 224             # square side in pixels after resize
+    split_seed: int = 17
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    balanced: bool = False            # the seed notebook's subset: all fractured + as many non-fractured
+    allow_truncated: bool = False     # load truncated JPEGs with PIL's LOAD_TRUNCATED_IMAGES instead of excluding
+    augment: bool = True              # per-epoch rotation / flips / shift / zoom on the train split
+    cache_dir: str = ""               # decoded-image cache; "" = <storage_path>/cache
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = "none"             # "imagenet" (torchvision download), a local .pth path, or "none"
+    hidden: int = 128                 # width of the Dense layer of the seed head
+    dropout: float = 0.5
+    l2: float = 1.0e-3                # Keras-style kernel_regularizer on the Dense-128 kernel: l2 * sum(w^2)
+    trainable_blocks: int = 5         # VGG16 conv blocks (of 5, counted from the top) trained after warm-up
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"                # adam | adamw
+    lr_head: float = 1.0e-4
+    lr_backbone: float = 1.0e-5
+    weight_decay: float = 0.0         # decoupled decay for adamw; the seed's L2 is model.l2, not this
+    schedule: str = "none"            # none | cosine | plateau
+    grad_clip: float = 0.0            # max global grad norm; 0 disables
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size_per_worker: int = 32
+    warmup_epochs: int = 0            # head-only epochs with the backbone frozen
+    imbalance: str = "pos_weight"     # pos_weight | none
+    patience: int = 5                 # epochs without val AUROC gain before stopping; 0 disables
+    threshold: str = "youden"         # how the decision threshold is chosen on val: youden | sensitivity
+    target_sensitivity: float = 0.9   # used when threshold == "sensitivity"
+    shuffle_buffer: int = 256         # local shuffle buffer (rows) on each worker
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    num_trials: int = 1
+    max_concurrent: int = 1           # trials at once: cluster GPUs (or CPUs) // resources per trial
+    scheduler: str = "asha"           # asha | none
+    grace_epochs: int = 1             # ASHA: epochs every trial gets before it can be stopped
+    space: dict = field(default_factory=dict)              # "section.key" -> {distribution: [args]}
+    points_to_evaluate: list = field(default_factory=list)  # first trials: [{"section.key": value}]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    num_workers: int = 1              # Ray Train workers (DDP ranks) per trial
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs"        # local dir for one node; shared FS or s3:// / gs:// on many
+    storage_shared: bool = False      # true when storage_path is a mount that every node sees (NFS, EFS)
+    max_failures: int = 0             # worker-group restarts from the last checkpoint
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = ""                     # "" = $MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db
+    experiment: str = "fracture"
+    model_name: str = "fracture"      # registered model; the best version gets the @champion alias
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "demo"
+    seed: int = 17
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        return _build(cls, raw, prefix="")
+
+    def replace(self, **sections: Any) -> "Config":
+        """Copy with whole fields or sections replaced, e.g. `cfg.replace(train={"epochs": 1})`."""
+        raw = self.to_dict()
+        for key, value in sections.items():
+            raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        return Config.from_dict(raw)
+
+    @property
+    def run_dir(self) -> Path:
+        """Local directory for this study's default manifest, decoded cache and embedded MLflow store.
+
+        With remote storage (s3://, gs://) checkpoints go there, but these defaults stay on the
+        driver's disk under ~/.fracture; multi-node studies set data.manifest / data.cache_dir on
+        shared storage and a tracking server explicitly.
+        """
+        if "://" in self.cluster.storage_path:
+            return Path.home() / ".fracture" / self.name
+        return Path(self.cluster.storage_path).expanduser().resolve() / self.name
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+        try:
+            number = float(value) if typ is float else value
+            if typ is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                number = int(float(value)) if isinstance(value, str) else int(value)
+            return number
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif typ is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif typ is list:
+        if isinstance(value, list):
+            return list(value)
+    else:
+        raise ConfigError(f"{key}: unsupported field type {typ!r}")
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (valid: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names & set(raw):
+        typ = hints[name]
+        if isinstance(typ, types.GenericAlias):
+            typ = typing.get_origin(typ)
+        key = f"{prefix}{name}"
+        kwargs[name] = (_build(typ, raw[name], key + ".") if dataclasses.is_dataclass(typ)
+                        else _coerce(raw[name], typ, key))
+    return cls(**kwargs)
+
+
+def set_path(raw: dict, dotted: str, value: Any) -> None:
+    """Set `raw["a"]["b"] = value` for "a.b", refusing paths that are not config fields."""
+    parts = dotted.split(".")
+    node, cls = raw, Config
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise ConfigError(f"unknown config key {'.'.join(parts[:depth + 1])}")
+        hint = typing.get_type_hints(cls)[part]
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        if not dataclasses.is_dataclass(hint):
+            raise ConfigError(f"unknown config key {dotted} ({'.'.join(parts[:depth + 1])} is not a section)")
+        node = node.setdefault(part, {})
+        cls = hint
+
+
+def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Study YAML (or the defaults when `path` is None), then `section.key=value` overrides.
+
+    Args:
+        path: a study YAML file.
+        overrides: strings like "model.dropout=0.3"; values are parsed as YAML.
+    Returns:
+        The validated, frozen Config.
+    """
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"study file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, value = item.split("=", 1)
+        set_path(raw, dotted.strip(), yaml.safe_load(value) if value else "")
+    cfg = resolve_paths(Config.from_dict(raw))
+    validate(cfg)
+    return cfg
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make local paths absolute against the driver's working directory.
+
+    Tune runs each trial in its own working directory, so a relative "runs" would land in a
+    different place per trial; the driver resolves paths once and trials inherit them.
+    """
+    def absolute(path: str) -> str:
+        return path if not path or "://" in path else str(Path(path).expanduser().resolve())
+
+    return cfg.replace(
+        data={"root": absolute(cfg.data.root), "manifest": absolute(cfg.data.manifest),
+              "cache_dir": absolute(cfg.data.cache_dir)},
+        cluster={"storage_path": absolute(cfg.cluster.storage_path)},
+        model={"weights": cfg.model.weights if cfg.model.weights in ("none", "imagenet", "") else absolute(cfg.model.weights)})
+
+
+_CHOICES = {
+    "optim.name": ("adam", "adamw"),
+    "optim.schedule": ("none", "cosine", "plateau"),
+    "train.imbalance": ("pos_weight", "none"),
+    "train.threshold": ("youden", "sensitivity"),
+    "search.scheduler": ("asha", "none"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    raw = cfg.to_dict()
+    for dotted, allowed in _CHOICES.items():
+        section, key = dotted.split(".")
+        if raw[section][key] not in allowed:
+            raise ConfigError(f"{dotted}: {raw[section][key]!r} is not one of {', '.join(allowed)}")
+    checks = [
+        ("data.image_size", cfg.data.image_size >= 32, "must be >= 32 (VGG16 pools 5 times)"),
+        ("model.dropout", 0.0 <= cfg.model.dropout < 1.0, "must be in [0, 1)"),
+        ("model.l2", cfg.model.l2 >= 0, "must be >= 0"),
+        ("model.trainable_blocks", 0 <= cfg.model.trainable_blocks <= 5, "must be in 0..5"),
+        ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "must be in (0, 1)"),
+        ("data.test_fraction", 0 <= cfg.data.test_fraction < 1, "must be in [0, 1)"),
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("train.batch_size_per_worker", cfg.train.batch_size_per_worker >= 1, "must be >= 1"),
+        ("cluster.num_workers", cfg.cluster.num_workers >= 1, "must be >= 1"),
+        ("search.num_trials", cfg.search.num_trials >= 1, "must be >= 1"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        raise ConfigError("data.val_fraction + data.test_fraction must leave a train split")
+    for dotted in list(cfg.search.space) + [k for point in cfg.search.points_to_evaluate for k in point]:
+        set_path({}, dotted, None)

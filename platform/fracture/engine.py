@@ -1,0 +1,127 @@
+"""Training and evaluation loops in plain PyTorch over any iterable of {"image", "label"} batches.
+
+Batches hold uint8 images (N, H, W, 3) as Ray Data yields them; `to_model_input` turns them into the
+float (N, 3, H, W) in [0, 1] that FractureNet normalises itself. No Ray, no MLflow, no files here.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fracture import metrics
+from fracture.config import OptimConfig
+from fracture.model import FractureNet, param_groups
+from fracture.presets import IMAGE, LABEL
+
+Batch = dict[str, torch.Tensor]
+
+
+def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on `device` (channels_last on CUDA)."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    # permute of an NHWC tensor already *is* channels_last memory: keep it so on CUDA, where cuDNN
+    # runs VGG's convolutions faster in NHWC; on CPU contiguous NCHW is the fast layout.
+    return x if device.type == "cuda" else x.contiguous()
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no GradScaler needed, unlike fp16); full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(net: FractureNet, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(net, lr_head=cfg.lr_head, lr_backbone=cfg.lr_backbone)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, epochs: int):
+    """Per-epoch LR schedule; `step(val_auc)` works for every kind (non-plateau ones ignore it)."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
+    return None
+
+
+def step_scheduler(scheduler, val_auc: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_auc)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], *,
+                    loss_fn: nn.Module, penalty: Callable[[], torch.Tensor], device: torch.device,
+                    grad_clip: float = 0.0) -> dict[str, float]:
+    """One pass over `batches`.
+
+    Args:
+        model: the (possibly DDP-wrapped) network.
+        penalty: the L2 term added to every step's loss (FractureNet.l2_penalty of the unwrapped net).
+        grad_clip: max global gradient norm; 0 disables.
+    Returns:
+        train_loss (mean BCE over images, without the penalty), train_images, train_images_per_s.
+    """
+    model.train()
+    total, count, start = 0.0, 0, time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for batch in batches:
+        x = to_model_input(batch[IMAGE], device)
+        y = batch[LABEL].to(device, non_blocking=True).float().view(-1, 1)
+        with autocast(device):
+            logits = model(x)
+        data_loss = loss_fn(logits.float(), y)
+        loss = data_loss + penalty()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        total += data_loss.item() * len(y)
+        count += len(y)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total / max(count, 1), "train_images": float(count),
+            "train_images_per_s": count / seconds if seconds > 0 else 0.0}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Fracture probabilities for every image: (labels, probs) as 1-D numpy arrays."""
+    model.eval()
+    labels, probs = [], []
+    for batch in batches:
+        with autocast(device):
+            logits = model(to_model_input(batch[IMAGE], device))
+        probs.append(torch.sigmoid(logits.float()).view(-1).cpu().numpy())
+        labels.append(batch[LABEL].view(-1).cpu().numpy())
+    if not probs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return np.concatenate(labels).astype(np.int64), np.concatenate(probs)
+
+
+def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device,
+             threshold: str = "youden", target_sensitivity: float = 0.9) -> dict[str, float]:
+    """Validation metrics over all of `batches`, with the decision threshold chosen on them.
+
+    Returns:
+        val_loss (unweighted BCE), val_auc, val_auprc, val_sensitivity, val_specificity,
+        val_balanced_accuracy, val_f1, val_accuracy, val_threshold, val_images.
+    """
+    labels, probs = predict(model, batches, device)
+    if len(labels) == 0:
+        raise ValueError("evaluation split is empty")
+    eps = 1e-7
+    p = np.clip(probs.astype(np.float64), eps, 1 - eps)
+    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    cut = metrics.choose_threshold(labels, probs, method=threshold, target_sensitivity=target_sensitivity)
+    out = metrics.prefixed(metrics.binary_metrics(labels, probs, cut), "val")
+    return {"val_loss": loss, **out, "val_images": float(len(labels))}

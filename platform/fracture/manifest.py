@@ -1,0 +1,460 @@
+"""The FracAtlas manifest: one audited row per image id, with a leak-free seeded split.
+
+`scan` joins `dataset.csv` with the files under `images/{Fractured,Non_fractured}` and gives every
+image id one status (see STATUSES). `assign_splits` splits the usable rows by duplicate group,
+stratified by label x body part. `build` writes the manifest (Parquet) and the data report
+(JSON + Markdown) beside it. Plain pandas / PIL / numpy: no Ray, torch or MLflow here.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "missing_file", "orphan_file", "unreadable", "truncated", "duplicate", "label_mismatch")
+SPLITS = ("train", "val", "test")
+SCHEMA = {  # column -> dtype of the written manifest; "str" columns never hold NaN ("" instead)
+    "image_id": "str", "path": "str", "label": "int8", "folder_label": "int8", "body_part": "str",
+    "view": "str", "hardware": "int8", "multiscan": "int8", "width": "int32", "height": "int32",
+    "mode": "str", "sha256": "str", "status": "str", "duplicate_of": "str", "usable": "bool",
+    "split": "str", "group": "str", "trailing_bytes": "int32",
+}
+FOLDERS = {"Fractured": 1, "Non_fractured": 0}      # images/<folder> -> folder label
+BODY_PARTS = ("hand", "leg", "hip", "shoulder")     # plus the CSV's own "mixed" flag
+VIEWS = ("frontal", "lateral", "oblique")
+REQUIRED = ("image_id", "fractured")
+DECISIONS = {
+    "missing_file": "excluded: the CSV row has no image file (FracAtlas holds back 409 images)",
+    "orphan_file": "excluded: no CSV row, so no trusted label or metadata",
+    "unreadable": "excluded: not an image PIL can open",
+    "truncated": "excluded (set data.allow_truncated=true to load what decodes)",
+    "duplicate": "kept once (first id), copies excluded, group kept in one split",
+    "label_mismatch": "kept with the CSV label (the folder is ignored)",
+}
+_EOI = b"\xff\xd9"
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message is one human-readable line."""
+
+
+# ---------------------------------------------------------------------------------------------- scan
+
+def scan(root: str | Path, *, allow_truncated: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Audit a FracAtlas-layout folder: one row per image id found in the CSV or on disk.
+
+    Args:
+        root: folder holding `dataset.csv` and `images/{Fractured,Non_fractured}/`.
+        allow_truncated: count truncated JPEGs as usable.
+        progress: log a progress line every 500 files.
+    Returns:
+        The manifest with every SCHEMA column; `split` is "" (see `assign_splits`).
+    """
+    root = Path(root).expanduser().resolve()
+    csv = _read_csv(root)
+    files = _list_files(root)
+    facts = _inspect_all(list(files.values()), progress=progress)
+    rows = [_row(image_id, csv.get(image_id), files.get(image_id), facts.get(image_id))
+            for image_id in sorted(set(csv) | set(files))]
+    df = pd.DataFrame(rows, columns=[c for c in SCHEMA if c != "split"])
+    df = _mark_duplicates(df)
+    df["usable"] = df["status"].isin(["ok", "label_mismatch"] + (["truncated"] if allow_truncated else []))
+    df["split"] = ""
+    return df[list(SCHEMA)].astype(SCHEMA)
+
+
+def _read_csv(root: Path) -> dict[str, dict]:
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist")
+    path = root / "dataset.csv"
+    if not path.is_file():
+        raise DataError(f"no dataset.csv in {root}")
+    try:
+        table = pd.read_csv(path, dtype={"image_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV ({str(exc).splitlines()[0]})") from None
+    lacking = sorted(set(REQUIRED) - set(table.columns))
+    if lacking:
+        raise DataError(f"dataset.csv lacks columns: {', '.join(lacking)}")
+    table["image_id"] = table["image_id"].str.strip()
+    repeated = table.loc[table["image_id"].duplicated(), "image_id"].tolist()
+    if repeated:
+        raise DataError(f"dataset.csv repeats image_id: {', '.join(repeated[:5])}")
+    bad = table.loc[~table["fractured"].isin([0, 1]), "image_id"].tolist()
+    if bad:
+        raise DataError(f"dataset.csv: fractured must be 0 or 1 (bad rows: {', '.join(bad[:5])})")
+    return {rec["image_id"]: rec for rec in table.to_dict("records")}
+
+
+def _list_files(root: Path) -> dict[str, tuple[Path, int]]:
+    """image id (file name) -> (path, folder label); dotfiles (e.g. .DS_Store) are not images."""
+    images = root / "images"
+    if not any((images / folder).is_dir() for folder in FOLDERS):
+        raise DataError(f"no images/Fractured or images/Non_fractured in {root}")
+    files: dict[str, tuple[Path, int]] = {}
+    for folder, folder_label in FOLDERS.items():
+        for path in sorted((images / folder).glob("*")) if (images / folder).is_dir() else []:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.name in files:   # same id in both folders: keep the first, say so
+                log.warning("%s is in both image folders; using %s", path.name, files[path.name][0])
+                continue
+            files[path.name] = (path, folder_label)
+    return files
+
+
+def _inspect_all(files: list[tuple[Path, int]], *, progress: bool) -> dict[str, dict]:
+    # Threads suffice: hashlib and PIL's decoder release the GIL; ~1 s for FracAtlas on 2 cores.
+    paths, facts = [path for path, _ in files], {}
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        for done, (path, fact) in enumerate(zip(paths, pool.map(_inspect, paths)), 1):
+            facts[path.name] = fact
+            if progress and (done % 500 == 0 or done == len(files)):
+                log.info("scanned %d/%d files", done, len(files))
+    return facts
+
+
+def _inspect(path: Path) -> dict:
+    """Size, mode and hash from the file; defect "", "unreadable" or "truncated"."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    fact = {"sha256": hashlib.sha256(data).hexdigest(), "width": 0, "height": 0, "mode": "", "defect": "",
+            "trailing_bytes": 0}
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:                # not an image at all (text, HTML error page, empty file, ...)
+        return fact | {"defect": "unreadable"}
+    with image:
+        fact.update(width=image.width, height=image.height, mode=image.mode)
+        try:
+            if image.format == "JPEG":
+                image.draft(image.mode, (1, 1))   # DCT 1/8 scale: still reads every scan byte, far cheaper
+            image.load()
+        except Exception:            # PIL stops before the image is complete
+            return fact | {"defect": "truncated"}
+    if image.format == "JPEG":
+        fact["trailing_bytes"] = _bytes_after_eoi(data)
+        if fact["trailing_bytes"] < 0:
+            fact["defect"] = "truncated"
+    return fact
+
+
+def _bytes_after_eoi(jpeg: bytes) -> int:
+    """Bytes after the end-of-image marker, ignoring zero/whitespace padding; -1 when there is no EOI.
+
+    Some complete FracAtlas JPEGs are padded to 16 KiB with zeros and stale bytes after their EOI;
+    they decode fully, so they count as complete (reported as `trailing_bytes`, not excluded).
+    """
+    trimmed = jpeg.rstrip(b"\x00\r\n\t ")
+    if trimmed.endswith(_EOI):
+        return 0
+    eoi = jpeg.rfind(_EOI, max(jpeg.find(b"\xff\xda"), 0))   # an EOI after the first start-of-scan
+    return len(jpeg) - eoi - 2 if eoi > 0 else -1
+
+
+def _row(image_id: str, rec: dict | None, file: tuple[Path, int] | None, fact: dict | None) -> dict:
+    path, folder_label = file if file else ("", -1)
+    fact = fact or {"sha256": "", "width": 0, "height": 0, "mode": "", "defect": "", "trailing_bytes": 0}
+    if rec is None:
+        status, label = "orphan_file", folder_label
+    elif file is None:
+        status, label = "missing_file", int(rec["fractured"])
+    else:
+        label = int(rec["fractured"])
+        status = fact["defect"] or ("label_mismatch" if folder_label != label else "ok")
+    rec = rec or {}
+    return {
+        "image_id": image_id, "path": str(path), "label": label, "folder_label": folder_label,
+        "body_part": _body_part(rec), "view": "+".join(v for v in VIEWS if _flag(rec, v)) or "unknown",
+        "hardware": _flag(rec, "hardware", -1), "multiscan": _flag(rec, "multiscan", -1),
+        "width": fact["width"], "height": fact["height"], "mode": fact["mode"], "sha256": fact["sha256"],
+        "status": status, "duplicate_of": "", "group": image_id, "trailing_bytes": fact["trailing_bytes"],
+    }
+
+
+def _flag(rec: dict, key: str, missing: int = 0) -> int:
+    value = rec.get(key)
+    return missing if value is None or pd.isna(value) else int(value)
+
+
+def _body_part(rec: dict) -> str:
+    parts = [p for p in BODY_PARTS if _flag(rec, p)]
+    if _flag(rec, "mixed") or len(parts) > 1:
+        return "mixed"
+    return parts[0] if parts else "unknown"
+
+
+def _mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Byte-identical files under several CSV ids: keep the first id, mark the rest `duplicate`.
+
+    Unreadable files and orphans are left alone (they are excluded anyway). Every member's `group`
+    is the kept id, so the split can keep a group together.
+    """
+    candidates = df[~df["status"].isin(["missing_file", "orphan_file", "unreadable"])]
+    for _, ids in candidates.groupby("sha256")["image_id"]:
+        if len(ids) < 2:
+            continue
+        kept = min(ids)
+        copies = df["image_id"].isin(ids) & (df["image_id"] != kept)
+        df.loc[df["image_id"].isin(ids), "group"] = kept
+        df.loc[copies, ["status", "duplicate_of"]] = ["duplicate", kept]
+    return df
+
+
+# --------------------------------------------------------------------------------------------- split
+
+def assign_splits(df: pd.DataFrame, *, seed: int, val_fraction: float, test_fraction: float,
+                  balanced: bool = False) -> pd.DataFrame:
+    """Seeded split of the usable rows into train/val/test, by group, stratified by label x body part.
+
+    Each stratum is shuffled and cut at round(n * fraction); a stratum too small to give val and
+    test one group each without emptying train goes wholly to train. With `balanced`, the majority
+    class is first subsampled (seeded) to the size of the minority; the rows left out keep
+    `usable=True` but get split "".
+
+    Args:
+        df: a manifest from `scan`.
+        seed: the split seed (same seed, same split).
+        val_fraction, test_fraction: shares of each stratum.
+        balanced: the seed notebook's subset (all fractured + as many non-fractured).
+    Returns:
+        A copy of `df` with `split` set.
+    """
+    out = df.copy()
+    out["split"] = ""
+    usable = out[out["usable"]]
+    groups = usable.groupby("group", sort=True).agg(label=("label", "max"), body_part=("body_part", "first"))
+    rng = np.random.default_rng(seed)
+    if balanced:
+        groups = _balance(groups, rng)
+    split_of: dict[str, str] = {}
+    for _, stratum in groups.groupby(["label", "body_part"], sort=True):
+        ids = rng.permutation(stratum.index.to_numpy())
+        n = len(ids)
+        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+        if n_test + n_val >= n:
+            n_test = n_val = 0
+        split_of.update(dict.fromkeys(ids[:n_test], "test"))
+        split_of.update(dict.fromkeys(ids[n_test:n_test + n_val], "val"))
+        split_of.update(dict.fromkeys(ids[n_test + n_val:], "train"))
+    out.loc[out["usable"], "split"] = usable["group"].map(split_of).fillna("")
+    return out.astype({"split": "str"})
+
+
+def _balance(groups: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    by_label = [groups[groups["label"] == label] for label in (0, 1)]
+    n = min(len(part) for part in by_label)
+    keep = [part.iloc[np.sort(rng.choice(len(part), size=n, replace=False))] for part in by_label]
+    return pd.concat(keep).sort_index()
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def _by_label(frame: pd.DataFrame) -> dict[str, int]:
+    counts = frame["label"].value_counts()
+    return {"non_fractured": int(counts.get(0, 0)), "fractured": int(counts.get(1, 0)), "total": len(frame)}
+
+
+def summarize(df: pd.DataFrame, *, root: str | Path, seed: int, val_fraction: float = 0.15,
+              test_fraction: float = 0.15, balanced: bool = False, allow_truncated: bool = False) -> dict:
+    """The data report as a JSON-able dict: counts, splits and every defect with its decision."""
+    usable = df[df["usable"]]
+    with_file = df[df["path"] != ""]
+    defects: dict[str, dict] = {}
+    for status in STATUSES[1:]:
+        ids = df.loc[df["status"] == status, "image_id"].tolist()
+        decision = DECISIONS[status]
+        if status == "truncated" and allow_truncated:
+            decision = "kept: data.allow_truncated=true loads what decodes"
+        defects[status] = {"count": len(ids), "ids": ids, "decision": decision}
+    copies = df[df["status"] == "duplicate"]
+    defects["duplicate"]["groups"] = {
+        kept: {"copies": sorted(grp["image_id"]),
+               "labels_agree": bool(df.loc[df["group"] == kept, "label"].nunique() == 1)}
+        for kept, grp in copies.groupby("duplicate_of")}
+    # Folder and CSV disagree even where another status (duplicate, truncated) wins: list them all.
+    mismatch = df[(df["folder_label"] >= 0) & (df["status"] != "orphan_file") & (df["folder_label"] != df["label"])]
+    defects["label_mismatch"]["items"] = [
+        {"image_id": r.image_id, "folder_label": int(r.folder_label), "csv_label": int(r.label), "status": r.status}
+        for r in mismatch.itertuples()]
+    splits = {s: _by_label(usable[usable["split"] == s]) for s in SPLITS}
+    for counts in splits.values():
+        counts["fractured_ratio"] = round(counts["fractured"] / counts["total"], 4) if counts["total"] else 0.0
+    return {
+        "root": str(root), "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "balanced": balanced, "allow_truncated": allow_truncated,
+        "counts": {"rows": _by_label(df), "files": _by_label(with_file), "usable": _by_label(usable)},
+        "status": {s: int((df["status"] == s).sum()) for s in STATUSES},
+        "body_part": {p: _by_label(g) for p, g in usable.groupby("body_part")},
+        "splits": splits,
+        "left_out_by_balancing": int((usable["split"] == "").sum()),
+        "modes": {m: int(n) for m, n in with_file["mode"].value_counts().items() if m},
+        "size_px": {k: [int(with_file[k][with_file[k] > 0].min()), int(with_file[k].max())]
+                    for k in ("width", "height")} if (with_file["width"] > 0).any() else {},
+        "hardware": {name: int((usable.loc[usable["label"] == label, "hardware"] == 1).sum())
+                     for name, label in (("non_fractured", 0), ("fractured", 1))},
+        "defects": defects,
+        "trailing_bytes": {"ids": df.loc[df["trailing_bytes"] > 0, "image_id"].tolist(),
+                           "decision": "kept: stale bytes after the JPEG end marker; the image decodes fully"},
+    }
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _ids(ids: list[str], limit: int = 20) -> str:
+    return ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def render_markdown(report: dict) -> str:
+    """The report from `summarize` as readable Markdown tables."""
+    cols = ["non_fractured", "fractured", "total"]
+    lines = ["# FracAtlas data report", "",
+             f"root `{report['root']}`, split seed {report['seed']}, val {report['val_fraction']}, "
+             f"test {report['test_fraction']}, balanced {report['balanced']}, "
+             f"allow_truncated {report['allow_truncated']}", "", "## Counts", ""]
+    lines += _table(["", *cols], [[k, *(v[c] for c in cols)] for k, v in report["counts"].items()])
+    lines += ["## Usable images by body part", ""]
+    lines += _table(["body part", *cols], [[k, *(v[c] for c in cols)] for k, v in report["body_part"].items()])
+    lines += ["## Splits", ""]
+    lines += _table(["split", *cols, "fractured ratio"],
+                    [[k, *(v[c] for c in cols), v["fractured_ratio"]] for k, v in report["splits"].items()])
+    if report["left_out_by_balancing"]:
+        lines += [f"Left out by balancing: {report['left_out_by_balancing']} usable images.", ""]
+    lines += [f"Modes: {report['modes']}; width, height ranges (px): {report['size_px']}; "
+              f"usable images with hardware: {report['hardware']} (a shortcut a model can learn).", ""]
+    lines += ["## Defects", ""]
+    lines += _table(["status", "count", "decision"],
+                    [[k, v["count"], v["decision"]] for k, v in report["defects"].items()])
+    for status, info in report["defects"].items():
+        if info["count"] and status != "duplicate":
+            lines += [f"**{status}**: {_ids(info['ids'])}", ""]
+    dup = report["defects"]["duplicate"]["groups"]
+    if dup:
+        lines += ["### Duplicate groups", ""]
+        lines += _table(["kept", "copies", "labels agree"],
+                        [[k, ", ".join(v["copies"]), v["labels_agree"]] for k, v in dup.items()])
+    if report["trailing_bytes"]["ids"]:
+        lines += [f"**trailing bytes after EOI** ({report['trailing_bytes']['decision']}): "
+                  f"{_ids(report['trailing_bytes']['ids'])}", ""]
+    items = report["defects"]["label_mismatch"]["items"]
+    if items:
+        lines += ["### Folder vs CSV label", ""]
+        lines += _table(["image_id", "folder", "csv", "status"],
+                        [[i["image_id"], i["folder_label"], i["csv_label"], i["status"]] for i in items])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- build / load
+
+def report_paths(out_path: str | Path) -> tuple[Path, Path]:
+    """Where `build` writes the report for a manifest: `<stem>.report.json` and `.md` beside it."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}.report.json"), out_path.with_name(f"{out_path.stem}.report.md")
+
+
+def build(root: str | Path, out_path: str | Path, *, seed: int = 17, val_fraction: float = 0.15,
+          test_fraction: float = 0.15, balanced: bool = False, allow_truncated: bool = False,
+          progress: bool = True) -> pd.DataFrame:
+    """Scan, split, and write the manifest (Parquet) plus its report (see `report_paths`).
+
+    Returns:
+        The manifest that was written.
+    """
+    df = assign_splits(scan(root, allow_truncated=allow_truncated, progress=progress), seed=seed,
+                       val_fraction=val_fraction, test_fraction=test_fraction, balanced=balanced)
+    report = summarize(df, root=Path(root).expanduser().resolve(), seed=seed, val_fraction=val_fraction,
+                       test_fraction=test_fraction, balanced=balanced, allow_truncated=allow_truncated)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = report_paths(out_path)
+    # Write beside, then rename: a loader on another node never sees a half-written manifest.
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, out_path)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(render_markdown(report) + "\n")
+    return df
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """Read a manifest written by `build`; DataError when absent or not a manifest."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"no manifest at {path}; build it with: python jobs/prepare.py --root DATA_ROOT --out {path}")
+    df = pd.read_parquet(path)
+    lacking = sorted(set(SCHEMA) - set(df.columns))
+    if lacking:
+        raise DataError(f"{path} is not a fracture manifest (lacks columns: {', '.join(lacking)})")
+    return df
+
+
+def download(url: str, dest: str | Path, *, sha256: str | None = None) -> Path:
+    """Fetch a dataset archive (http(s):// or file://), verify it, unpack zip/tar into `dest`.
+
+    Args:
+        url: the archive, or a single file (copied into `dest` as is).
+        dest: the folder to unpack into (created).
+        sha256: expected hex digest of the downloaded bytes; None skips the check.
+    Returns:
+        The data root: the folder under `dest` that holds `dataset.csv`, else `dest`. When that
+        already exists nothing is fetched, so a job can pass `--download` on every run.
+    """
+    dest = Path(dest).expanduser()
+    if _data_root(dest):
+        return _data_root(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest, suffix=".part", delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url) as response:
+                shutil.copyfileobj(response, tmp)
+        except (OSError, ValueError) as exc:
+            os.unlink(tmp.name)
+            raise DataError(f"cannot download {url}: {exc}") from None
+    archive = Path(tmp.name)
+    digest = _sha256_file(archive)
+    if sha256 and digest != sha256.lower():
+        archive.unlink()
+        raise DataError(f"checksum mismatch for {url}: expected {sha256}, got {digest}")
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)          # zipfile strips absolute paths and ".." itself
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            tf.extractall(dest, filter="data")   # refuses links and paths outside dest
+    else:
+        os.replace(archive, dest / (Path(urllib.parse.urlparse(url).path).name or "download"))
+    archive.unlink(missing_ok=True)
+    return _data_root(dest) or dest
+
+
+def _data_root(dest: Path) -> Path | None:
+    """`dest` or its one subfolder holding dataset.csv (archives often wrap a top folder)."""
+    found = sorted(dest.glob("dataset.csv")) + sorted(dest.glob("*/dataset.csv"))
+    return found[0].parent if found else None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

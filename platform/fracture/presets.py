@@ -1,0 +1,93 @@
+"""Image presets as pure numpy batch functions: decode once (prepare / predict), augment per epoch.
+
+Images travel through Ray Data as uint8 (N, S, S, 3): four times smaller than float32, and the
+model owns normalisation, so nothing here can drift from what the model expects.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+IMAGE = "image"
+LABEL = "label"
+ID = "image_id"
+PATH = "path"
+
+# The seed notebook's Keras ImageDataGenerator settings.
+ROTATION_DEG = 20.0
+SHIFT_FRACTION = 0.1
+ZOOM_RANGE = (0.9, 1.1)
+
+
+def decode_resize(path: str | Path, size: int, *, allow_truncated: bool = False) -> np.ndarray:
+    """Read one image file as uint8 (size, size, 3).
+
+    Greyscale X-rays are replicated to 3 channels (VGG16 expects RGB). The resize is to a square,
+    as the seed's `target_size=(224, 224)` did; FracAtlas images are roughly square already.
+    """
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated  # per process; only the loader decides this
+    with Image.open(path) as img:
+        img = img.convert("L").convert("RGB") if img.mode != "RGB" else img.convert("RGB")
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def decode_batch(batch: dict[str, np.ndarray], *, size: int, allow_truncated: bool = False) -> dict[str, np.ndarray]:
+    """Ray Data batch fn: {path, ...} -> the same batch with IMAGE (N, size, size, 3) uint8 and no path."""
+    images = np.stack([decode_resize(p, size, allow_truncated=allow_truncated) for p in batch[PATH]])
+    out = {k: v for k, v in batch.items() if k != PATH}
+    out[IMAGE] = images
+    return out
+
+
+def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    angle = math.radians(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+    zoom = rng.uniform(*ZOOM_RANGE)
+    tx, ty = rng.uniform(-SHIFT_FRACTION, SHIFT_FRACTION, size=2) * (w, h)
+    # PIL wants the inverse map (output pixel -> input pixel), about the image centre.
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    cx, cy = w / 2, h / 2
+    a, b, d, e = cos, sin, -sin, cos
+    c = cx - a * (cx + tx) - b * (cy + ty)
+    f = cy - d * (cx + tx) - e * (cy + ty)
+    # Keras' default fill_mode is "nearest"; black fill is closer to an X-ray's background.
+    out = Image.fromarray(image).transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f),
+                                           resample=Image.Resampling.BILINEAR)
+    return np.asarray(out)
+
+
+def augment(images: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+    """Random rotation ±20°, shift ±10%, zoom 0.9–1.1, horizontal and vertical flips.
+
+    Args:
+        images: uint8 (N, H, W, 3).
+        rng: the caller's generator (never the global RNG).
+    Returns:
+        uint8 (N, H, W, 3), a new array.
+    """
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        image = _affine(image, rng)
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        if rng.random() < 0.5:
+            image = image[::-1, :]
+        out[i] = image
+    return out
+
+
+def augment_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data batch fn for the train split.
+
+    A fresh OS-seeded generator per batch: Ray Data re-runs this on every epoch's pass, and the
+    epochs must differ; seeding from data would repeat the same "random" views every epoch.
+    """
+    rng = np.random.default_rng()
+    return {**batch, IMAGE: augment(batch[IMAGE], rng=rng)}

@@ -1,0 +1,140 @@
+"""Ray Tune at the edge: study config -> Tuner with OptunaSearch + ASHA + the MLflow trial logger.
+
+The trial config is `{"config": Config.to_dict()}` with each `search.space` path replaced by a Tune
+domain, so every trial carries its whole resolved config. Metric and mode are set once, in
+TuneConfig (Tune raises if the searcher or scheduler gets them too).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from fracture import data, metrics
+from fracture.config import Config, ConfigError
+from fracture.trainer import storage_uri, train_driver_fn
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTIONS = {
+    "uniform": ray.tune.uniform,
+    "loguniform": ray.tune.loguniform,
+    "quniform": ray.tune.quniform,
+    "randint": ray.tune.randint,
+    "choice": lambda *options: ray.tune.choice(list(options)),
+}
+TUNE_DIR = "tune"
+
+
+def _domain(dotted: str, spec: Any):
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"search.space.{dotted}: expected one distribution, e.g. {{loguniform: [1.0e-5, 1.0e-3]}}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"search.space.{dotted}: unknown distribution {kind!r} (use one of {', '.join(DISTRIBUTIONS)})")
+    args = args if isinstance(args, list) else [args]
+    try:
+        return DISTRIBUTIONS[kind](*[float(a) if kind != "choice" and isinstance(a, str) else a for a in args])
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"search.space.{dotted}: bad arguments {args!r} for {kind} ({exc})") from None
+
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    """cfg.to_dict() with each searched path replaced by a Tune domain."""
+    space = cfg.to_dict()
+    for dotted, spec in cfg.search.space.items():
+        section, key = dotted.split(".", 1)
+        if section in ("data", "cluster", "tracking", "search"):
+            # data.* would change the decoded cache per trial; the rest is infrastructure, not a hyperparameter
+            raise ConfigError(f"search.space.{dotted}: {section}.* cannot be searched")
+        space[section][key] = _domain(dotted, spec)
+    return space
+
+
+def points_to_evaluate(cfg: Config) -> list[dict[str, Any]]:
+    """The study's first trials (e.g. the seed recipe), completed with the study's defaults.
+
+    OptunaSearch enqueues points as flat "config/section/key" dicts covering every searched key.
+    """
+    base = cfg.to_dict()
+    points = []
+    for point in cfg.search.points_to_evaluate:
+        flat = {}
+        for dotted in cfg.search.space:
+            section, key = dotted.split(".", 1)
+            flat[f"config/{section}/{key}"] = point.get(dotted, base[section][key])
+        points.append(flat)
+    return points
+
+
+def check_resources(cfg: Config) -> None:
+    """Refuse, instead of waiting forever, a trial that this cluster can never place."""
+    total = ray.cluster_resources()
+    need_cpu = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker
+    need_gpu = cfg.cluster.num_workers if cfg.cluster.use_gpu else 0
+    have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise ConfigError(
+            f"one trial needs {need_cpu:g} CPU and {need_gpu} GPU (cluster.num_workers={cfg.cluster.num_workers}, "
+            f"cpus_per_worker={cfg.cluster.cpus_per_worker:g}, use_gpu={cfg.cluster.use_gpu}) but the cluster has "
+            f"{have_cpu:g} CPU and {have_gpu:g} GPU in all: lower cluster.* or add nodes")
+
+
+def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = True) -> ray.tune.Tuner:
+    """A Tuner over train_driver_fn for this study.
+
+    Args:
+        callbacks: Tune callbacks (the MLflow trial logger from tracking.trial_logger).
+        search: False for a single run of the config as it is (jobs/train.py): no searcher, no scheduler.
+    """
+    check_resources(cfg)
+    trainable = _trainable(cfg)
+    space = search_space(cfg) if search else cfg.to_dict()
+    searcher = scheduler = None
+    if search and cfg.search.space:
+        searcher = OptunaSearch(points_to_evaluate=points_to_evaluate(cfg) or None, seed=cfg.seed)
+    if search and cfg.search.scheduler == "asha" and cfg.train.epochs > cfg.search.grace_epochs:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                                  grace_period=max(1, cfg.search.grace_epochs), reduction_factor=2)
+    tune_config = ray.tune.TuneConfig(metric=metrics.PRIMARY, mode=metrics.MODE,
+                                      num_samples=cfg.search.num_trials if search else 1,
+                                      max_concurrent_trials=cfg.search.max_concurrent if search else 1,
+                                      search_alg=searcher, scheduler=scheduler)
+    return ray.tune.Tuner(trainable, param_space={"config": space}, tune_config=tune_config,
+                          run_config=_run_config(cfg, callbacks))
+
+
+def _trainable(cfg: Config):
+    # The driver fn only orchestrates (the TorchTrainer's workers hold the CPUs/GPUs), so it asks for
+    # (almost) no resources (Tune refuses an empty request); max_concurrent_trials bounds how many run at once.
+    fn = ray.tune.with_parameters(train_driver_fn, datasets=data.build_datasets(cfg), pos_weight=data.pos_weight(cfg))
+    return ray.tune.with_resources(fn, {"cpu": 0.01})
+
+
+def _run_config(cfg: Config, callbacks: list | None) -> ray.tune.RunConfig:
+    return ray.tune.RunConfig(name=TUNE_DIR, storage_path=storage_uri(cfg), callbacks=callbacks or [],
+                              failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures))
+
+
+def study_path(cfg: Config) -> str:
+    return storage_uri(cfg, TUNE_DIR)
+
+
+def restore_tuner(path: str | Path, cfg: Config, *, callbacks: list | None = None) -> ray.tune.Tuner:
+    """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
+    unfinished ones resume from their Train run's latest checkpoint."""
+    path = str(path)
+    if "://" not in path:
+        candidate = Path(path).expanduser().resolve()
+        if (candidate / TUNE_DIR).is_dir():
+            candidate = candidate / TUNE_DIR
+        if not ray.tune.Tuner.can_restore(str(candidate)):
+            raise ConfigError(f"--resume {path}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
+                              "from an earlier jobs/tune.py run)")
+        path = str(candidate)
+    return ray.tune.Tuner.restore(path, trainable=_trainable(cfg), resume_errored=True)

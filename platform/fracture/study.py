@@ -1,0 +1,77 @@
+"""One study, start to finish, on the driver: preflight -> Tuner.fit() -> register the best model.
+
+jobs/train.py (one trial, no search) and jobs/tune.py (the search) both come through here, so a
+debug run and a study share one code path and one MLflow layout.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fracture import data, manifest, search, tracking
+from fracture.config import Config, ConfigError
+from fracture.model import build_model
+
+log = logging.getLogger(__name__)
+
+
+def preflight(cfg: Config) -> None:
+    """Everything a user can get wrong, checked before any worker starts.
+
+    Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
+    """
+    data.ensure_manifest(cfg)
+    if cfg.model.weights not in ("none", ""):
+        # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
+        build_model(cfg.model)
+    tracking.check_reachable(tracking.tracking_uri(cfg))
+    if "://" not in cfg.cluster.storage_path and not cfg.cluster.storage_shared:
+        import ray
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1:
+            raise ConfigError(
+                f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
+                f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
+                "a shared mount with cluster.storage_shared=true")
+
+
+def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = None) -> dict:
+    """Run (or resume) the study and register its best checkpoint.
+
+    Returns:
+        the summary from tracking.register_best, plus "trials": per-trial final metrics.
+    """
+    preflight(cfg)
+    uri, parent = tracking.start_study(cfg)
+    report = list(manifest.report_paths(data.manifest_path(cfg)))
+    tracking.log_data_report(uri, parent, report)
+    callbacks = [tracking.trial_logger(cfg, uri, parent)]
+    tuner = (search.restore_tuner(resume, cfg, callbacks=callbacks) if resume
+             else search.build_tuner(cfg, callbacks=callbacks, search=search_space))
+    results = tuner.fit()
+    errors = [r for r in results if r.error]
+    if len(errors) == len(results):
+        raise RuntimeError(f"every trial failed; first error: {errors[0].error}")
+    summary = tracking.register_best(results, cfg, uri, parent, report)
+    summary["trials"] = [{"trial_id": r.metrics.get("trial_id"), "epochs": r.metrics.get("epoch", -1) + 1,
+                          "val_auc": r.metrics.get("val_auc"), "error": bool(r.error)} for r in results]
+    summary["tracking_uri"] = uri
+    summary["study_dir"] = search.study_path(cfg)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print("\n=== best trial ===")
+    print(f"trial {summary['trial_id']}  epoch {summary['epoch']}  val_auc {summary['val_auc']:.4f}  "
+          f"threshold {summary['threshold']:.3f}")
+    for key, value in sorted(summary["params"].items()):
+        print(f"  {key:24s} {value:.6g}" if isinstance(value, float) else f"  {key:24s} {value}")
+    shown = ("val_sensitivity", "val_specificity", "val_auprc", "val_balanced_accuracy", "val_loss")
+    print("  " + "  ".join(f"{k}={summary['metrics'][k]:.4f}" for k in shown if k in summary["metrics"]))
+    flag = "now @champion" if summary["champion"] else f"champion kept (val_auc {summary['previous_champion_auc']:.4f})"
+    print(f"registered model version {summary['version']} ({flag})")
+    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"study dir:  {summary['study_dir']}   (resume: python jobs/tune.py --resume {summary['study_dir']})")
+    uri = summary["tracking_uri"]
+    print(f"MLflow:     mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow:     {uri}")

@@ -1,0 +1,95 @@
+"""The Ray Train worker loop: adapts Ray (shards, devices, checkpoints, reports) to the pure engine.
+
+The only module that calls get_dataset_shard, prepare_model, get_checkpoint and ray.train.report.
+Every rank reports once per epoch (so Tune's training_iteration == epoch) with the same global
+validation metrics: validation is not sharded, every rank scores the whole val split on the
+unwrapped model, so no rank ever reports a shard-local AUROC. Only rank 0 writes checkpoints.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+
+import ray.train
+import ray.train.torch
+import torch
+
+from fracture import checkpoint, engine, metrics
+from fracture.config import Config
+from fracture.model import build_model
+
+log = logging.getLogger(__name__)
+
+
+def is_rank0() -> bool:
+    return ray.train.get_context().get_world_rank() == 0
+
+
+def batches(cfg: Config, split: str):
+    """This worker's iterator of {"image": uint8 (B, S, S, 3), "label": (B,)} for one epoch."""
+    shard = ray.train.get_dataset_shard(split)
+    train = split == "train"
+    return shard.iter_torch_batches(
+        batch_size=cfg.train.batch_size_per_worker, drop_last=False,
+        local_shuffle_buffer_size=cfg.train.shuffle_buffer if train else None,
+        # pinned host memory makes the host->GPU copy asynchronous (non_blocking in the engine)
+        pin_memory=cfg.cluster.use_gpu, prefetch_batches=2)
+
+
+def _phase_blocks(cfg: Config, epoch: int) -> int:
+    return 0 if epoch < cfg.train.warmup_epochs else cfg.model.trainable_blocks
+
+
+def train_fn_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point. loop_config = {"config": Config.to_dict(), "pos_weight": float}."""
+    cfg = Config.from_dict(loop_config["config"])
+    torch.manual_seed(cfg.seed)               # same init on every rank (DDP also broadcasts rank 0's)
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    net, weights_source = build_model(cfg.model)
+    optimizer = engine.build_optimizer(net, cfg.optim)
+    scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
+    state = checkpoint.restore(ray.train.get_checkpoint(), net, optimizer, scheduler) or {}
+    start = state.get("epoch", -1) + 1
+    history: list[dict] = state.get("history", [])
+    best = state.get("best_val_auc", float("-inf"))
+    stale = state.get("stale_epochs", 0)
+    if start:
+        log.info("resuming from epoch %d (best val_auc %.4f)", start, best)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([loop_config["pos_weight"]], device=device))
+
+    model, blocks = None, None
+    for epoch in range(start, cfg.train.epochs):
+        if _phase_blocks(cfg, epoch) != blocks:
+            # (Re-)wrap per phase: DDP registers only parameters that require grad at wrap time,
+            # so unfreezing the backbone after warm-up needs a fresh wrapper.
+            blocks = _phase_blocks(cfg, epoch)
+            net.set_trainable_blocks(blocks)
+            model = ray.train.torch.prepare_model(net)
+        tick = time.perf_counter()
+        result = engine.train_one_epoch(model, optimizer, batches(cfg, "train"), loss_fn=loss_fn,
+                                        penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip)
+        result |= engine.evaluate(net, batches(cfg, "val"), device=device, threshold=cfg.train.threshold,
+                                  target_sensitivity=cfg.train.target_sensitivity)
+        auc = result[metrics.PRIMARY]
+        improved = auc > best
+        best, stale = (auc, 0) if improved else (best, stale + 1)
+        engine.step_scheduler(scheduler, auc)
+        result |= {"epoch": epoch, "best_val_auc": best, "trainable_blocks": blocks,
+                   "lr_head": optimizer.param_groups[0]["lr"], "lr_backbone": optimizer.param_groups[1]["lr"],
+                   "epoch_s": time.perf_counter() - tick}
+        history.append(result)
+        stop = cfg.train.patience > 0 and stale >= cfg.train.patience
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if is_rank0():
+                ckpt = checkpoint.to_ray(tmp, net, optimizer, {
+                    "epoch": epoch, "config": cfg.to_dict(), "threshold": result["val_threshold"],
+                    "metrics": result, "weights": weights_source, "pos_weight": loop_config["pos_weight"],
+                    "best_val_auc": best, "stale_epochs": stale, "history": history}, scheduler)
+            ray.train.report({**result, "weights": weights_source, "early_stopped": stop}, checkpoint=ckpt)
+        if stop:
+            log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, stale)
+            break

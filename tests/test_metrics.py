@@ -1,0 +1,109 @@
+"""Metric functions against hand-checked values and sklearn."""
+import math
+
+import numpy as np
+import pytest
+
+from fracture import metrics
+
+LABELS = [0, 0, 1, 1]
+PROBS = [0.1, 0.4, 0.35, 0.8]
+
+
+def test_binary_metrics_hand_checked():
+    m = metrics.binary_metrics(LABELS, PROBS, 0.5)
+    # AUC: of the 4 (pos, neg) pairs only 0.35 < 0.4 is misordered -> 3/4.
+    # AP: ranked 0.8(+) 0.4(-) 0.35(+) 0.1(-) -> 0.5 * 1 + 0.5 * 2/3.
+    # At 0.5: tp=1 fn=1 tn=2 fp=0.
+    expected = {"auc": 0.75, "auprc": 5 / 6, "sensitivity": 0.5, "specificity": 1.0,
+                "balanced_accuracy": 0.75, "f1": 2 / 3, "accuracy": 0.75, "threshold": 0.5}
+    assert m.keys() == expected.keys()
+    for k, v in expected.items():
+        assert m[k] == pytest.approx(v), k
+
+
+def test_threshold_is_inclusive_and_accepts_column_probs():
+    m = metrics.binary_metrics(np.array([[0], [1]]), np.array([[0.2], [0.35]]), 0.35)
+    assert m["sensitivity"] == 1.0 and m["specificity"] == 1.0
+
+
+def test_single_class_gives_nan_not_errors():
+    m = metrics.binary_metrics([1, 1, 1], [0.2, 0.6, 0.9], 0.5)
+    assert math.isnan(m["auc"]) and math.isnan(m["auprc"]) and math.isnan(m["specificity"])
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    m = metrics.binary_metrics([0, 0], [0.2, 0.6], 0.5)
+    assert math.isnan(m["sensitivity"]) and m["specificity"] == 0.5
+    assert metrics.choose_threshold([0, 0], [0.2, 0.6]) == 0.5
+    ci = metrics.bootstrap_ci([1, 1, 1], [0.2, 0.6, 0.9], 0.5, n_boot=50)
+    assert all(math.isnan(v) for v in ci["auc"]) and all(math.isnan(v) for v in ci["specificity"])
+
+
+def test_bad_labels_raise():
+    with pytest.raises(ValueError):
+        metrics.binary_metrics([0, 2], [0.1, 0.9], 0.5)
+    with pytest.raises(ValueError):
+        metrics.binary_metrics([0, 1, 1], [0.1, 0.9], 0.5)
+
+
+def test_youden_threshold_separates_separable_classes():
+    labels = [0, 0, 0, 1, 1, 1]
+    probs = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
+    t = metrics.choose_threshold(labels, probs)
+    assert 0.3 < t <= 0.7
+    m = metrics.binary_metrics(labels, probs, t)
+    assert m["sensitivity"] == m["specificity"] == 1.0
+
+
+def test_sensitivity_threshold_is_highest_reaching_target():
+    labels = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    probs = [0.95, 0.9, 0.85, 0.8, 0.5, 0.7, 0.4, 0.3, 0.2, 0.1]
+    # Sensitivity 0.8 is first reached at 0.8 (4 of 5 positives), 1.0 only at 0.5.
+    assert metrics.choose_threshold(labels, probs, method="sensitivity", target_sensitivity=0.8) == 0.8
+    assert metrics.choose_threshold(labels, probs, method="sensitivity", target_sensitivity=0.9) == 0.5
+    # Consecutive positives sit on a vertical ROC segment that drop_intermediate would remove.
+    assert metrics.choose_threshold(labels, probs, method="sensitivity", target_sensitivity=0.4) == 0.9
+    with pytest.raises(ValueError):
+        metrics.choose_threshold(labels, probs, method="f1")
+
+
+def test_threshold_is_clamped_to_unit_interval():
+    # All scores tie, so Youden is 0 everywhere and argmax picks roc_curve's inf threshold.
+    assert metrics.choose_threshold([0, 1], [0.5, 0.5]) == 1.0
+
+
+def _scores(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    return labels, np.clip(0.35 * labels + 0.65 * rng.random(n), 0, 1)
+
+
+def test_weighted_metrics_match_sklearn_on_repeated_items():
+    """The vectorised bootstrap core equals binary_metrics on the explicitly resampled set."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 60)
+    probs = np.round(rng.random(60), 1)                  # many ties
+    counts = rng.integers(0, 4, size=(5, 60))
+    got = metrics._weighted_metrics(counts, labels, probs, 0.4, metrics.METRIC_NAMES)
+    for b in range(5):
+        ref = metrics.binary_metrics(np.repeat(labels, counts[b]), np.repeat(probs, counts[b]), 0.4)
+        for k in metrics.METRIC_NAMES:
+            assert got[k][b] == pytest.approx(ref[k]), (b, k)
+
+
+def test_bootstrap_ci_contains_estimate_and_is_deterministic():
+    labels, probs = _scores()
+    point = metrics.binary_metrics(labels, probs, 0.5)
+    ci = metrics.bootstrap_ci(labels, probs, 0.5, n_boot=500, seed=7)
+    assert ci.keys() == {"auc", "sensitivity", "specificity"}
+    for k, (lo, hi) in ci.items():
+        assert lo < point[k] < hi, k
+    assert metrics.bootstrap_ci(labels, probs, 0.5, n_boot=500, seed=7) == ci
+    assert metrics.bootstrap_ci(labels, probs, 0.5, n_boot=500, seed=8) != ci
+    with pytest.raises(ValueError):
+        metrics.bootstrap_ci(labels, probs, 0.5, metrics=("threshold",))
+
+
+def test_prefixed_and_primary():
+    d = metrics.prefixed({"auc": 0.9, "f1": 0.5}, "val")
+    assert d == {"val_auc": 0.9, "val_f1": 0.5}
+    assert metrics.PRIMARY in d and metrics.MODE == "max"
