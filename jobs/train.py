@@ -10,6 +10,7 @@ def main() -> None:
     cli.setup_logging()
     cfg, _ = cli.parse(description=__doc__)
     with cli.user_errors():
+        study.preflight(cfg)                # bad data / weights / MLflow URI fail before Ray starts
         cli.init_ray(cfg)
         study.print_summary(study.run(cfg, search_space=False))
 

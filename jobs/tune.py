@@ -15,6 +15,7 @@ def main() -> None:
     p.add_argument("--resume", type=Path, default=None, help="continue an interrupted study (its runs/<name> dir)")
     cfg, args = cli.parse(p=p)
     with cli.user_errors():
+        study.preflight(cfg)                # bad data / weights / MLflow URI fail before Ray starts
         cli.init_ray(cfg)
         study.print_summary(study.run(cfg, resume=args.resume))
 

@@ -141,13 +141,14 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
         try:
-            number = float(value) if typ is float else value
-            if typ is int:
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                number = int(float(value)) if isinstance(value, str) else int(value)
-            return number
-        except (TypeError, ValueError):
+            if typ is float:
+                return float(value)
+            if isinstance(value, str):
+                value = float(value)          # "1e3" (a string to PyYAML) -> 1000.0
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError              # 1.5, "1.5", inf, nan
+            return int(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -283,5 +284,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: {why}")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError("data.val_fraction + data.test_fraction must leave a train split")
-    for dotted in list(cfg.search.space) + [k for point in cfg.search.points_to_evaluate for k in point]:
+    for dotted in cfg.search.space:
+        if dotted.count(".") != 1:
+            raise ConfigError(f"search.space.{dotted}: expected a section.key path such as model.dropout")
         set_path({}, dotted, None)
+    for point in cfg.search.points_to_evaluate:
+        if not isinstance(point, dict):
+            raise ConfigError(f"search.points_to_evaluate: expected mappings of section.key: value, got {point!r}")
+        for dotted in point:
+            if dotted not in cfg.search.space:
+                raise ConfigError(f"search.points_to_evaluate: {dotted} is not a key of search.space")

@@ -79,8 +79,10 @@ def decoded(cfg: Config, split: str):
     import ray.data
 
     frame = split_frame(cfg, split)
-    if frame.empty:
-        raise ValueError(f"split {split!r} of {manifest_path(cfg)} has no usable images")
+    if frame[LABEL].nunique() < 2:
+        # AUROC, the metric every trial is judged by, is undefined on one class.
+        raise manifest.DataError(f"split {split!r} of {manifest_path(cfg)} needs both classes but has "
+                                 f"{len(frame)} images with labels {sorted(frame[LABEL].unique().tolist())}")
     target = cache_dir(cfg) / f"{split}-{cfg.data.image_size}px-{_cache_key(frame, cfg)}"
     if not target.is_dir():
         log.info("decoding %d %s images at %d px into %s", len(frame), split, cfg.data.image_size, target)

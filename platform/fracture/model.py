@@ -34,9 +34,15 @@ class FractureNet(nn.Module):
 
     def __init__(self, *, hidden: int = 128, dropout: float = 0.5, l2: float = 1e-3):
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
-        self.features = vgg16(weights=None).features
+        # VGG16's conv stack ("D") alone, initialised as torchvision does: building all of vgg16()
+        # would also initialise its 124M-parameter classifier only to throw it away (~1 s each time).
+        self.features = make_layers(cfgs["D"])
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Linear(512, hidden)
         self.dropout = nn.Dropout(dropout)
@@ -97,7 +103,10 @@ def _load_pretrained(net: FractureNet, weights: str) -> str:
         source = f"file:{path.resolve()}"
     # Accept a full torchvision vgg16 state dict ("features.0.weight", "classifier...") or one of ours.
     features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    missing, _ = net.features.load_state_dict(features, strict=False)
+    try:
+        missing, _ = net.features.load_state_dict(features, strict=False)
+    except RuntimeError as exc:  # shape mismatch: not VGG16 weights
+        raise WeightsError(f"model.weights: {source} does not fit VGG16 features ({str(exc).splitlines()[-1].strip()})") from None
     if missing:
         raise WeightsError(f"model.weights: {source} lacks VGG16 feature weights such as {missing[0]}")
     return source

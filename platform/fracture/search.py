@@ -92,7 +92,6 @@ def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = Tr
         callbacks: Tune callbacks (the MLflow trial logger from tracking.trial_logger).
         search: False for a single run of the config as it is (jobs/train.py): no searcher, no scheduler.
     """
-    check_resources(cfg)
     trainable = _trainable(cfg)
     space = search_space(cfg) if search else cfg.to_dict()
     searcher = scheduler = None

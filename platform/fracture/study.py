@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def preflight(cfg: Config) -> None:
-    """Everything a user can get wrong, checked before any worker starts.
+    """Everything a user can get wrong, checked before Ray starts or any worker runs.
 
     Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
     """
@@ -25,24 +25,28 @@ def preflight(cfg: Config) -> None:
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
     tracking.check_reachable(tracking.tracking_uri(cfg))
-    if "://" not in cfg.cluster.storage_path and not cfg.cluster.storage_shared:
-        import ray
 
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) > 1:
-            raise ConfigError(
-                f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
-                f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
-                "a shared mount with cluster.storage_shared=true")
+
+def check_cluster(cfg: Config) -> None:
+    """Checks that need the running cluster: resources a trial needs, storage every node reaches."""
+    import ray
+
+    search.check_resources(cfg)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if "://" not in cfg.cluster.storage_path and not cfg.cluster.storage_shared and len(nodes) > 1:
+        raise ConfigError(
+            f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
+            f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
+            "a shared mount with cluster.storage_shared=true")
 
 
 def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = None) -> dict:
-    """Run (or resume) the study and register its best checkpoint.
+    """Run (or resume) the study and register its best checkpoint; call preflight(cfg) first.
 
     Returns:
         the summary from tracking.register_best, plus "trials": per-trial final metrics.
     """
-    preflight(cfg)
+    check_cluster(cfg)
     uri, parent = tracking.start_study(cfg)
     report = list(manifest.report_paths(data.manifest_path(cfg)))
     tracking.log_data_report(uri, parent, report)

@@ -8,6 +8,7 @@ current champion's val AUROC.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,6 +56,31 @@ def _retry(fn: Callable, *args, tries: int = 4, **kwargs):
             if not transient or attempt == tries - 1:
                 raise
             time.sleep(0.5 * 2 ** attempt)
+
+
+@contextlib.contextmanager
+def _fluent(uri: str):
+    """Point MLflow's fluent API (needed by mlflow.pytorch.log_model) at `uri`, then put it back.
+
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would leak this study's store
+    into every later run and child process of this interpreter.
+    """
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    previous = mlflow.get_tracking_uri() if saved["MLFLOW_TRACKING_URI"] else None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(previous or "")
 
 
 def _client(uri: str):
@@ -232,9 +258,7 @@ def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_repor
     with torch.no_grad():
         signature = infer_signature(example, net(torch.from_numpy(example)).numpy())
     # MLflow 3 saves PyTorch models as a traced pt2 graph, which needs an input example to trace.
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with _fluent(uri), mlflow.start_run(run_id=run_id):
         _retry(client.log_artifacts, run_id, ckpt_dir, CHECKPOINT_ARTIFACT)
         _retry(client.log_metric, run_id, "best_" + metrics.PRIMARY, auc)
         _retry(client.set_tag, run_id, "threshold", f"{state['threshold']:.6f}")
@@ -278,3 +302,82 @@ def load_champion(uri: str, name: str = "fracture", alias: str = CHAMPION):
 
 def summary_json(summary: dict) -> str:
     return json.dumps(summary, indent=2, default=str)
+
+
+# --- evaluation / prediction logging ---
+
+def _safe_name(key: str) -> str:
+    """MLflow names allow alphanumerics and `_-. /` only: "view.frontal+lateral" -> "view.frontal_lateral"."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. /") else "_" for c in key)
+
+
+def _experiment_id(client, cfg: Config, uri: str) -> str:
+    """The study's experiment, created (as start_study does) when an evaluation comes first."""
+    experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (cfg.run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return _retry(client.create_experiment, cfg.tracking.experiment, artifact_location=location)
+
+
+def log_evaluation(cfg: Config, name: str, values: dict[str, float], files: list[Path], *,
+                   base_dir: Path | None = None, params: dict[str, Any] | None = None,
+                   tags: dict[str, str] | None = None) -> str:
+    """One finished MLflow run in the study's experiment holding an evaluation's metrics and files.
+
+    Args:
+        name: the run name, e.g. "evaluate-test".
+        values: flat {metric: number}; names are made MLflow-safe ("+" -> "_"), non-finite values skipped.
+        files: artifacts to attach; those under `base_dir` keep their sub-folder (e.g. gradcam/).
+        params, tags: extra run params (e.g. the model source) and tags.
+    Returns:
+        The run id.
+    """
+    from mlflow.entities import Metric
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    client = _client(uri)
+    run = _retry(client.create_run, _experiment_id(client, cfg, uri), run_name=name,
+                 tags={STUDY_TAG: cfg.name, **(tags or {})})
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        batch = [Metric(_safe_name(k), float(v), now, 0) for k, v in values.items()
+                 if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for start in range(0, len(batch), 1000):              # MLflow takes at most 1000 metrics per batch
+            _retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
+        if params:
+            _retry(client.log_batch, run_id,
+                   params=_params({_safe_name(k): v for k, v in params.items()}))
+        for path in map(Path, files):
+            sub = None
+            if base_dir is not None and path.parent != Path(base_dir) and path.is_relative_to(base_dir):
+                sub = str(path.parent.relative_to(base_dir))
+            _retry(client.log_artifact, run_id, str(path), sub)
+    except Exception:
+        _retry(client.set_terminated, run_id, "FAILED")
+        raise
+    _retry(client.set_terminated, run_id, "FINISHED")
+    return run_id
+
+
+def champion_checkpoint(uri: str, name: str = "fracture", alias: str = CHAMPION) -> tuple[Path, str]:
+    """Download the checkpoint files of `models:/<name>@<alias>`: (local directory, model version).
+
+    Raises:
+        TrackingError when the registry has no such model or alias, or the version has no checkpoint.
+    """
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        version = _retry(client.get_model_version_by_alias, name, alias)
+        local = download_artifacts(run_id=version.run_id, artifact_path=CHECKPOINT_ARTIFACT,
+                                   dst_path=tempfile.mkdtemp(prefix="fracture-champion-"), tracking_uri=uri)
+    except MlflowException as exc:
+        raise TrackingError(f"models:/{name}@{alias} is not available in {uri} "
+                            f"({str(exc).splitlines()[0]}); train one with jobs/tune.py, "
+                            "or pass a checkpoint directory") from None
+    return Path(local), str(version.version)

@@ -1,0 +1,95 @@
+"""fracture.checkpoint: save -> load_model rebuilds the same model, and the files are what they claim."""
+import json
+
+import pytest
+import torch
+
+from fracture import checkpoint
+from fracture.config import Config, OptimConfig
+from fracture.engine import build_optimizer, build_scheduler
+from fracture.model import FractureNet
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A trained-looking checkpoint of a non-default model, and the input/output it must reproduce."""
+    torch.manual_seed(0)
+    raw = Config().to_dict()
+    raw["model"]["dropout"] = 0.3
+    raw["model"]["hidden"] = 32
+    cfg = Config.from_dict(raw)
+    net = FractureNet(hidden=cfg.model.hidden, dropout=cfg.model.dropout, l2=cfg.model.l2)
+    with torch.no_grad():  # move the head away from any fresh init
+        net.fc2.bias.fill_(0.25)
+    optimizer = build_optimizer(net, OptimConfig(schedule="cosine"))
+    scheduler = build_scheduler(optimizer, OptimConfig(schedule="cosine"), epochs=3)
+    x = torch.rand(4, 3, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+    state = {"epoch": 3, "config": cfg.to_dict(), "threshold": 0.4321, "val_auc": 0.75,
+             "weights": "none", "history": [{"epoch": 1, "val_auc": 0.5}]}
+    directory = checkpoint.save(tmp_path_factory.mktemp("ckpt") / "epoch_3", net, optimizer, state, scheduler)
+    return directory, cfg, state, x, expected
+
+
+@pytest.fixture(scope="module")
+def loaded(saved):
+    return checkpoint.load_model(saved[0])  # each FractureNet build costs about a second
+
+
+def test_save_writes_the_three_files(saved):
+    directory = saved[0]
+    assert {p.name for p in directory.iterdir()} == {checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE,
+                                                     checkpoint.STATE_FILE}
+    json.loads((directory / checkpoint.STATE_FILE).read_text())
+
+
+def test_load_model_reproduces_predictions(saved, loaded):
+    _, _, _, x, expected = saved
+    net, _ = loaded
+    assert not net.training
+    with torch.no_grad():
+        got = net(x)
+    assert torch.equal(got, expected)
+
+
+def test_load_model_honours_the_saved_config(saved, loaded):
+    cfg = saved[1]
+    net, state = loaded
+    assert net.dropout.p == pytest.approx(0.3)
+    assert net.fc1.out_features == 32
+    assert Config.from_dict(state["config"]) == cfg
+
+
+def test_state_round_trips(saved, loaded):
+    directory, _, state, _, _ = saved
+    loaded_state = loaded[1]
+    assert loaded_state == state
+    assert loaded_state["threshold"] == 0.4321 and loaded_state["epoch"] == 3
+    assert checkpoint.read_state(directory) == state
+
+
+def test_model_file_loads_with_weights_only(saved):
+    directory = saved[0]
+    sd = torch.load(directory / checkpoint.MODEL_FILE, map_location="cpu", weights_only=True)
+    assert "features.0.weight" in sd and "fc1.weight" in sd and "fc2.bias" in sd
+    opt = torch.load(directory / checkpoint.OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    assert set(opt) == {"optimizer", "scheduler"} and opt["scheduler"] is not None
+
+
+def test_save_without_optimizer_writes_no_optimizer_file(tmp_path):
+    torch.manual_seed(0)
+    net = FractureNet(hidden=8)
+    checkpoint.save(tmp_path, net, None, {"epoch": 0, "config": Config().to_dict()})
+    assert not (tmp_path / checkpoint.OPTIMIZER_FILE).exists()
+    assert (tmp_path / checkpoint.MODEL_FILE).is_file()
+
+
+def test_read_state_without_state_json_raises(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)) as info:
+        checkpoint.read_state(tmp_path)
+    assert "state.json" in str(info.value)

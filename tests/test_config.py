@@ -1,0 +1,207 @@
+"""fracture.config: study files load, round-trip, coerce, and refuse what they cannot be."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from fracture.config import Config, ConfigError, load, resolve_paths
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "jobs" / "studies").glob("*.yaml"))
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_there_are_study_files():
+    assert STUDIES, "jobs/studies/*.yaml not found"
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.stem)
+def test_real_study_loads_and_round_trips(study):
+    cfg = load(study)
+    assert cfg.name == study.stem
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    # The search space names real config paths and survives the round trip as plain data.
+    assert cfg.search.space and all("." in k for k in cfg.search.space)
+
+
+def test_defaults_round_trip():
+    cfg = load()
+    assert cfg == Config.from_dict(cfg.to_dict())
+    assert Config.from_dict({}) == Config()
+
+
+def test_yaml_exponent_without_dot_is_coerced_to_float(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-5` as the string "1e-5".
+    cfg = load(_write(tmp_path, "optim:\n  lr_head: 1e-5\n  lr_backbone: 3e-7\n"))
+    assert isinstance(cfg.optim.lr_head, float) and cfg.optim.lr_head == pytest.approx(1e-5)
+    assert cfg.optim.lr_backbone == pytest.approx(3e-7)
+
+
+def test_override_wins_over_yaml(tmp_path):
+    path = _write(tmp_path, "model:\n  dropout: 0.5\n  hidden: 64\n")
+    cfg = load(path, ["model.dropout=0.3"])
+    assert cfg.model.dropout == pytest.approx(0.3)
+    assert cfg.model.hidden == 64  # untouched keys keep the YAML value
+    cfg = load(path, ["optim.lr_head=1e-2", "train.epochs=7"])
+    assert cfg.optim.lr_head == pytest.approx(1e-2) and cfg.train.epochs == 7
+
+
+@pytest.mark.parametrize("text, key", [
+    ("nmae: x\n", "nmae"),
+    ("model:\n  dropuot: 0.3\n", "model.dropuot"),
+    ("optim:\n  lr: 0.1\n", "optim.lr"),
+])
+def test_unknown_yaml_key_raises_naming_it(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.dropuot=0.3", "model.dropuot"),
+    ("modle.dropout=0.3", "modle"),
+    ("seed.x=1", "seed.x"),
+])
+def test_unknown_override_key_raises_naming_it(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(None, [override])
+
+
+def test_override_without_equals_raises():
+    with pytest.raises(ConfigError, match="model.dropout"):
+        load(None, ["model.dropout"])
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train:\n  epochs: abc\n", "train.epochs"),
+    ("train:\n  epochs: 2.5\n", "train.epochs"),
+    ("model:\n  dropout: [1]\n", "model.dropout"),
+    ("model:\n  dropout: true\n", "model.dropout"),
+    ("cluster:\n  use_gpu: maybe\n", "cluster.use_gpu"),
+    ("model: 3\n", "model"),
+])
+def test_wrong_type_raises_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(_write(tmp_path, text))
+
+
+def test_wrong_type_override_raises_naming_the_key():
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load(None, ["train.epochs=abc"])
+
+
+def test_int_field_refuses_fractional_string(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load(_write(tmp_path, 'train:\n  epochs: "1.5"\n'))
+
+
+def test_int_field_accepts_exponent_string(tmp_path):
+    # 1e3 is a string to PyYAML; an integral value is fine for an int field.
+    assert load(_write(tmp_path, "train:\n  shuffle_buffer: 1e3\n")).train.shuffle_buffer == 1000
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("true", True), ("false", False), ("yes", True), ("no", False), ("1", True), ("0", False),
+    ('"True"', True), ('"no"', False),
+])
+def test_bool_coercion(value, expected):
+    assert load(None, [f"cluster.use_gpu={value}"]).cluster.use_gpu is expected
+
+
+def test_bool_refuses_other_ints():
+    with pytest.raises(ConfigError, match=r"cluster\.use_gpu"):
+        load(None, ["cluster.use_gpu=2"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.schedule=linear", "optim.schedule"),
+    ("optim.name=sgd", "optim.name"),
+    ("train.imbalance=focal", "train.imbalance"),
+    ("train.threshold=f1", "train.threshold"),
+    ("search.scheduler=pbt", "search.scheduler"),
+])
+def test_choice_validation(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(None, [override])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.dropout=1.0", "model.dropout"),
+    ("model.trainable_blocks=6", "model.trainable_blocks"),
+    ("data.image_size=16", "data.image_size"),
+    ("train.epochs=0", "train.epochs"),
+])
+def test_range_validation(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(None, [override])
+
+
+def test_valid_choices_load():
+    cfg = load(None, ["optim.schedule=cosine", "optim.name=adamw"])
+    assert (cfg.optim.schedule, cfg.optim.name) == ("cosine", "adamw")
+
+
+def test_config_is_frozen():
+    cfg = load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.dropout = 0.1
+
+
+def test_replace_returns_a_new_config():
+    cfg = Config()
+    other = cfg.replace(train={"epochs": 1}, name="x")
+    assert other.train.epochs == 1 and other.name == "x"
+    assert other.train.batch_size_per_worker == cfg.train.batch_size_per_worker
+    assert cfg.train.epochs == Config().train.epochs
+
+
+def test_resolve_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_paths(Config.from_dict({"cluster": {"storage_path": "runs"},
+                                          "data": {"root": "data/x", "manifest": ""},
+                                          "model": {"weights": "imagenet"}}))
+    assert cfg.cluster.storage_path == str(tmp_path.resolve() / "runs")
+    assert Path(cfg.cluster.storage_path).is_absolute()
+    assert cfg.data.root == str(tmp_path.resolve() / "data" / "x")
+    assert cfg.data.manifest == ""  # "" means "derive it later", not the cwd
+    assert cfg.model.weights == "imagenet"
+
+    remote = resolve_paths(Config.from_dict({"cluster": {"storage_path": "s3://bucket/fracture"},
+                                             "model": {"weights": "none"}}))
+    assert remote.cluster.storage_path == "s3://bucket/fracture"
+    assert remote.model.weights == "none"
+
+    local_weights = resolve_paths(Config.from_dict({"model": {"weights": "w/vgg16.pth"}}))
+    assert local_weights.model.weights == str(tmp_path.resolve() / "w" / "vgg16.pth")
+
+
+def test_load_resolves_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load(None, ["cluster.storage_path=somewhere"])
+    assert cfg.cluster.storage_path == str(tmp_path.resolve() / "somewhere")
+
+
+def test_search_space_with_unknown_path_raises(tmp_path):
+    text = "search:\n  space:\n    model.dropuot: {uniform: [0.1, 0.5]}\n"
+    with pytest.raises(ConfigError, match=r"model\.dropuot"):
+        load(_write(tmp_path, text))
+
+
+def test_points_to_evaluate_with_unknown_path_raises():
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        load(None, ["search.points_to_evaluate=[{optim.lr: 0.1}]"])
+
+
+def test_missing_study_file_raises(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_non_mapping_study_raises(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load(_write(tmp_path, "- a\n- b\n"))

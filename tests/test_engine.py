@@ -1,0 +1,226 @@
+"""fracture.engine: input conversion, a training epoch that learns, evaluation, optimizers and schedules."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fracture.config import ModelConfig, OptimConfig
+from fracture.engine import (build_optimizer, build_scheduler, evaluate, predict, step_scheduler,
+                             to_model_input, train_one_epoch)
+from fracture.model import FractureNet, build_model
+from fracture.presets import IMAGE, LABEL
+
+pytestmark = pytest.mark.timeout(120)
+
+CPU = torch.device("cpu")
+SIZE = 32
+VAL_KEYS = {"val_loss", "val_auc", "val_auprc", "val_sensitivity", "val_specificity",
+            "val_balanced_accuracy", "val_f1", "val_accuracy", "val_threshold", "val_images"}
+
+
+@pytest.fixture(scope="module")
+def base_net() -> FractureNet:
+    torch.manual_seed(0)
+    net, _ = build_model(ModelConfig(weights="none"))
+    return net
+
+
+@pytest.fixture
+def net(base_net) -> FractureNet:
+    return copy.deepcopy(base_net)
+
+
+def _batches(n_batches=2, batch_size=8, seed=0):
+    """Fixed batches where fractures are brighter: learnable, with both classes in every batch."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        labels = torch.tensor([0, 1] * (batch_size // 2))
+        base = torch.randint(0, 120, (batch_size, SIZE, SIZE, 3), generator=g)
+        images = (base + 120 * labels.view(-1, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
+        batches.append({IMAGE: images, LABEL: labels})
+    return batches
+
+
+def test_to_model_input_converts_uint8_nhwc_to_float_nchw():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    images[0, 0, 0] = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    x = to_model_input(images, CPU)
+    assert x.shape == (2, 3, 5, 7) and x.dtype == torch.float32
+    assert x.is_contiguous()
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([0.0, 128 / 255, 1.0]))
+    torch.testing.assert_close(x, images.permute(0, 3, 1, 2).float() / 255)
+    assert images.dtype == torch.uint8  # the input is not modified
+
+
+def test_train_one_epoch_lowers_the_loss_on_fixed_batches(net):
+    torch.manual_seed(0)
+    net.set_trainable_blocks(0)
+    optimizer = build_optimizer(net, OptimConfig(lr_head=1e-2, lr_backbone=1e-5))
+    batches = _batches()
+    losses = []
+    for _ in range(15):
+        out = train_one_epoch(net, optimizer, batches, loss_fn=nn.BCEWithLogitsLoss(),
+                              penalty=net.l2_penalty, device=CPU)
+        losses.append(out["train_loss"])
+        assert out["train_images"] == 16.0 and out["train_images_per_s"] > 0
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert min(losses[-3:]) < 0.75 * losses[0], losses
+
+
+def test_train_one_epoch_updates_only_trainable_parameters(net):
+    torch.manual_seed(0)
+    net.set_trainable_blocks(1)
+    before = copy.deepcopy(net.state_dict())
+    optimizer = build_optimizer(net, OptimConfig(lr_head=1e-3, lr_backbone=1e-3))
+    train_one_epoch(net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(),
+                    penalty=net.l2_penalty, device=CPU)
+    after = net.state_dict()
+    assert torch.equal(before["features.0.weight"], after["features.0.weight"])   # block 1: frozen
+    assert torch.equal(before["features.21.weight"], after["features.21.weight"])  # block 4: frozen
+    assert not torch.equal(before["features.28.weight"], after["features.28.weight"])  # block 5
+    assert not torch.equal(before["fc1.weight"], after["fc1.weight"])
+    assert net.training
+
+
+def _fc1_norm_after_training(net, l2):
+    torch.manual_seed(0)
+    net.l2 = l2
+    net.set_trainable_blocks(0)
+    optimizer = build_optimizer(net, OptimConfig(lr_head=1e-2))
+    for _ in range(3):
+        train_one_epoch(net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(),
+                        penalty=net.l2_penalty, device=CPU)
+    return net.fc1.weight.detach().norm().item()
+
+
+def test_l2_penalty_is_applied(base_net):
+    start = base_net.fc1.weight.detach().norm().item()
+    plain = _fc1_norm_after_training(copy.deepcopy(base_net), l2=0.0)
+    penalised = _fc1_norm_after_training(copy.deepcopy(base_net), l2=100.0)
+    assert penalised < 0.5 * start
+    assert penalised < 0.5 * plain
+
+
+def test_train_loss_excludes_the_penalty(net):
+    # The reported loss is the data term only, so it is comparable across l2 values.
+    torch.manual_seed(0)
+    net.set_trainable_blocks(0)
+    net.eval()  # no dropout, so one forward gives the exact BCE the epoch will see first
+    batch = _batches(n_batches=1)
+    with torch.no_grad():
+        logits = net(to_model_input(batch[0][IMAGE], CPU))
+        expected = nn.functional.binary_cross_entropy_with_logits(logits, batch[0][LABEL].float().view(-1, 1))
+    net.dropout.p = 0.0
+    net.l2 = 1e6
+    optimizer = torch.optim.SGD(net.head_parameters(), lr=0.0)
+    out = train_one_epoch(net, optimizer, batch, loss_fn=nn.BCEWithLogitsLoss(),
+                          penalty=net.l2_penalty, device=CPU)
+    assert out["train_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _update_norm(net, grad_clip):
+    torch.manual_seed(0)
+    net.set_trainable_blocks(0)
+    before = [p.detach().clone() for p in net.head_parameters()]
+    optimizer = torch.optim.SGD(net.head_parameters(), lr=1.0)
+    out = train_one_epoch(net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(),
+                          penalty=net.l2_penalty, device=CPU, grad_clip=grad_clip)
+    assert np.isfinite(out["train_loss"])
+    return torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(net.head_parameters(), before))).item()
+
+
+def test_grad_clip_bounds_the_update(base_net):
+    # One SGD step with lr=1 moves the parameters by exactly the (clipped) gradient.
+    clipped = _update_norm(copy.deepcopy(base_net), grad_clip=1e-3)
+    unclipped = _update_norm(copy.deepcopy(base_net), grad_clip=0.0)
+    assert clipped == pytest.approx(1e-3, rel=1e-3)
+    assert unclipped > 10 * clipped
+
+
+def test_evaluate_returns_every_metric(net):
+    torch.manual_seed(0)
+    batches = _batches(n_batches=2, batch_size=6)
+    out = evaluate(net, batches, device=CPU)
+    assert set(out) == VAL_KEYS
+    assert out["val_images"] == 12.0
+    assert all(isinstance(v, float) and np.isfinite(v) for v in out.values()), out
+    for key in VAL_KEYS - {"val_loss", "val_images"}:
+        assert 0.0 <= out[key] <= 1.0, key
+    assert not net.training
+    labels, probs = predict(net, batches, CPU)
+    expected = nn.functional.binary_cross_entropy(torch.tensor(probs, dtype=torch.float64),
+                                                  torch.tensor(labels, dtype=torch.float64))
+    assert out["val_loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_evaluate_is_deterministic_and_accepts_sensitivity_threshold(net):
+    batches = _batches(n_batches=1)
+    a = evaluate(net, batches, device=CPU)
+    b = evaluate(net, batches, device=CPU)
+    assert a == b
+    out = evaluate(net, batches, device=CPU, threshold="sensitivity", target_sensitivity=1.0)
+    assert out["val_sensitivity"] == 1.0
+
+
+def test_evaluate_on_empty_iterable_raises(net):
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(net, [], device=CPU)
+
+
+def test_predict_on_empty_iterable_gives_empty_arrays(net):
+    labels, probs = predict(net, iter(()), CPU)
+    assert labels.shape == (0,) and probs.shape == (0,)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_build_optimizer_types_and_groups(net, name, cls):
+    opt = build_optimizer(net, OptimConfig(name=name, lr_head=1e-3, lr_backbone=1e-5, weight_decay=0.01))
+    assert type(opt) is cls
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"head": 1e-3, "backbone": 1e-5}
+    if name == "adamw":
+        assert all(g["weight_decay"] == 0.01 for g in opt.param_groups)
+    else:
+        assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+
+
+def _tiny_optimizer():
+    return torch.optim.Adam([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1.0}])
+
+
+def test_scheduler_none():
+    opt = _tiny_optimizer()
+    assert build_scheduler(opt, OptimConfig(schedule="none"), epochs=5) is None
+    step_scheduler(None, 0.5)
+    assert opt.param_groups[0]["lr"] == 1.0
+
+
+def test_scheduler_cosine_anneals_to_zero():
+    opt = _tiny_optimizer()
+    sched = build_scheduler(opt, OptimConfig(schedule="cosine"), epochs=4)
+    assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
+    lrs = []
+    for _ in range(4):
+        opt.step()
+        step_scheduler(sched, 0.5)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == sorted(lrs, reverse=True)
+    assert lrs[1] == pytest.approx(0.5) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scheduler_plateau_halves_lr_when_auc_stalls():
+    opt = _tiny_optimizer()
+    sched = build_scheduler(opt, OptimConfig(schedule="plateau"), epochs=10)
+    assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    for auc in (0.6, 0.7, 0.8):  # improving: no change
+        step_scheduler(sched, auc)
+    assert opt.param_groups[0]["lr"] == 1.0
+    for auc in (0.8, 0.8):  # patience=1: the second epoch without gain halves it
+        step_scheduler(sched, auc)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
