@@ -1,36 +1,34 @@
-"""python jobs/prepare.py --root ../shared/fracatlas
-Options: [--out PATH] [--config STUDY.yaml] [--download URL [--sha256 HEX]] [section.key=value ...]
+"""python jobs/prepare.py --root ../shared/fracatlas [--config STUDY.yaml] [--out PATH] [section.key=value ...]
 
-Audit FracAtlas and write the leak-free manifest (Parquet) plus its data report; print the report.
---out defaults to data.manifest, else <storage_path>/<name>/manifest.parquet.
---download fetches and unpacks the dataset into the data root first (skipped when already there).
+Audit a FracAtlas folder and write the leak-free manifest (Parquet) plus its data report (JSON +
+Markdown beside it); print the report. --out defaults to data.manifest, else
+<storage_path>/<name>/manifest.parquet, where jobs/train.py and jobs/tune.py look for it.
+--download URL [--sha256 HEX] fetches and unpacks the dataset into the data root first.
 """
-import argparse
 import logging
-import sys
 from pathlib import Path
 
-from fracture import config, manifest
+from fracture import cli, data, manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[3])
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    for flag in ("--config", "--root", "--out", "--download", "--sha256"):
-        parser.add_argument(flag)
-    args = parser.parse_intermixed_args(argv)
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--root", type=Path, help="FracAtlas folder (sets data.root)")
+    p.add_argument("--out", type=Path, help="manifest path (sets data.manifest)")
+    p.add_argument("--download", metavar="URL", help="fetch the FracAtlas archive (https:// or file://) first")
+    p.add_argument("--sha256", help="expected checksum of the archive")
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines go to stderr
-    try:
-        cfg = config.load(args.config, args.overrides)
-        cfg = cfg.replace(data={"root": args.root}) if args.root else cfg
+    cfg, args = cli.parse(p=p)
+    with cli.user_errors():
+        cfg = cfg.replace(data={k: str(v.resolve()) for k, v in (("root", args.root), ("manifest", args.out)) if v})
+        if args.download:
+            cfg = cfg.replace(data={"root": str(manifest.download(args.download, cfg.data.root, sha256=args.sha256))})
+        out = data.manifest_path(cfg)
         d = cfg.data
-        root = manifest.download(args.download, d.root, sha256=args.sha256) if args.download else d.root
-        out = Path(args.out or d.manifest or cfg.run_dir / "manifest.parquet")
-        manifest.build(root, out, seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+        manifest.build(d.root, out, seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
                        balanced=d.balanced, allow_truncated=d.allow_truncated)
-    except (manifest.DataError, config.ConfigError) as exc:
-        sys.exit(f"prepare: {exc}")     # one line, no traceback: these are the user's to fix
     print(manifest.report_paths(out)[1].read_text())
+    print(f"manifest: {out}")
 
 
 if __name__ == "__main__":

@@ -282,4 +282,4 @@ def test_prepare_job_prints_the_report(atlas, tmp_path):
 def test_prepare_job_bad_root_is_one_line(tmp_path):
     done = run_prepare("--root", str(tmp_path / "absent"), "--out", str(tmp_path / "m.parquet"))
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [f"prepare: data root {tmp_path / 'absent'} does not exist"]
+    assert done.stderr.strip().splitlines() == [f"error: data root {tmp_path / 'absent'} does not exist"]
