@@ -17,22 +17,11 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fracture import checkpoint, cli, data, engine, metrics, presets, study
+from fracture import checkpoint, cli, evaluate, presets, study
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "fracatlas.yaml"
-
-
-def _scores(net, frame, size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Plain-torch scoring of a manifest frame (same decode as training)."""
-    batches = []
-    for start in range(0, len(frame), 64):
-        rows = frame.iloc[start:start + 64]
-        images = np.stack([presets.decode_resize(p, size) for p in rows[presets.PATH]])
-        batches.append({presets.IMAGE: torch.from_numpy(images), presets.LABEL: torch.tensor(rows[presets.LABEL].values)})
-    return engine.predict(net.to(device), batches, device)
 
 
 def main() -> None:
@@ -48,15 +37,15 @@ def main() -> None:
         summary = study.run(cfg, search_space=False)
     train_s = time.perf_counter() - start
     net, state = checkpoint.load_model(summary["checkpoint"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threshold = state["threshold"]                       # chosen on val, never on test
     rows = {}
     for split in ("val", "test"):
-        labels, probs = _scores(net, data.split_frame(cfg, split), cfg.data.image_size, device)
-        rows[split] = metrics.binary_metrics(labels, probs, threshold) | {"n": len(labels), "positives": int(labels.sum())}
-        if split == "test":
-            rows[split]["ci95"] = metrics.bootstrap_ci(labels, probs, threshold, n_boot=1000, seed=cfg.seed)
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+        frame = evaluate.frame_for(cfg, split)
+        probs = evaluate.score(net, frame, cfg.data.image_size)
+        rep = evaluate.report(frame[presets.LABEL].values, probs, threshold, frame, seed=cfg.seed)
+        rows[split] = rep["overall"] | {"n": rep["images"], "positives": rep["positives"], "ci95": rep["ci95"]}
+    machine = (torch.cuda.get_device_name() if torch.cuda.is_available()
+               else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads")
     print(f"\n=== quality: {machine}, {cfg.data.image_size} px, {summary['epoch'] + 1}/{cfg.train.epochs} epochs "
           f"(best by val AUROC), weights={state['weights']}, "
           f"train wall {train_s / 60:.1f} min ===")

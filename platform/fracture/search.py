@@ -124,16 +124,25 @@ def study_path(cfg: Config) -> str:
     return storage_uri(cfg, TUNE_DIR)
 
 
+def resume_path(path: str | Path) -> str:
+    """The Tune experiment dir to restore for `--resume path` (the study dir or its tune/ subdir).
+
+    Raises:
+        ConfigError when a local path holds no Tune study.
+    """
+    path = str(path)
+    if "://" in path:
+        return path
+    candidate = Path(path).expanduser().resolve()
+    if (candidate / TUNE_DIR).is_dir():
+        candidate = candidate / TUNE_DIR
+    if not ray.tune.Tuner.can_restore(str(candidate)):
+        raise ConfigError(f"--resume {path}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
+                          "from an earlier jobs/tune.py run)")
+    return str(candidate)
+
+
 def restore_tuner(path: str | Path, cfg: Config, *, callbacks: list | None = None) -> ray.tune.Tuner:
     """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
     unfinished ones resume from their Train run's latest checkpoint."""
-    path = str(path)
-    if "://" not in path:
-        candidate = Path(path).expanduser().resolve()
-        if (candidate / TUNE_DIR).is_dir():
-            candidate = candidate / TUNE_DIR
-        if not ray.tune.Tuner.can_restore(str(candidate)):
-            raise ConfigError(f"--resume {path}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
-                              "from an earlier jobs/tune.py run)")
-        path = str(candidate)
-    return ray.tune.Tuner.restore(path, trainable=_trainable(cfg), resume_errored=True)
+    return ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(cfg), resume_errored=True)

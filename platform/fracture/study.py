@@ -20,6 +20,7 @@ def preflight(cfg: Config) -> None:
 
     Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
     """
+    search.search_space(cfg)                 # unknown distributions / bad arguments: before Ray starts
     data.ensure_manifest(cfg)
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
@@ -46,6 +47,7 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     Returns:
         the summary from tracking.register_best, plus "trials": per-trial final metrics.
     """
+    resume = search.resume_path(resume) if resume else None   # a wrong --resume must not open MLflow runs
     check_cluster(cfg)
     uri, parent = tracking.start_study(cfg)
     report = list(manifest.report_paths(data.manifest_path(cfg)))

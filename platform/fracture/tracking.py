@@ -9,7 +9,6 @@ current champion's val AUROC.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -112,14 +111,7 @@ def start_study(cfg: Config) -> tuple[str, str]:
     uri = tracking_uri(cfg)
     check_reachable(uri)
     client = _client(uri)
-    experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
-    if experiment is None:
-        # An embedded store keeps its artifacts beside it; a server decides for itself.
-        location = (cfg.run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        experiment_id = _retry(client.create_experiment, cfg.tracking.experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-    run = _retry(client.create_run, experiment_id, run_name=cfg.name, tags={STUDY_TAG: cfg.name})
+    run = _retry(client.create_run, _experiment_id(client, cfg, uri), run_name=cfg.name, tags={STUDY_TAG: cfg.name})
     _retry(client.log_dict, run.info.run_id, cfg.to_dict(), "config.json")
     return uri, run.info.run_id
 
@@ -164,6 +156,11 @@ class TrialLogger(ray.tune.Callback):
 
     def _run_for(self, trial) -> str:
         if trial.trial_id not in self._runs:
+            # A resumed study gets a fresh callback: continue the trial's existing run, don't fork it.
+            existing = _find_trial_run(self.client, self.experiment, trial.trial_id)
+            if existing:
+                self._runs[trial.trial_id] = existing
+                return existing
             experiment = _retry(self.client.get_experiment_by_name, self.experiment)
             run = _retry(self.client.create_run, experiment.experiment_id, run_name=f"trial_{trial.trial_id}",
                          tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id})
@@ -248,7 +245,7 @@ def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_repor
     best, row = best_checkpoint(results)
     ckpt_dir = row["checkpoint_path"]
     client = _client(uri)
-    run_id = _find_trial_run(client, cfg, best.metrics["trial_id"]) or parent_run_id
+    run_id = _find_trial_run(client, cfg.tracking.experiment, best.metrics["trial_id"]) or parent_run_id
     auc = float(row[metrics.PRIMARY])
     net, state = checkpoint.load_model(ckpt_dir)
     size = cfg.data.image_size
@@ -280,9 +277,9 @@ def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_repor
             "metrics": {k: v for k, v in row.items() if k.startswith("val_")}}
 
 
-def _find_trial_run(client, cfg: Config, trial_id: str) -> str | None:
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
+def _find_trial_run(client, experiment_name: str, trial_id: str) -> str | None:
+    experiment = _retry(client.get_experiment_by_name, experiment_name)
+    runs = _retry(client.search_runs, [experiment.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -300,10 +297,6 @@ def load_champion(uri: str, name: str = "fracture", alias: str = CHAMPION):
     return checkpoint.load_model(local)
 
 
-def summary_json(summary: dict) -> str:
-    return json.dumps(summary, indent=2, default=str)
-
-
 # --- evaluation / prediction logging ---
 
 def _safe_name(key: str) -> str:
@@ -312,7 +305,7 @@ def _safe_name(key: str) -> str:
 
 
 def _experiment_id(client, cfg: Config, uri: str) -> str:
-    """The study's experiment, created (as start_study does) when an evaluation comes first."""
+    """The study's experiment, created on first use; an embedded store keeps artifacts beside it."""
     experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
     if experiment is not None:
         return experiment.experiment_id

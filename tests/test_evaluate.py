@@ -1,0 +1,281 @@
+"""Holdout evaluation and batch prediction: the report, Grad-CAM wiring, the jobs end to end, and the
+guarantee that training never reads the test split.
+
+An untrained FractureNet in a real checkpoint directory stands in for a trained one: nothing here
+needs the model to be good, only the plumbing to be right.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fracture import checkpoint, cli, config, data, evaluate, manifest, metrics, synthetic
+from fracture.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+PLOTS = ("roc", "pr", "confusion", "calibration")
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("evaluate")
+
+
+@pytest.fixture(scope="module")
+def root(tmp):
+    return synthetic.generate(tmp / "data", n=40, seed=0, min_size=40, max_size=56)
+
+
+def overrides(tmp: Path, root: Path) -> list[str]:
+    return [f"cluster.storage_path={tmp / 'runs'}", f"data.image_size={SIZE}", f"data.root={root}"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp, root):
+    return config.load(cli.DEFAULT_STUDY, overrides(tmp, root))
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp, cfg):
+    """(net, checkpoint dir): building VGG16 takes seconds, so the in-process tests share this one."""
+    torch.manual_seed(0)
+    net, _ = build_model(cfg.model)
+    return net.eval(), checkpoint.save(tmp / "ckpt", net, None, {"epoch": 0, "config": cfg.to_dict(),
+                                                                 "threshold": 0.5, "metrics": {metrics.PRIMARY: 0.5}})
+
+
+@pytest.fixture(scope="module")
+def ckpt(untrained):
+    return untrained[1]
+
+
+@pytest.fixture(scope="module")
+def scored(cfg, root, untrained):
+    net, directory = untrained
+    state = checkpoint.read_state(directory)
+    frame = evaluate.frame_for(cfg, folder=root)
+    return net, state, frame, evaluate.score(net, frame, evaluate.image_size(state))
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp, root, ckpt):
+    """Start both jobs at once (each pays for torch / Ray start-up; together they overlap)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    common = ["--model", str(ckpt), "--folder", str(root), "--explain", "2", *overrides(tmp, root)]
+    start = {
+        "evaluate": [sys.executable, "jobs/evaluate.py", "--out", str(tmp / "eval"), *common],
+        "predict": [sys.executable, "jobs/predict.py", "--out", str(tmp / "pred" / "predict.csv"), *common],
+    }
+    procs = {name: subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True) for name, argv in start.items()}
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+def finished(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def test_score_is_a_probability_per_row_and_batch_invariant(scored):
+    net, state, frame, probs = scored
+    assert probs.shape == (len(frame),) and probs.dtype == np.float32
+    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
+    again = evaluate.score(net, frame.iloc[11::-1], evaluate.image_size(state), batch_size=5)[::-1]
+    np.testing.assert_allclose(again, probs[:12], atol=1e-5)
+
+
+def test_report_keys_and_cis_contain_the_point_estimate(scored):
+    _, state, frame, probs = scored
+    labels = frame["label"].to_numpy()
+    rep = evaluate.report(labels, probs, state["threshold"], frame, n_boot=200)
+    assert {"images", "positives", "threshold", "overall", "ci95", "confusion",
+            "by_body_part", "by_hardware", "by_view"} <= set(rep)
+    assert rep["images"] == len(frame) and rep["positives"] == labels.sum() and rep["threshold"] == 0.5
+    assert rep["overall"] == metrics.binary_metrics(labels, probs, 0.5)
+    assert set(rep["ci95"]) == {"auc", "sensitivity", "specificity"}
+    for name, (lo, hi) in rep["ci95"].items():
+        assert lo <= rep["overall"][name] <= hi, name
+    c = rep["confusion"]
+    assert c["tp"] + c["fn"] == labels.sum() and c["tn"] + c["fp"] == (labels == 0).sum()
+    assert c["tp"] == ((probs >= 0.5) & (labels == 1)).sum()
+
+
+def test_report_slices_partition_the_rows(scored):
+    _, _, frame, probs = scored
+    rep = evaluate.report(frame["label"], probs, 0.5, frame, n_boot=50)
+    parts = rep["by_body_part"]
+    assert set(parts) == set(frame["body_part"])
+    assert sum(r["n"] for r in parts.values()) == len(frame)
+    assert sum(r["positives"] for r in parts.values()) == frame["label"].sum()
+    for name, row in parts.items():
+        assert set(row) == {"n", "positives", "auc", "sensitivity", "specificity"}
+        rows = frame["body_part"] == name
+        expected = metrics.binary_metrics(frame["label"][rows], probs[rows.to_numpy()], 0.5)["sensitivity"]
+        assert row["sensitivity"] == pytest.approx(expected, nan_ok=True)
+    assert set(rep["by_hardware"]) <= {"hardware", "no_hardware", "unknown"}
+    assert sum(r["n"] for r in rep["by_hardware"].values()) == len(frame)
+    table = evaluate.format_table(rep)
+    assert all(name in table for name in parts) and "95% CI" in table
+    flat = evaluate.flat_metrics(rep)
+    assert flat["auc"] == rep["overall"]["auc"] and "body_part.hand.n" in flat
+
+
+def test_report_refuses_unlabelled_rows(scored):
+    _, _, frame, probs = scored
+    with pytest.raises(manifest.DataError):
+        evaluate.report(np.full(len(frame), -1), probs, 0.5, frame)
+
+
+def test_explain_images_writes_overlays_and_scores_the_pointing_game(scored, root, tmp):
+    net, state, frame, probs = scored
+    result = evaluate.explain_images(net, frame, probs, evaluate.image_size(state), root, tmp / "cam", 2)
+    assert result["explained"] == 4
+    assert [it["reason"] for it in result["items"]] == ["top", "top", "random", "random"]
+    top = sorted(probs, reverse=True)[:2]
+    assert [it["probability"] for it in result["items"][:2]] == pytest.approx(top)
+    for item in result["items"]:
+        with Image.open(item["overlay"]) as img:
+            assert min(img.size) >= evaluate.DISPLAY_PX
+        assert (item["hit"] is None) == (item["label"] != 1 or item["boxes"] == 0)
+    assert Path(result["grid"]).is_file()
+    game = result["pointing_game"]
+    assert game["images"] == sum(it["hit"] is not None for it in result["items"])
+    assert game["hit_rate"] is None if not game["images"] else 0 <= game["hit_rate"] <= 1
+
+
+# -------------------------------------------------------------------------------------- model/rows
+
+def test_load_refuses_what_is_not_a_checkpoint(cfg, tmp):
+    with pytest.raises(config.ConfigError, match="not a checkpoint"):
+        evaluate.load(str(tmp), cfg)
+    with pytest.raises(config.ConfigError, match="models:/<name>@<alias>"):
+        evaluate.load("models:/fracture/3", cfg)
+
+
+def test_frame_for_a_split_and_for_a_folder(cfg, root):
+    df = manifest.load(data.ensure_manifest(cfg))
+    test = evaluate.frame_for(cfg, "test")
+    assert len(test) and set(test["image_id"]) == set(df.loc[df["usable"] & (df["split"] == "test"), "image_id"])
+    assert (test["split"] == "test").all()
+    folder = evaluate.frame_for(cfg, folder=root)
+    assert set(folder["image_id"]) == set(df.loc[df["usable"], "image_id"])
+    assert {"image_id", "path", "label", "body_part", "hardware", "view"} <= set(folder.columns)
+    with pytest.raises(config.ConfigError):
+        evaluate.frame_for(cfg, "holdout")
+
+
+def test_frame_for_a_plain_image_folder(cfg, root, tmp):
+    plain = tmp / "plain" / "sub"
+    plain.mkdir(parents=True)
+    for path in sorted((root / "images" / "Fractured").glob("*.jpg"))[:2]:
+        (plain / path.name).write_bytes(path.read_bytes())
+    frame = evaluate.frame_for(cfg, folder=tmp / "plain")
+    assert len(frame) == 2 and (frame["label"] == -1).all() and frame["image_id"].str.startswith("sub/").all()
+
+
+# ------------------------------------------------------------------------------ test-split hygiene
+
+def test_training_never_reads_the_test_split(cfg):
+    assert data.TRAINING_SPLITS == ("train", "val")
+    df = manifest.load(data.ensure_manifest(cfg))
+    test_ids = set(df.loc[df["split"] == "test", "image_id"])
+    assert test_ids, "the fixture's manifest should have a test split"
+    for split in data.TRAINING_SPLITS:
+        assert not test_ids & set(data.split_frame(cfg, split)["image_id"]), split
+
+
+def test_only_evaluate_names_the_test_split():
+    """Only evaluate.py may select the test split; manifest.py assigns it (and defines SPLITS)."""
+    literal = re.compile(r"""["']test["']""")
+    allowed = {"evaluate.py", "manifest.py"}
+    sources = [p for p in (REPO / "platform" / "fracture").glob("*.py") if p.name not in allowed]
+    sources += list((REPO / "jobs").glob("*.py"))
+    offenders = [str(p.relative_to(REPO)) for p in sources if literal.search(p.read_text())]
+    assert not offenders, f"these name the test split: {offenders}"
+
+
+# --------------------------------------------------------------------------------------------- jobs
+
+@pytest.mark.integration
+def test_evaluate_job_writes_report_plots_overlays_and_an_mlflow_run(jobs, tmp, root):
+    out = finished(jobs["evaluate"])
+    assert "95% CI" in out and "body part" in out
+    result = tmp / "eval"
+    report = json.loads((result / "metrics.json").read_text())
+    assert report["images"] == len(pd.read_csv(result / "predictions.csv"))
+    assert report["threshold"] == 0.5 and "explain" in report
+    for name in PLOTS:
+        assert (result / f"{name}.png").stat().st_size > 1000
+    overlays = sorted((result / "gradcam").glob("*_*.png"))
+    assert len(overlays) == 4 and (result / "gradcam" / "grid.png").is_file()
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp / 'runs' / 'demo' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("fracture")
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'evaluate-folder-{root.name}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    assert run.data.metrics["auc"] == pytest.approx(report["overall"]["auc"])
+    assert run.data.params["model"] == str(tmp / "ckpt")
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "predictions.csv", *(f"{n}.png" for n in PLOTS), "gradcam"} <= logged
+    assert len(client.list_artifacts(run.info.run_id, "gradcam")) == 5
+
+
+@pytest.mark.integration
+def test_predict_job_writes_one_row_per_usable_image(jobs, tmp, root, cfg):
+    out = finished(jobs["predict"])
+    frame = pd.read_csv(tmp / "pred" / "predict.csv")
+    assert list(frame.columns) == ["image_id", "probability", "predicted"]
+    usable = evaluate.frame_for(cfg, folder=root)
+    assert list(frame["image_id"]) == list(usable["image_id"])
+    assert frame["probability"].between(0, 1).all()
+    assert (frame["predicted"] == (frame["probability"] >= 0.5)).all()
+    assert (tmp / "pred" / "predict_gradcam" / "grid.png").is_file()
+    assert "Grad-CAM" in out
+
+
+@pytest.mark.integration
+def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
+    """models:/name@alias resolves through the study's store (the evaluate job's, when it ran first:
+    a fresh sqlite store costs seconds of schema migrations)."""
+    from mlflow import MlflowClient
+
+    from fracture import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("fracture")
+    experiment_id = (experiment.experiment_id if experiment else
+                     client.create_experiment("fracture", artifact_location=(tmp / "art").as_uri()))
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifacts(run_id, str(ckpt), tracking.CHECKPOINT_ARTIFACT)
+    client.create_registered_model("fracture")
+    version = client.create_model_version("fracture", f"runs:/{run_id}/checkpoint", run_id=run_id)
+    client.set_registered_model_alias("fracture", "champion", version.version)
+
+    net, state = evaluate.load("models:/fracture@champion", cfg)
+    assert state["threshold"] == 0.5 and state["source"] == "models:/fracture@champion"
+    saved = torch.load(ckpt / checkpoint.MODEL_FILE, weights_only=True)
+    assert torch.equal(net.fc2.weight, saved["fc2.weight"])
+    with pytest.raises(tracking.TrackingError, match="models:/fracture@nope"):
+        evaluate.load("models:/fracture@nope", cfg)
