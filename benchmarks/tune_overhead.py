@@ -1,0 +1,199 @@
+"""python benchmarks/tune_overhead.py [--n 4] [--reports 3] [--sleep 0.2] [--profile] [--ray-worker-niceness 0]
+
+Seconds of overhead per Ray Tune trial, two ways, each as (Tune wall - the same work in a plain loop) / N:
+
+* trivial: N trials of a function that sleeps --sleep s and reports, --reports times, run by
+  ray.tune.Tuner one at a time (max_concurrent_trials=1), vs the same sleeps in a loop. This is
+  Tune's own cost per trial: scheduling, a trial actor, result and experiment-state bookkeeping.
+* project: N trials of fracture.search.build_tuner(cfg) (each trial = a TorchTrainer with one Ray
+  Train worker and Ray Data, one epoch, checkpoint + report) on a tiny study (32 px, 1 epoch,
+  synthetic n=60, no search space, so every trial is the same config), vs the same N single-epoch
+  trainings (build model, train one epoch, evaluate val) with the plain engine loop over the decoded
+  arrays in memory. The plain loop runs half before and half after the study, so a change in the
+  machine's load hits both sides. The decoded cache is built before any timing.
+
+The project rows split the per-trial overhead: inside a trial (Tune's time_total_s minus the
+worker's epoch_s: TorchTrainer start-up, worker group, dataset set-up, checkpoint) and between
+trials (the rest of the wall time). --profile adds two bare TorchTrainer.fit() runs whose worker
+only reports once, without and with the study's datasets (iterated once): Ray Train's fixed cost.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+
+import ray
+import ray.train
+import ray.tune
+import torch
+
+import _common
+from fracture import checkpoint, data, engine, search, synthetic
+from fracture.model import build_model
+
+
+def trivial(config: dict) -> None:
+    for step in range(config["reports"]):
+        time.sleep(config["sleep"])
+        ray.tune.report({"step": step})
+
+
+@contextlib.contextmanager
+def captured(path):
+    """Tune's progress tables go to a log file (printed only if the study fails)."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        print(buffer.getvalue())
+        raise
+    finally:
+        path.write_text(buffer.getvalue())
+
+
+def noop_worker(config: dict) -> None:
+    ray.train.report({"done": 1})
+
+
+def iterate_worker(config: dict) -> None:
+    """Iterate this worker's shards once, as the real worker does (fracture.worker.batches)."""
+    from fracture.config import Config
+    from fracture.worker import batches
+
+    cfg = Config.from_dict(config["config"])
+    for split in ("train", "val"):
+        for _ in batches(cfg, split):
+            pass
+    ray.train.report({"done": 1})
+
+
+def bare_fit(cfg, fn, datasets: dict | None, storage) -> float:
+    """Seconds of one TorchTrainer.fit() of `fn` with the study's scaling (one worker, its CPUs)."""
+    from ray.train.torch import TorchTrainer
+
+    from fracture import trainer
+
+    tick = time.perf_counter()
+    TorchTrainer(fn, train_loop_config={"config": cfg.to_dict()}, scaling_config=trainer.scaling_config(cfg),
+                 run_config=ray.train.RunConfig(name=fn.__name__, storage_path=str(storage)),
+                 datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
+    return time.perf_counter() - tick
+
+
+def plain_trainings(cfg, arrays: dict, pos_weight: float, count: int) -> tuple[float, float]:
+    """`count` single-epoch trainings as a trial does them, minus Ray: (seconds, of which checkpoint saves)."""
+    ckpt_s, start = 0.0, time.perf_counter()
+    device = torch.device("cpu")
+    for _ in range(count):
+        torch.manual_seed(cfg.seed)
+        net, _ = build_model(cfg.model)
+        net.set_trainable_blocks(cfg.model.trainable_blocks)
+        optimizer = engine.build_optimizer(net, cfg.optim)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
+        train = _common.loader(*arrays["train"], cfg.train.batch_size_per_worker, train=True, augment=cfg.data.augment)
+        val = _common.loader(*arrays["val"], cfg.train.batch_size_per_worker, train=False)
+        for epoch in range(cfg.train.epochs):
+            engine.train_one_epoch(net, optimizer, train, loss_fn=loss_fn, penalty=net.l2_penalty, device=device)
+            engine.evaluate(net, val, device=device, threshold=cfg.train.threshold)
+            with tempfile.TemporaryDirectory() as tmp:
+                tick = time.perf_counter()
+                checkpoint.save(tmp, net, optimizer, {"epoch": epoch, "config": cfg.to_dict()})
+                ckpt_s += time.perf_counter() - tick
+    return time.perf_counter() - start - ckpt_s, ckpt_s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=4, help="trials in each study")
+    p.add_argument("--reports", type=int, default=3, help="reports per trivial trial")
+    p.add_argument("--sleep", type=float, default=0.2, help="seconds of work before each trivial report")
+    p.add_argument("--profile", action="store_true", help="also time bare TorchTrainer.fit() runs (~1 min more)")
+    _common.add_niceness_arg(p)
+    args = p.parse_args()
+    _common.quiet()
+    n = args.n
+
+    tmp = _common.workdir()
+    try:
+        print(f"machine: {_common.machine()}; load {_common.load()} at start")
+        root = synthetic.generate(tmp / "data", n=60, seed=0)
+        cpus = os.cpu_count()
+        cfg = _common.make_config(tmp, root, "data.image_size=32", "train.epochs=1", "train.batch_size_per_worker=16",
+                                  "train.patience=0", "cluster.num_workers=1", f"cluster.cpus_per_worker={cpus}",
+                                  f"search.num_trials={n}", "search.max_concurrent=1")
+        tick = time.perf_counter()
+        _common.init_ray(cpus + 2, args.ray_worker_niceness)   # as cli.init_ray: trial CPUs + 2 for Ray Data
+        init_s = time.perf_counter() - tick
+        rows = [["ray.init", "-", init_s, "-", "-", _common.load()]]
+
+        # --- trivial trials
+        work = args.reports * args.sleep
+        tick = time.perf_counter()
+        for _ in range(n):
+            for _ in range(args.reports):
+                time.sleep(args.sleep)
+        loop_s = time.perf_counter() - tick
+        tuner = ray.tune.Tuner(trivial, param_space={"reports": args.reports, "sleep": args.sleep},
+                               tune_config=ray.tune.TuneConfig(num_samples=n, max_concurrent_trials=1),
+                               run_config=ray.tune.RunConfig(name="trivial", storage_path=str(tmp / "tune"), verbose=0))
+        tick = time.perf_counter()
+        with captured(tmp / "trivial.log"):
+            results = tuner.fit()
+        tune_s = time.perf_counter() - tick
+        assert not results.errors, results.errors
+        rows.append([f"trivial: loop ({work:.1f} s of work each)", n, loop_s, loop_s / n, "-", _common.load()])
+        rows.append(["trivial: Tuner, 1 at a time", n, tune_s, tune_s / n, (tune_s - loop_s) / n, _common.load()])
+
+        # --- the project's path
+        pos_weight = data.pos_weight(cfg)
+        arrays = {split: _common.split_arrays(cfg, split) for split in ("train", "val")}   # builds the cache
+        first = n // 2
+        plain_s, ckpt_s = plain_trainings(cfg, arrays, pos_weight, first)
+        tick = time.perf_counter()
+        with captured(tmp / "project.log"):
+            tuner = search.build_tuner(cfg)
+            build_s = time.perf_counter() - tick
+            results = tuner.fit()
+        study_s = time.perf_counter() - tick
+        if results.errors:
+            raise RuntimeError(f"{len(results.errors)} trials failed; first: {results.errors[0]}")
+        more_plain, more_ckpt = plain_trainings(cfg, arrays, pos_weight, n - first)
+        plain_s, ckpt_s = plain_s + more_plain, ckpt_s + more_ckpt
+        trial_s = [r.metrics["time_total_s"] for r in results]
+        epoch_s = [r.metrics["epoch_s"] for r in results]
+        rows.append([f"project: plain engine loop ({len(arrays['train'][0])} train / {len(arrays['val'][0])} val "
+                     "images, 32 px)", n, plain_s, plain_s / n, "-", _common.load()])
+        rows.append(["project: search.build_tuner(cfg).fit()", n, study_s, study_s / n, (study_s - plain_s) / n,
+                     _common.load()])
+        rows.append(["  of which build_tuner (datasets from cache)", "-", build_s, "-", "-", "-"])
+        rows.append(["  in trials: worker epoch_s (train + eval)", n, sum(epoch_s), sum(epoch_s) / n, "-", "-"])
+        rows.append(["  in trials: rest of time_total_s", n, sum(trial_s) - sum(epoch_s),
+                     (sum(trial_s) - sum(epoch_s)) / n, "-", "-"])
+        rows.append(["  between trials: teardown + Tune scheduling", n, study_s - build_s - sum(trial_s),
+                     (study_s - build_s - sum(trial_s)) / n, "-", "-"])
+        rows.append(["  plain loop's checkpoint.save (not in its time)", n, ckpt_s, ckpt_s / n, "-", "-"])
+
+        if args.profile:
+            for label, fn, datasets in (("no-op worker", noop_worker, None),
+                                        ("no-op worker + datasets iterated once", iterate_worker,
+                                         data.build_datasets(cfg))):
+                seconds = bare_fit(cfg, fn, datasets, tmp / "bare")
+                rows.append([f"profile: TorchTrainer.fit, {label}", 1, seconds, seconds, "-", _common.load()])
+
+        print(_common.table(["what", "trials", "seconds", "s / trial", "overhead s / trial", "load 1/5/15"], rows))
+        print(f"\nper-trial overhead: trivial {(tune_s - loop_s) / n:.2f} s (Tune alone); "
+              f"project {(study_s - plain_s) / n:.2f} s (Tune + Ray Train + Ray Data + checkpoint per epoch) "
+              f"on top of {plain_s / n:.2f} s of training per trial; load {_common.load()} at end")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
