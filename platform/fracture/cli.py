@@ -59,6 +59,9 @@ def user_errors() -> Iterator[None]:
     except (ConfigError, DataError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        sys.exit(130)
     except Exception as exc:
         # The tracking module's errors are raised before training; import lazily (mlflow is slow to import).
         if type(exc).__name__ == "TrackingError":
@@ -88,8 +91,25 @@ def init_ray(cfg: Config) -> None:
         return
     _quiet_data()
     need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker * max(1, cfg.search.max_concurrent) + 2
-    ray.init(num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=False,
+    # When ASHA stops a trial (and at max_t it stops every trial), Tune kills the trial's actor and
+    # with it the Train controller, before the controller removes its workers' placement group.
+    # Ray Train's detached PlacementGroupCleaner removes it then, but it finds the cluster through
+    # the State API, i.e. the dashboard; a local instance has no `ray start` address file to find
+    # it by (and a laptop may run several). Without the cleaner every stopped trial leaks its
+    # workers' CPUs until the next trial cannot start. So: a dashboard on loopback, named to workers.
+    port = _free_port()
+    runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port, _node_ip_address="127.0.0.1",
              runtime_env=runtime_env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _quiet_data() -> None:

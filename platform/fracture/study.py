@@ -56,6 +56,13 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     tuner = (search.restore_tuner(resume, cfg, callbacks=callbacks) if resume
              else search.build_tuner(cfg, callbacks=callbacks, search=search_space))
     results = tuner.fit()
+    # Ctrl-C / SIGINT: Tune saved the study and returned early; a partial study registers nothing.
+    # (Tune marks every trial TERMINATED on the way out, but only a finished or stopped trial's
+    # last result is `done`.)
+    unfinished = [r for r in results if not r.error and not r.metrics.get("done")]
+    if unfinished or len(results) < (cfg.search.num_trials if search_space else 1):
+        raise KeyboardInterrupt(f"the study was saved; continue it with: python jobs/tune.py --resume "
+                                f"{resume or search.study_path(cfg)}")
     errors = [r for r in results if r.error]
     if len(errors) == len(results):
         raise RuntimeError(f"every trial failed; first error: {errors[0].error}")
