@@ -68,6 +68,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
             blocks = _phase_blocks(cfg, epoch)
             net.set_trainable_blocks(blocks)
             model = ray.train.torch.prepare_model(net)
+            if cfg.train.compile:
+                model = torch.compile(model)   # recompiles per phase: the set of trained params changed
         tick = time.perf_counter()
         result = engine.train_one_epoch(model, optimizer, batches(cfg, "train"), loss_fn=loss_fn,
                                         penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip)
