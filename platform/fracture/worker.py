@@ -56,6 +56,16 @@ def train_fn_per_worker(loop_config: dict) -> None:
     history: list[dict] = state.get("history", [])
     best = state.get("best_val_auc", float("-inf"))
     stale = state.get("stale_epochs", 0)
+    early_stopped = 0 < cfg.train.patience <= stale
+    if state and (start >= cfg.train.epochs or early_stopped):
+        # The run had already ended, but its last reports never reached Tune (the study was
+        # interrupted just then): report the last epoch again, so the trial ends with its result.
+        log.info("restored a finished run (epoch %d): reporting its last result again", start - 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = checkpoint.to_ray(tmp, net, optimizer, state, scheduler) if is_rank0() else None
+            ray.train.report({**state["metrics"], "weights": state["weights"], "early_stopped": early_stopped},
+                             checkpoint=ckpt)
+        return
     if start:
         log.info("resuming from epoch %d (best val_auc %.4f)", start, best)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([loop_config["pos_weight"]], device=device))
