@@ -86,7 +86,12 @@ def init_ray(cfg: Config) -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     runtime_env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"]}}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        address = os.environ["RAY_ADDRESS"]
+        if "://" not in address and address != "auto":
+            # Workers' State API clients (Ray Train's placement-group cleaner, see below) would
+            # otherwise look for "the latest `ray start`" on their node, which may be another cluster.
+            runtime_env["env_vars"]["RAY_ADDRESS"] = address
+        ray.init(address=address, runtime_env=runtime_env)
         _quiet_data()
         return
     _quiet_data()
@@ -100,8 +105,7 @@ def init_ray(cfg: Config) -> None:
     port = _free_port()
     runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=port, _node_ip_address="127.0.0.1",
-             runtime_env=runtime_env)
+             dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=runtime_env)
 
 
 def _free_port() -> int:
