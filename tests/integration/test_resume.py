@@ -42,7 +42,7 @@ from fracture.model import build_model
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 5                      # ASHA rungs at 1, 2, 4; trial 3 has four epochs left when interrupted
+EPOCHS = 10                     # ASHA rungs at 1, 2, 4, 8; long enough that trial 3 is still running when interrupted
 CANDIDATE_HIDDEN = (2, 8, 16, 32, 64)
 TRIAL_DIR = re.compile(r"^train_driver_fn_([0-9a-f]+)_(\d+)_")
 
