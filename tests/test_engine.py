@@ -4,6 +4,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from batches import fixed_batches
 from torch import nn
 
 from fracture.config import ModelConfig, OptimConfig
@@ -32,16 +33,8 @@ def net(base_net) -> FractureNet:
     return copy.deepcopy(base_net)
 
 
-def _batches(n_batches=2, batch_size=8, seed=0):
-    """Fixed batches where fractures are brighter: learnable, with both classes in every batch."""
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(n_batches):
-        labels = torch.tensor([0, 1] * (batch_size // 2))
-        base = torch.randint(0, 120, (batch_size, SIZE, SIZE, 3), generator=g)
-        images = (base + 120 * labels.view(-1, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
-        batches.append({IMAGE: images, LABEL: labels})
-    return batches
+def _batches(**kwargs):
+    return fixed_batches(SIZE, **kwargs)
 
 
 def test_to_model_input_converts_uint8_nhwc_to_float_nchw():
