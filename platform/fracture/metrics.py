@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 
 PRIMARY = "val_auc"
 MODE = "max"
+EPOCHS_DONE = "epochs_done"   # reported with every epoch; ASHA counts its rungs in it
 
 # The keys binary_metrics returns besides "threshold"; bootstrap_ci accepts any of them.
 METRIC_NAMES = ("auc", "auprc", "sensitivity", "specificity", "balanced_accuracy", "f1", "accuracy")

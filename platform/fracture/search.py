@@ -97,15 +97,53 @@ def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = Tr
     searcher = scheduler = None
     if search and cfg.search.space:
         searcher = OptunaSearch(points_to_evaluate=points_to_evaluate(cfg) or None, seed=cfg.seed)
-    if search and cfg.search.scheduler == "asha" and cfg.train.epochs > cfg.search.grace_epochs:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                                  grace_period=max(1, cfg.search.grace_epochs), reduction_factor=2)
+    if search and cfg.search.scheduler == "asha":
+        scheduler = asha(cfg)
+    if scheduler is not None:
+        callbacks = [*(callbacks or []), SchedulerState(scheduler)]
     tune_config = ray.tune.TuneConfig(metric=metrics.PRIMARY, mode=metrics.MODE,
                                       num_samples=cfg.search.num_trials if search else 1,
                                       max_concurrent_trials=cfg.search.max_concurrent if search else 1,
                                       search_alg=searcher, scheduler=scheduler)
     return ray.tune.Tuner(trainable, param_space={"config": space}, tune_config=tune_config,
                           run_config=_run_config(cfg, callbacks))
+
+
+def asha(cfg: Config) -> ASHAScheduler | None:
+    """ASHA on val AUROC, with rungs counted in epochs trained (None when the study is too short to prune).
+
+    Not Tune's training_iteration: that counts reports since the trial (re)started, and a resumed
+    trial starts counting again at 1 while its Train run continues from epoch N.
+    """
+    if cfg.train.epochs <= cfg.search.grace_epochs:
+        return None
+    return ASHAScheduler(time_attr=metrics.EPOCHS_DONE, max_t=cfg.train.epochs,
+                         grace_period=max(1, cfg.search.grace_epochs), reduction_factor=2)
+
+
+class SchedulerState(ray.tune.Callback):
+    """Keeps ASHA's rungs (each trial's val AUROC at each milestone) in the study's saved state.
+
+    Tune saves the searcher and the callbacks with the study but not the scheduler, so without this
+    a resumed study's ASHA would have forgotten every result from before the interrupt: the first
+    trial to reach a rung afterwards would face no cutoff at all. Tuner.restore unpickles this
+    callback and the scheduler from one pickle, so `self.scheduler` is the scheduler Tune runs.
+    """
+
+    def __init__(self, scheduler: ASHAScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"rungs": [[(milestone, dict(recorded)) for milestone, recorded in bracket._rungs]
+                          for bracket in self.scheduler._brackets],
+                "num_stopped": self.scheduler._num_stopped}
+
+    def set_state(self, state: dict) -> None:
+        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"]):
+            saved = dict(rungs)
+            for milestone, recorded in bracket._rungs:
+                recorded.update(saved.get(milestone, {}))
+        self.scheduler._num_stopped = state["num_stopped"]
 
 
 def _trainable(cfg: Config):

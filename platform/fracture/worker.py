@@ -1,7 +1,7 @@
 """The Ray Train worker loop: adapts Ray (shards, devices, checkpoints, reports) to the pure engine.
 
 The only module that calls get_dataset_shard, prepare_model, get_checkpoint and ray.train.report.
-Every rank reports once per epoch (so Tune's training_iteration == epoch) with the same global
+Every rank reports once per epoch (with `epochs_done`, which ASHA counts in) with the same global
 validation metrics: validation is not sharded, every rank scores the whole val split on the
 unwrapped model, so no rank ever reports a shard-local AUROC. Only rank 0 writes checkpoints.
 """
@@ -89,7 +89,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         improved = auc > best
         best, stale = (auc, 0) if improved else (best, stale + 1)
         engine.step_scheduler(scheduler, auc)
-        result |= {"epoch": epoch, "best_val_auc": best, "trainable_blocks": blocks,
+        result |= {"epoch": epoch, metrics.EPOCHS_DONE: epoch + 1, "best_val_auc": best, "trainable_blocks": blocks,
                    "lr_head": optimizer.param_groups[0]["lr"], "lr_backbone": optimizer.param_groups[1]["lr"],
                    "epoch_s": time.perf_counter() - tick}
         history.append(result)
