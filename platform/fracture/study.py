@@ -49,7 +49,22 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     """
     resume = search.resume_path(resume) if resume else None   # a wrong --resume must not open MLflow runs
     check_cluster(cfg)
-    uri, parent = tracking.start_study(cfg)
+    study_dir = resume or search.study_path(cfg)
+    uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume))
+    try:
+        summary = _fit_and_register(cfg, uri, parent, resume=resume, search_space=search_space)
+    except KeyboardInterrupt:
+        tracking.end_study(uri, parent, "KILLED")
+        raise
+    except Exception:
+        tracking.end_study(uri, parent, "FAILED")
+        raise
+    summary["tracking_uri"] = uri
+    summary["study_dir"] = study_dir
+    return summary
+
+
+def _fit_and_register(cfg: Config, uri: str, parent: str, *, resume: str | None, search_space: bool) -> dict:
     report = list(manifest.report_paths(data.manifest_path(cfg)))
     tracking.log_data_report(uri, parent, report)
     callbacks = [tracking.trial_logger(cfg, uri, parent)]
@@ -69,8 +84,6 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     summary = tracking.register_best(results, cfg, uri, parent, report)
     summary["trials"] = [{"trial_id": r.metrics.get("trial_id"), "epochs": r.metrics.get("epoch", -1) + 1,
                           "val_auc": r.metrics.get("val_auc"), "error": bool(r.error)} for r in results]
-    summary["tracking_uri"] = uri
-    summary["study_dir"] = search.study_path(cfg)
     return summary
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 TRIAL_TAG = "fracture.trial_id"
 STUDY_TAG = "fracture.study"
+STUDY_DIR_TAG = "fracture.study_dir"
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
@@ -102,8 +103,12 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"tracking URI {uri!r}: MLflow 3 needs sqlite:///<absolute path> or http://host:port")
 
 
-def start_study(cfg: Config) -> tuple[str, str]:
+def start_study(cfg: Config, study_dir: str, *, resume: bool = False) -> tuple[str, str]:
     """Create the experiment (before trials start: sqlite dislikes concurrent first writes) and a parent run.
+
+    A resumed study reopens the parent run of its first invocation (found by `study_dir`), so one
+    study is one parent run however often it was interrupted; the resumed trials' logger, which
+    Tune restores with the study, still points at it.
 
     Returns:
         (tracking uri, parent run id)
@@ -111,9 +116,28 @@ def start_study(cfg: Config) -> tuple[str, str]:
     uri = tracking_uri(cfg)
     check_reachable(uri)
     client = _client(uri)
-    run = _retry(client.create_run, _experiment_id(client, cfg, uri), run_name=cfg.name, tags={STUDY_TAG: cfg.name})
+    experiment_id = _experiment_id(client, cfg, uri)
+    if resume:
+        runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{STUDY_DIR_TAG}` = '{study_dir}'",
+                      order_by=["attributes.start_time ASC"], max_results=1)
+        if runs:
+            _retry(client.update_run, runs[0].info.run_id, status="RUNNING")
+            return uri, runs[0].info.run_id
+    run = _retry(client.create_run, experiment_id, run_name=cfg.name,
+                 tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir})
     _retry(client.log_dict, run.info.run_id, cfg.to_dict(), "config.json")
     return uri, run.info.run_id
+
+
+def end_study(uri: str, parent_run_id: str, status: str) -> None:
+    """Close a study's parent run that did not finish: KILLED when interrupted (it can be resumed), else FAILED.
+
+    Best effort: it runs while another error is on its way to the user, which must not be masked.
+    """
+    try:
+        _retry(_client(uri).set_terminated, parent_run_id, status)
+    except Exception as exc:
+        log.warning("could not mark MLflow run %s %s: %s", parent_run_id, status, exc)
 
 
 def log_data_report(uri: str, run_id: str, report_files: list[Path]) -> None:

@@ -180,6 +180,13 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     worker_pgs = [pg for pg in live_pgs if any(b.get("CPU", 0) >= 1 for b in pg["bundles"].values())]
     assert len(worker_pgs) <= 1, f"placement groups left behind by stopped trials: {live_pgs}"
 
+    # MLflow: the study's parent run is marked KILLED (it can be resumed), not left RUNNING.
+    uri = f"sqlite:///{storage / 'demo' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("test")
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if tracking.STUDY_DIR_TAG in r.data.tags]
+    assert [r.info.status for r in parents] == ["KILLED"], [(r.info.run_id, r.info.status) for r in parents]
+
     trials = _trials(tune_dir)
     before = {n: _epochs(path) for n, path in trials.items()}
     assert sorted(before) == [1, 2, 3]
@@ -214,11 +221,13 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
         first = json.loads((trials[n] / "result.json").read_text().splitlines()[0])
         assert first["val_auc"] == pytest.approx(auc[hidden], abs=1e-6), (n, hidden, auc)
 
-    # MLflow: one child run per trial (the resumed trial kept its run), champion registered.
-    uri = f"sqlite:///{storage / 'demo' / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("test")
-    runs = [r for r in client.search_runs([experiment.experiment_id]) if tracking.TRIAL_TAG in r.data.tags]
+    # MLflow: the resumed study reopened its parent run and finished it; one child run per trial
+    # (the resumed trial kept its run), all under that parent; champion registered.
+    everything = client.search_runs([experiment.experiment_id])
+    after_parents = [r for r in everything if tracking.STUDY_DIR_TAG in r.data.tags]
+    assert [(r.info.run_id, r.info.status) for r in after_parents] == [(parents[0].info.run_id, "FINISHED")]
+    runs = [r for r in everything if tracking.TRIAL_TAG in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
     by_trial = {r.data.tags[tracking.TRIAL_TAG]: r for r in runs}
     assert len(runs) == 3 == len(by_trial)
     ids = {n: _trial_id(path) for n, path in _trials(tune_dir).items()}

@@ -32,7 +32,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     trials = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
     parents = [r for r in runs if r.info.run_id == trials[0].data.tags["mlflow.parentRunId"]]
     assert len(trials) == 2 and len(parents) == 1
-    assert parents[0].data.tags[tracking.STUDY_TAG] == cfg.name
+    assert parents[0].data.tags[tracking.STUDY_TAG] == cfg.name and parents[0].info.status == "FINISHED"
     for run in trials:
         history = client.get_metric_history(run.info.run_id, "val_auc")
         assert 1 <= len(history) <= cfg.train.epochs          # ASHA may stop one after the grace epoch
@@ -60,7 +60,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     # A model that does not beat the champion's val AUROC is registered but does not take the alias.
     results = search.restore_tuner(summary["study_dir"], cfg).get_results()
     again = tracking.register_best(results, cfg, summary["tracking_uri"],
-                                   tracking.start_study(cfg)[1])
+                                   tracking.start_study(cfg, summary["study_dir"])[1])
     assert int(again["version"]) == int(summary["version"]) + 1 and not again["champion"]
     assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(version.version)
 
