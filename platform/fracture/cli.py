@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -35,12 +37,42 @@ def parse(argv: Sequence[str] | None = None, *, description: str = "",
     study = args.config or (DEFAULT_STUDY if DEFAULT_STUDY.is_file() else None)
     with user_errors():
         cfg = load(study, args.overrides)
+        check_job_paths(cfg)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         sys.exit(0)
     return cfg, args
+
+
+def _job_working_dir() -> Path | None:
+    """The uploaded copy of the project this driver runs in, under `ray job submit --working-dir`."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")   # set by Ray's job supervisor for the entrypoint
+    try:
+        uploaded = raw and json.loads(raw).get("runtime_env", {}).get("working_dir")
+    except (ValueError, AttributeError):
+        return None
+    return Path.cwd().resolve() if uploaded else None
+
+
+def check_job_paths(cfg: Config) -> None:
+    """Refuse relative paths in a submitted job: they point into Ray's temporary copy of the project.
+
+    That copy holds no .gitignored data/ or runs/, and Ray deletes it with the session, so a study
+    stored there would be lost.
+    """
+    copy = _job_working_dir()
+    if copy is None:
+        return
+    hint = ("this job runs in the copy of the project that --working-dir uploaded ({copy}), which holds "
+            "no .gitignored files and is deleted with the Ray session: pass {key}=<absolute path>")
+    if "://" not in cfg.cluster.storage_path and Path(cfg.cluster.storage_path).is_relative_to(copy):
+        raise ConfigError(f"cluster.storage_path={cfg.cluster.storage_path}: "
+                          + hint.format(copy=copy, key="cluster.storage_path") + " (or s3://..., gs://...)")
+    root = Path(cfg.data.root)
+    if root.is_relative_to(copy) and not root.exists():
+        raise ConfigError(f"data.root={root} does not exist: " + hint.format(copy=copy, key="data.root"))
 
 
 def setup_logging() -> None:

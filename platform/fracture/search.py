@@ -144,6 +144,8 @@ class SchedulerState(ray.tune.Callback):
             for milestone, recorded in bracket._rungs:
                 recorded.update(saved.get(milestone, {}))
         self.scheduler._num_stopped = state["num_stopped"]
+        restored = {m: len(r) for b in self.scheduler._brackets for m, r in reversed(b._rungs) if r}
+        log.info("ASHA: restored the results at each rung (epochs: trials) %s", restored)
 
 
 def _trainable(cfg: Config):
@@ -180,7 +182,11 @@ def resume_path(path: str | Path) -> str:
     return str(candidate)
 
 
-def restore_tuner(path: str | Path, cfg: Config, *, callbacks: list | None = None) -> ray.tune.Tuner:
+def restore_tuner(path: str | Path, cfg: Config) -> ray.tune.Tuner:
     """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
-    unfinished ones resume from their Train run's latest checkpoint."""
+    unfinished ones resume from their Train run's latest checkpoint.
+
+    The callbacks (MLflow trial logger, SchedulerState) come back from the saved study, with the
+    parent run and scheduler they were made for; Tuner.restore takes no new ones.
+    """
     return ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(cfg), resume_errored=True)

@@ -67,9 +67,10 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
 def _fit_and_register(cfg: Config, uri: str, parent: str, *, resume: str | None, search_space: bool) -> dict:
     report = list(manifest.report_paths(data.manifest_path(cfg)))
     tracking.log_data_report(uri, parent, report)
-    callbacks = [tracking.trial_logger(cfg, uri, parent)]
-    tuner = (search.restore_tuner(resume, cfg, callbacks=callbacks) if resume
-             else search.build_tuner(cfg, callbacks=callbacks, search=search_space))
+    if resume:
+        tuner = search.restore_tuner(resume, cfg)   # its trial logger comes back with it, on this parent run
+    else:
+        tuner = search.build_tuner(cfg, callbacks=[tracking.trial_logger(cfg, uri, parent)], search=search_space)
     results = tuner.fit()
     # Ctrl-C / SIGINT: Tune saved the study and returned early; a partial study registers nothing.
     # (Tune marks every trial TERMINATED on the way out, but only a finished or stopped trial's

@@ -106,24 +106,32 @@ def head(tmp_path):
             address_file.unlink()                        # `ray start` pointed "the latest cluster" here
 
 
-def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, tmp_path_factory, synthetic_root):
-    storage = tmp_path / "runs"
+def _submit(head, *args: str, wait_s: float = 480) -> tuple[str, str]:
+    """`ray job submit --working-dir . -- python jobs/tune.py ARGS`, waited for: (final status, job logs)."""
     job_id = f"fracture-test-{uuid.uuid4().hex[:8]}"
     submit = _cli(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
-                  "--working-dir", ".", "--no-wait", "--",
-                  "python", "jobs/tune.py", "--config", "jobs/studies/demo.yaml",
-                  f"data.root={synthetic_root}", f"cluster.storage_path={storage}",
-                  f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}",
-                  "data.image_size=32", "search.num_trials=2", "train.epochs=1", "train.batch_size_per_worker=8",
-                  "cluster.cpus_per_worker=1", "tracking.experiment=test")
+                  "--working-dir", ".", "--no-wait", "--", "python", "jobs/tune.py", *args)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-3000:]
-
-    status, deadline = None, time.time() + 480
+    status, deadline = None, time.time() + wait_s
     while status not in TERMINAL and time.time() < deadline:
         time.sleep(5)
         status = _status(head, job_id)
     logs = _cli(head, "job", "logs", "--address", head.address, job_id)
-    output = logs.stdout + logs.stderr
+    return status, logs.stdout + logs.stderr
+
+
+def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, tmp_path_factory, synthetic_root):
+    # The demo's relative paths would point into Ray's temporary copy of the project: refused up front.
+    status, output = _submit(head, "--config", "jobs/studies/demo.yaml", wait_s=120)
+    assert status == "FAILED" and "error: cluster.storage_path=" in output and "--working-dir uploaded" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+    storage = tmp_path / "runs"
+    status, output = _submit(head, "--config", "jobs/studies/demo.yaml",
+                             f"data.root={synthetic_root}", f"cluster.storage_path={storage}",
+                             f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}",
+                             "data.image_size=32", "search.num_trials=2", "train.epochs=1",
+                             "train.batch_size_per_worker=8", "cluster.cpus_per_worker=1", "tracking.experiment=test")
     assert status == "SUCCEEDED", f"job {status}:\n{output[-5000:]}"
     assert "now @champion" in output
     # Workers reach this cluster's State API by its address, not by guessing among local clusters.
