@@ -128,8 +128,13 @@ def test_worker_node_lost_mid_run_restarts_the_group_from_the_last_checkpoint(mu
 
 
 def test_check_cluster_refuses_a_trial_the_cluster_can_never_place(multinode):
-    with pytest.raises(ConfigError, match=r"one trial needs 64 CPU .* but the cluster has .* lower cluster"):
+    with pytest.raises(ConfigError, match=r"one trial needs 65.01 CPU \(64 x 1 for its workers, 1 for Ray Data, "
+                                          r"0.01 for its driver\) .* but the cluster has .* lower cluster"):
         study.check_cluster(multinode.cfg.replace(cluster={"num_workers": 64}))
+    # Enough CPUs in all (4 or 5), but no node has room for one worker of 2.5.
+    with pytest.raises(ConfigError, match=r"one training worker needs 2.5 CPU and 0 GPU on a single node .* "
+                                          r"the largest node has 2 CPU"):
+        study.check_cluster(multinode.cfg.replace(cluster={"num_workers": 1, "cpus_per_worker": 2.5}))
 
 
 def test_check_cluster_wants_storage_that_every_node_reaches(multinode):

@@ -127,11 +127,15 @@ def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, 
     assert "Traceback" not in output, output[-3000:]
 
     storage = tmp_path / "runs"
-    status, output = _submit(head, "--config", "jobs/studies/demo.yaml",
-                             f"data.root={synthetic_root}", f"cluster.storage_path={storage}",
-                             f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}",
-                             "data.image_size=32", "search.num_trials=2", "train.epochs=1",
-                             "train.batch_size_per_worker=8", "cluster.cpus_per_worker=1", "tracking.experiment=test")
+    tiny = [f"data.root={synthetic_root}", f"cluster.storage_path={storage}",
+            f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}", "data.image_size=32",
+            "search.num_trials=2", "train.epochs=1", "train.batch_size_per_worker=8", "tracking.experiment=test"]
+    # A trial this 4-CPU head can never place (4 for the worker + Ray Data + the driver): refused
+    # at once, where it would otherwise wait for resources forever.
+    status, output = _submit(head, "--config", "jobs/studies/demo.yaml", *tiny, "cluster.cpus_per_worker=4", wait_s=180)
+    assert status == "FAILED" and "error: one trial needs 5.01 CPU" in output, output[-3000:]
+
+    status, output = _submit(head, "--config", "jobs/studies/demo.yaml", *tiny, "cluster.cpus_per_worker=1")
     assert status == "SUCCEEDED", f"job {status}:\n{output[-5000:]}"
     assert "now @champion" in output
     # Workers reach this cluster's State API by its address, not by guessing among local clusters.
