@@ -37,6 +37,14 @@ def batches(cfg: Config, split: str):
         pin_memory=cfg.cluster.use_gpu, prefetch_batches=2)
 
 
+# Tune's progress table shows the first four metrics of a report: put the ones to watch there.
+SHOWN_FIRST = (metrics.PRIMARY, "val_sensitivity", "val_specificity", metrics.EPOCHS_DONE)
+
+
+def _report(result: dict, checkpoint=None, **extra) -> None:
+    ray.train.report({k: result[k] for k in SHOWN_FIRST if k in result} | result | extra, checkpoint=checkpoint)
+
+
 def _phase_blocks(cfg: Config, epoch: int) -> int:
     return 0 if epoch < cfg.train.warmup_epochs else cfg.model.trainable_blocks
 
@@ -63,8 +71,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         log.info("restored a finished run (epoch %d): reporting its last result again", start - 1)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = checkpoint.to_ray(tmp, net, optimizer, state, scheduler) if is_rank0() else None
-            ray.train.report({**state["metrics"], "weights": state["weights"], "early_stopped": early_stopped},
-                             checkpoint=ckpt)
+            _report(state["metrics"], ckpt, weights=state["weights"], early_stopped=early_stopped)
         return
     if start:
         log.info("resuming from epoch %d (best val_auc %.4f)", start, best)
@@ -101,7 +108,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
                     "epoch": epoch, "config": cfg.to_dict(), "threshold": result["val_threshold"],
                     "metrics": result, "weights": weights_source, "pos_weight": loop_config["pos_weight"],
                     "best_val_auc": best, "stale_epochs": stale, "history": history}, scheduler)
-            ray.train.report({**result, "weights": weights_source, "early_stopped": stop}, checkpoint=ckpt)
+            _report(result, ckpt, weights=weights_source, early_stopped=stop)
         if stop:
             log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, stale)
             break

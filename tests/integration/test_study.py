@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fracture import checkpoint, data, manifest, presets, search, study, tracking
+from fracture import checkpoint, data, manifest, presets, search, study, tracking, worker
 from fracture.model import FractureNet
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,9 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
         assert 1 <= len(history) <= cfg.train.epochs          # ASHA may stop one after the grace epoch
         assert set(run.data.params) >= set(cfg.search.space)  # the sampled hyperparameters
         assert run.info.status == "FINISHED"
+    # Tune's progress table shows the first four reported metrics: the ones worth watching.
+    results = search.restore_tuner(summary["study_dir"], cfg).get_results()
+    assert all(list(r.metrics)[:4] == list(worker.SHOWN_FIRST) for r in results), list(results[0].metrics)
     # The seed point from points_to_evaluate is the first trial.
     seeded = [r for r in trials if float(r.data.params["model.dropout"]) == 0.5]
     assert seeded, "the study's points_to_evaluate did not run"
@@ -58,7 +61,6 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     assert champion_state["config"]["name"] == cfg.name and "history" in state
 
     # A model that does not beat the champion's val AUROC is registered but does not take the alias.
-    results = search.restore_tuner(summary["study_dir"], cfg).get_results()
     again = tracking.register_best(results, cfg, summary["tracking_uri"],
                                    tracking.start_study(cfg, summary["study_dir"])[1])
     assert int(again["version"]) == int(summary["version"]) + 1 and not again["champion"]
