@@ -62,25 +62,29 @@ def _retry(fn: Callable, *args, tries: int = 4, **kwargs):
 def _fluent(uri: str):
     """Point MLflow's fluent API (needed by mlflow.pytorch.log_model) at `uri`, then put it back.
 
-    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would leak this study's store
-    into every later run and child process of this interpreter.
+    "Back" is MLflow's state before, not merely the same URI: its globals (unset unless someone
+    called set_*_uri) and the environment variables that mlflow.set_tracking_uri exports. Setting
+    the globals to the value the environment gave would pin this study's server for the rest of
+    the process, even after the environment changes.
     """
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    previous = mlflow.get_tracking_uri() if saved["MLFLOW_TRACKING_URI"] else None
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = tracking_state._tracking_uri, registry_state._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        for key, value in saved.items():
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous or "")
 
 
 def _client(uri: str):
