@@ -52,7 +52,7 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     study_dir = resume or search.study_path(cfg)
     uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume))
     try:
-        summary = _fit_and_register(cfg, uri, parent, resume=resume, search_space=search_space)
+        summary = _fit_and_register(cfg, uri, parent, study_dir, resume=resume, search_space=search_space)
     except KeyboardInterrupt:
         tracking.end_study(uri, parent, "KILLED")
         raise
@@ -64,7 +64,8 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     return summary
 
 
-def _fit_and_register(cfg: Config, uri: str, parent: str, *, resume: str | None, search_space: bool) -> dict:
+def _fit_and_register(cfg: Config, uri: str, parent: str, study_dir: str, *, resume: str | None,
+                      search_space: bool) -> dict:
     report = list(manifest.report_paths(data.manifest_path(cfg)))
     tracking.log_data_report(uri, parent, report)
     if resume:
@@ -77,8 +78,7 @@ def _fit_and_register(cfg: Config, uri: str, parent: str, *, resume: str | None,
     # last result is `done`.)
     unfinished = [r for r in results if not r.error and not r.metrics.get("done")]
     if unfinished or len(results) < (cfg.search.num_trials if search_space else 1):
-        raise KeyboardInterrupt(f"the study was saved; continue it with: python jobs/tune.py --resume "
-                                f"{resume or search.study_path(cfg)}")
+        raise KeyboardInterrupt(f"the study was saved; continue it with: python jobs/tune.py --resume {study_dir}")
     errors = [r for r in results if r.error]
     if len(errors) == len(results):
         raise RuntimeError(f"every trial failed; first error: {errors[0].error}")

@@ -184,13 +184,14 @@ class TrialLogger(ray.tune.Callback):
 
     def _run_for(self, trial) -> str:
         if trial.trial_id not in self._runs:
-            # A resumed study gets a fresh callback: continue the trial's existing run, don't fork it.
-            existing = _find_trial_run(self.client, self.experiment, trial.trial_id)
+            experiment_id = _retry(self.client.get_experiment_by_name, self.experiment).experiment_id
+            # Tune pickled this logger before any trial started, so a restored study's logger has an
+            # empty run map: continue the trial's existing run, don't fork it.
+            existing = _find_trial_run(self.client, experiment_id, trial.trial_id)
             if existing:
                 self._runs[trial.trial_id] = existing
                 return existing
-            experiment = _retry(self.client.get_experiment_by_name, self.experiment)
-            run = _retry(self.client.create_run, experiment.experiment_id, run_name=f"trial_{trial.trial_id}",
+            run = _retry(self.client.create_run, experiment_id, run_name=f"trial_{trial.trial_id}",
                          tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id})
             run_id = run.info.run_id
             cfg = trial.config["config"]
@@ -273,7 +274,7 @@ def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_repor
     best, row = best_checkpoint(results)
     ckpt_dir = row["checkpoint_path"]
     client = _client(uri)
-    run_id = _find_trial_run(client, cfg.tracking.experiment, best.metrics["trial_id"]) or parent_run_id
+    run_id = _find_trial_run(client, _experiment_id(client, cfg, uri), best.metrics["trial_id"]) or parent_run_id
     auc = float(row[metrics.PRIMARY])
     net, state = checkpoint.load_model(ckpt_dir)
     size = cfg.data.image_size
@@ -305,23 +306,17 @@ def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_repor
             "metrics": {k: v for k, v in row.items() if k.startswith("val_")}}
 
 
-def _find_trial_run(client, experiment_name: str, trial_id: str) -> str | None:
-    experiment = _retry(client.get_experiment_by_name, experiment_name)
-    runs = _retry(client.search_runs, [experiment.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+def _find_trial_run(client, experiment_id: str, trial_id: str) -> str | None:
+    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
+                  order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 
 def load_champion(uri: str, name: str = "fracture", alias: str = CHAMPION):
     """Download the champion's checkpoint files and rebuild the model: (net, state)."""
-    from mlflow.artifacts import download_artifacts
-
     from fracture import checkpoint
 
-    client = _client(uri)
-    version = client.get_model_version_by_alias(name, alias)
-    local = download_artifacts(run_id=version.run_id, artifact_path=CHECKPOINT_ARTIFACT,
-                               dst_path=tempfile.mkdtemp(prefix="fracture-champion-"), tracking_uri=uri)
+    local, _ = champion_checkpoint(uri, name, alias)
     return checkpoint.load_model(local)
 
 
