@@ -1,7 +1,6 @@
 """Shared fixtures: tiny synthetic FracAtlas data, one local Ray instance, study configs on tmp storage."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 
 from fracture import synthetic
 from fracture.config import Config, load
+from procs import job_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,5 @@ def run_job():
 
 
 def _run_job(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=full_env,
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=job_env(env),
                           capture_output=True, text=True, timeout=timeout)

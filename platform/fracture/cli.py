@@ -134,13 +134,14 @@ def init_ray(cfg: Config) -> None:
     # the State API, i.e. the dashboard; a local instance has no `ray start` address file to find
     # it by (and a laptop may run several). Without the cleaner every stopped trial leaks its
     # workers' CPUs until the next trial cannot start. So: a dashboard on loopback, named to workers.
-    port = _free_port()
+    port = free_port()
     runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=runtime_env)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment."""
     import socket
 
     with socket.socket() as s:

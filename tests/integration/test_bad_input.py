@@ -7,13 +7,14 @@ checked once Ray is up, must fail before Ray starts.
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fracture import cli
+from procs import LOOPBACK, job_env
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +23,6 @@ RAY_STARTED = "Started a local Ray instance"
 CASES = ["missing data root", "unknown key in the study file", "wrong type", "unknown distribution",
          "imagenet weights not cached, no network", "missing weights file", "unreachable MLflow",
          "resume of a directory without a study"]
-
-
-def _closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
@@ -42,7 +36,7 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
     study.write_text("name: typo\ntrain:\n  epochz: 3\n")
     (tmp / "torch-home").mkdir()
     (tmp / "empty-dir").mkdir()
-    closed = f"http://127.0.0.1:{_closed_port()}"      # nothing listens: a proxy or a server that is down
+    closed = f"http://127.0.0.1:{cli.free_port()}"      # nothing listens: a proxy or a server that is down
     no_network = {"TORCH_HOME": str(tmp / "torch-home"), "HTTPS_PROXY": closed, "https_proxy": closed,
                   "HTTP_PROXY": closed, "http_proxy": closed, "NO_PROXY": "", "no_proxy": ""}
     cases = {
@@ -71,10 +65,7 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
 
 
 def _run(case: dict) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",     # if Ray starts at all, on 127.0.0.1
-           **case.get("env", {})}
-    env.pop("RAY_ADDRESS", None)
+    env = job_env({**LOOPBACK, **case.get("env", {})})   # if Ray starts at all, on 127.0.0.1
     return subprocess.run([sys.executable, str(ROOT / "jobs" / "tune.py"), *case["argv"]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 

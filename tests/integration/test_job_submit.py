@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,37 +22,14 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from fracture import tracking
+from fracture import cli, tracking
+from procs import stop_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--sid", str(sid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def _stop_session(sid: int, grace_s: float = 5) -> None:
-    """End the head and everything it started: all of them are in the session `ray start` led."""
-    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
-        for pid in _session_pids(sid):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait_s
-        while _session_pids(sid) and time.time() < deadline:
-            time.sleep(0.5)
 
 
 def _cli(head, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -81,7 +56,7 @@ def head(tmp_path):
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}     # single machine: Ray keeps to 127.0.0.1
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
-    ports = {name: _free_port() for name in (
+    ports = {name: cli.free_port() for name in (
         "port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")}
     log = tmp_path / "head.log"
@@ -99,7 +74,7 @@ def head(tmp_path):
             time.sleep(2)
         yield head
     finally:
-        _stop_session(proc.pid)
+        stop_session(proc.pid)
         proc.wait(timeout=30)
         address_file = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
         if address_file.is_file() and address_file.read_text().strip() == f"127.0.0.1:{ports['port']}":

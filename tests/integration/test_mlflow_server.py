@@ -7,9 +7,6 @@ proxy, so the checkpoint and the model must land in the server's artifact root, 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,23 +19,18 @@ import numpy as np
 import pytest
 import torch
 
-from fracture import study, tracking
+from fracture import cli, study, tracking
+from procs import stop_session
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def mlflow_server(directory: Path):
     """`make mlflow` on a free port, with this interpreter's venv; yields the tracking URI."""
-    port, venv = _free_port(), Path(sys.executable).parent.parent
+    port, venv = cli.free_port(), Path(sys.executable).parent.parent
     log = directory.parent / "mlflow-server.log"
     with log.open("w") as out:
         # -o: use the venv as it is; the test must not reinstall anything.
@@ -58,12 +50,8 @@ def mlflow_server(directory: Path):
                 time.sleep(1)
         yield uri
     finally:
-        for signum, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signum)    # make, mlflow and its web workers share the session
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=wait_s)
-                break
+        stop_session(proc.pid, grace_s=15)    # make, mlflow and its web workers share the session
+        proc.wait(timeout=10)
 
 
 def test_study_logs_and_registers_through_a_real_mlflow_server(tmp_path, ray_local, tiny_config, monkeypatch):

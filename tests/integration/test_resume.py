@@ -38,6 +38,7 @@ import torch
 from fracture import data, engine, presets, tracking
 from fracture.config import load
 from fracture.model import build_model
+from procs import LOOPBACK, job_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -109,15 +110,6 @@ def _epochs(trial_dir: Path) -> list[int]:
     return [int(json.loads(line)["epoch"]) for line in lines]
 
 
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # a single-machine Ray: every address 127.0.0.1
-
-
-def _job_env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), **LOOPBACK}
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def _placement_group_watch(job_pid: int, tune_dir: Path, wait_s: float = 30) -> subprocess.Popen | None:
     """A driver connected to the job's cluster that prints its live placement groups once trial 3
     starts; None while the job's cluster is not up yet."""
@@ -126,7 +118,7 @@ def _placement_group_watch(job_pid: int, tune_dir: Path, wait_s: float = 30) -> 
     if not ports or not ports[0].read_text().strip():
         return None
     # A local cluster started by ray.init() turns token auth on when RAY_AUTH_MODE is unset.
-    env = {**_job_env(), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "token"}
+    env = {**job_env(LOOPBACK), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "token"}
     return subprocess.Popen([sys.executable, "-c", PLACEMENT_GROUPS, f"127.0.0.1:{ports[0].read_text().strip()}",
                              str(tune_dir), str(wait_s)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -147,7 +139,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     log = tmp_path / "run1.log"
     with log.open("w") as out:
         job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "tune.py"), *overrides], cwd=ROOT,
-                               env=_job_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+                               env=job_env(LOOPBACK), stdout=out, stderr=subprocess.STDOUT, text=True)
     watch = None
     try:
         deadline = time.time() + 420

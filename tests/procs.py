@@ -1,0 +1,38 @@
+"""Processes the integration tests start: a job's environment, and ending a whole process session."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # a single-machine Ray: every address 127.0.0.1
+
+
+def job_env(extra: dict | None = None) -> dict:
+    """The environment a jobs/ script runs in, as a user's would: the package importable, and no
+    RAY_ADDRESS inherited from the test session, so the job starts (or joins) its own cluster."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), **(extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--sid", str(sid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def stop_session(sid: int, grace_s: float = 5) -> None:
+    """End a process started with start_new_session=True and everything it started (all of them
+    stay in its session, even those that make process groups of their own): SIGTERM, then SIGKILL."""
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+        for pid in _session_pids(sid):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait_s
+        while _session_pids(sid) and time.time() < deadline:
+            time.sleep(0.5)
