@@ -107,3 +107,19 @@ def test_prefixed_and_primary():
     d = metrics.prefixed({"auc": 0.9, "f1": 0.5}, "val")
     assert d == {"val_auc": 0.9, "val_f1": 0.5}
     assert metrics.PRIMARY in d and metrics.MODE == "max"
+
+
+def test_constant_output_loss_is_the_floor_of_a_model_that_learned_nothing():
+    import torch
+
+    from fracture.metrics import constant_output_loss
+
+    labels = np.array([1] * 178 + [0] * 822)
+    w = 822 / 178
+    # FracAtlas' collapsed runs sat at 1.1404: p = 0.5 under pos_weight = negatives / positives
+    assert constant_output_loss(labels, w) == pytest.approx(2 * 0.822 * np.log(2), rel=1e-6)
+    loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))
+    y = torch.tensor(labels, dtype=torch.float32)
+    for logit in (-1.0, -0.1, 0.0, 0.1, 1.0):              # no constant does better
+        assert loss(torch.full_like(y, logit), y).item() >= constant_output_loss(labels, w) - 1e-6
+    assert constant_output_loss(labels) == pytest.approx(-(0.178 * np.log(0.178) + 0.822 * np.log(0.822)))

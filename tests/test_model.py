@@ -179,3 +179,39 @@ def test_imagenet_without_network_raises_with_instructions(tmp_path, monkeypatch
     assert "vgg16-397923af.pth" in message
     assert "model.weights=" in message
     assert str(tmp_path / "torch_home") in message  # where it looked for the cached file
+
+
+def test_vgg16_bn_matches_torchvision_and_keeps_five_blocks(tmp_path):
+    torch.manual_seed(0)
+    net, _ = build_model(ModelConfig(arch="vgg16_bn"))
+    reference = torchvision.models.vgg16_bn(weights=None)
+    ours = {k: v.shape for k, v in net.features.state_dict().items()}
+    assert ours == {k: v.shape for k, v in reference.features.state_dict().items()}
+    blocks = net.backbone_blocks()
+    assert len(blocks) == 5 and [len(b) for b in blocks] == [8, 8, 12, 12, 12]   # conv w, b + BN w, b per layer
+    groups = param_groups(net, lr_head=1e-3, lr_backbone=1e-4)
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in net.parameters()}
+    net.set_trainable_blocks(1)
+    assert sum(p.requires_grad for p in net.features.parameters()) == 12
+    # torchvision's vgg16_bn state dicts (ImageNet file or local) load into it
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(reference.state_dict(), path)
+    loaded, source = build_model(ModelConfig(arch="vgg16_bn", weights=str(path)))
+    assert source.startswith("file:")
+    assert torch.equal(loaded.features[1].running_var, reference.features[1].running_var)
+    plain = tmp_path / "plain.pth"                      # VGG16 without BN: the layers do not line up
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), plain)
+    with pytest.raises(WeightsError, match="VGG16_BN"):
+        build_model(ModelConfig(arch="vgg16_bn", weights=str(plain)))
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_train_mode():
+    torch.manual_seed(0)
+    net, _ = build_model(ModelConfig(arch="vgg16_bn"))
+    net.set_trainable_blocks(1)
+    frozen_bn, trained_bn = net.features[1], net.features[-3]      # first block's BN, last block's BN
+    before = frozen_bn.running_mean.clone(), trained_bn.running_mean.clone()
+    net.train()
+    net(torch.rand(4, 3, 32, 32))
+    assert torch.equal(frozen_bn.running_mean, before[0])
+    assert not torch.equal(trained_bn.running_mean, before[1])

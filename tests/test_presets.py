@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.presets import IMAGE, LABEL, PATH, augment, augment_batch, decode_batch, decode_resize
+from fracture.presets import IMAGE, LABEL, PATH, augment, decode_batch, decode_resize
 
 SIZE = 32
 
@@ -117,19 +117,31 @@ def test_augment_of_a_constant_image_stays_sane():
     assert out.max() <= 128 and (out == 128).mean() > 0.5
 
 
-def test_augment_batch_leaves_labels_and_other_columns_alone():
-    batch = {IMAGE: _images(n=4), LABEL: np.array([0, 1, 1, 0]), "image_id": np.array(list("abcd"))}
-    labels_before = batch[LABEL].copy()
-    out = augment_batch(batch)
-    assert set(out) == set(batch)
-    assert out[LABEL] is batch[LABEL]
-    np.testing.assert_array_equal(out[LABEL], labels_before)
-    np.testing.assert_array_equal(out["image_id"], list("abcd"))
-    assert out[IMAGE].shape == batch[IMAGE].shape and out[IMAGE].dtype == np.uint8
-    assert not np.array_equal(out[IMAGE], batch[IMAGE])
+@pytest.mark.parametrize("strength", ["seed", "light"])
+def test_augment_with_per_image_seeds_depends_only_on_each_seed(strength):
+    # An image's view must not depend on its batch-mates: the same rows batched differently (as a
+    # shuffle buffer or another worker count does) get the same views.
+    images = _images(n=4)
+    seeds = [[17, 0, row] for row in range(4)]
+    whole = augment(images, strength=strength, seeds=seeds)
+    halves = np.concatenate([augment(images[:2], strength=strength, seeds=seeds[:2]),
+                             augment(images[2:], strength=strength, seeds=seeds[2:])])
+    assert np.array_equal(whole, halves)
+    next_epoch = augment(images, strength=strength, seeds=[[17, 1, row] for row in range(4)])
+    assert not np.array_equal(whole, next_epoch)
 
 
-def test_augment_batch_differs_between_calls():
-    # Ray Data re-runs it every epoch: two passes over the same batch must not give the same views.
-    batch = {IMAGE: _images(n=4), LABEL: np.zeros(4)}
-    assert not np.array_equal(augment_batch(batch)[IMAGE], augment_batch(batch)[IMAGE])
+def test_light_augment_only_flips_and_shifts():
+    images = _images(n=3)
+    out = augment(images, strength="light", rng=np.random.default_rng(0))
+    # a flip and a cyclic shift move pixels but keep every value: the histogram is unchanged
+    for before, after in zip(images, out):
+        assert np.array_equal(np.sort(before, axis=None), np.sort(after, axis=None))
+    assert np.array_equal(augment(images, strength="none", rng=np.random.default_rng(0)), images)
+
+
+def test_augment_refuses_an_unknown_strength_and_ambiguous_seeding():
+    with pytest.raises(ValueError, match="strength"):
+        augment(_images(n=1), strength="heavy", rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="exactly one"):
+        augment(_images(n=1))

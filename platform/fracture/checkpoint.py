@@ -78,6 +78,6 @@ def load_model(directory: str | Path) -> tuple[FractureNet, dict[str, Any]]:
     """
     state = read_state(directory)
     cfg = Config.from_dict(state["config"])
-    net = FractureNet(hidden=cfg.model.hidden, dropout=cfg.model.dropout, l2=cfg.model.l2)
+    net = FractureNet(hidden=cfg.model.hidden, dropout=cfg.model.dropout, l2=cfg.model.l2, arch=cfg.model.arch)
     net.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
     return net.eval(), state

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from fracture.presets import AUGMENTS
+
 
 class ConfigError(ValueError):
     """A study file or override that cannot become a Config; the message names the key."""
@@ -28,12 +30,13 @@ class DataConfig:
     test_fraction: float = 0.15
     balanced: bool = False            # the seed notebook's subset: all fractured + as many non-fractured
     allow_truncated: bool = False     # load truncated JPEGs with PIL's LOAD_TRUNCATED_IMAGES instead of excluding
-    augment: bool = True              # per-epoch rotation / flips / shift / zoom on the train split
+    augment: str = "light"            # per-epoch train augmentation: light (flips + 5% shifts) | seed (the notebook's) | none
     cache_dir: str = ""               # decoded-image cache; "" = <storage_path>/cache
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str = "vgg16"               # vgg16 (the seed recipe) | vgg16_bn (batch norm: steadier from scratch)
     weights: str = "none"             # "imagenet" (torchvision download), a local .pth path, or "none"
     hidden: int = 128                 # width of the Dense layer of the seed head
     dropout: float = 0.5
@@ -60,7 +63,7 @@ class TrainConfig:
     patience: int = 5                 # epochs without val AUROC gain before stopping; 0 disables
     threshold: str = "youden"         # how the decision threshold is chosen on val: youden | sensitivity
     target_sensitivity: float = 0.9   # used when threshold == "sensitivity"
-    shuffle_buffer: int = 256         # local shuffle buffer (rows) on each worker
+    shuffle_buffer: int = 256         # rows in each worker's local shuffle buffer (seeded per epoch); 0 = stored order
     compile: bool = False             # torch.compile the training model (worth it on GPU for long runs)
 
 
@@ -253,6 +256,8 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 _CHOICES = {
+    "data.augment": AUGMENTS,
+    "model.arch": ("vgg16", "vgg16_bn"),
     "optim.name": ("adam", "adamw"),
     "optim.schedule": ("none", "cosine", "plateau"),
     "train.imbalance": ("pos_weight", "none"),

@@ -1,9 +1,17 @@
-"""Ray Data at the edge: manifest -> decoded-image cache -> per-epoch augmented datasets.
+"""Ray Data at the edge: manifest -> decoded-image cache -> per-epoch shuffled, augmented batches.
 
 Decoding and resizing X-rays is the expensive, deterministic part: it runs once per (images,
 image size, truncation policy) and is cached as Parquet keyed by a hash of exactly those inputs,
-so every trial and every later run reads small uint8 arrays instead of JPEGs. Augmentation is
-random and runs per epoch in `map_batches` after the cached read, as Ray's ingest guide advises.
+so every trial and every later run reads small uint8 arrays instead of JPEGs.
+
+Order matters as much as pixels. The manifest is sorted by image id, and FracAtlas ids are not
+exchangeable (the first half of the train split is 7% fractured, the second 28%): a stream in that
+order through a small local shuffle buffer gave batches far from i.i.d., and the network collapsed
+to a constant output (benchmarks/README.md, "Why training did not learn"). So the cache is written
+in a seeded random row order, every row carries its cache position (ROW), and each epoch reads it
+through a local shuffle buffer seeded by (study seed, epoch, rank). Augmentation happens as each
+batch is collated, with one generator per image seeded by (study seed, epoch, ROW): the same config
+gives the same batches and the same views, whatever the batching or the number of workers.
 Only "train" and "val" are ever built here: the test split is for jobs/evaluate.py alone.
 """
 from __future__ import annotations
@@ -16,15 +24,15 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fracture import manifest
 from fracture.config import Config
-from fracture.presets import ID, IMAGE, LABEL, PATH, augment_batch, decode_batch
+from fracture.presets import ID, IMAGE, LABEL, PATH, ROW, augment, decode_batch
 
 log = logging.getLogger(__name__)
 
-TRAINING_SPLITS = ("train", "val")
 DECODE_BATCH = 32
 
 
@@ -61,7 +69,8 @@ def pos_weight(cfg: Config) -> float:
 
 def _cache_key(frame: pd.DataFrame, cfg: Config) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"size": cfg.data.image_size, "truncated": cfg.data.allow_truncated, "v": 1}).encode())
+    digest.update(json.dumps({"size": cfg.data.image_size, "truncated": cfg.data.allow_truncated,
+                              "order_seed": cfg.data.split_seed, "v": 2}).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
     return digest.hexdigest()[:16]
 
@@ -71,14 +80,17 @@ def cache_dir(cfg: Config) -> Path:
 
 
 def decoded(cfg: Config, split: str):
-    """The split as a ray.data.Dataset of {image_id, image uint8 (S, S, 3), label}, from the cache.
+    """The split as a ray.data.Dataset of {image_id, image uint8 (S, S, 3), label, row}, from the cache.
 
-    A missing cache is built with Ray Data itself (parallel decode) and published with an atomic
-    rename, so concurrent trials asking for the same split never read a half-written cache.
+    The rows are stored in a random order seeded by data.split_seed (ROW = position in it), never in
+    the manifest's id order. A missing cache is built with Ray Data itself (parallel decode) and
+    published with an atomic rename, so concurrent trials never read a half-written cache.
     """
     import ray.data
 
     frame = split_frame(cfg, split)
+    frame = frame.sample(frac=1.0, random_state=cfg.data.split_seed).reset_index(drop=True)
+    frame[ROW] = frame.index.astype("int64")
     if frame[LABEL].nunique() < 2:
         # AUROC, the metric every trial is judged by, is undefined on one class.
         raise manifest.DataError(f"split {split!r} of {manifest_path(cfg)} needs both classes but has "
@@ -101,9 +113,57 @@ def decoded(cfg: Config, split: str):
 
 
 def build_datasets(cfg: Config) -> dict:
-    """{"train": augmented per epoch (if cfg.data.augment), "val": as decoded} Ray Datasets."""
-    # Workers get tensors only: the string ids stay behind (iter_torch_batches cannot tensorise them).
-    train = decoded(cfg, "train").select_columns([IMAGE, LABEL])
-    if cfg.data.augment:
-        train = train.map_batches(augment_batch, batch_size=DECODE_BATCH, batch_format="numpy")
-    return {"train": train, "val": decoded(cfg, "val").select_columns([IMAGE, LABEL])}
+    """{"train", "val"} Ray Datasets of {image, label, row}, as decoded; `epoch_batches` shuffles and augments."""
+    # Workers get numbers only: the string ids stay behind (iter_torch_batches cannot tensorise them).
+    out = {split: decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]) for split in ("train", "val")}
+    for ds in out.values():
+        # blocks in stored order (Ray Data may otherwise yield whichever block is ready first)
+        ds.context.execution_options.preserve_order = True
+    return out
+
+
+def execution_options():
+    """Ray Data options for the trainer's datasets: blocks in stored order, so a seed fixes the batches."""
+    from ray.data import ExecutionOptions
+
+    return ExecutionOptions(preserve_order=True)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """One 32-bit seed per (study seed, epoch, rank) for the local shuffle buffer."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class Collate:
+    """numpy batch {image, label, row} -> torch {image uint8 (B, S, S, 3), label (B,)}, augmented per image.
+
+    Runs inside Ray Data's batch iterator (its prefetch threads), so augmenting overlaps the step.
+    """
+
+    def __init__(self, *, strength: str, seed: int, epoch: int, pin_memory: bool = False):
+        self.strength, self.seed, self.epoch, self.pin_memory = strength, seed, epoch, pin_memory
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
+        images = batch[IMAGE]
+        if self.strength != "none":
+            images = augment(images, strength=self.strength,
+                             seeds=[[self.seed, self.epoch, int(r)] for r in batch[ROW]])
+        out = {IMAGE: torch.from_numpy(np.ascontiguousarray(images)), LABEL: torch.from_numpy(batch[LABEL])}
+        return {k: v.pin_memory() for k, v in out.items()} if self.pin_memory else out
+
+
+def epoch_batches(source, cfg: Config, split: str, *, epoch: int, rank: int = 0):
+    """One epoch of {"image": uint8 (B, S, S, 3), "label": (B,)} torch batches from a Dataset or a worker's shard.
+
+    train: shuffled by a buffer of cfg.train.shuffle_buffer rows seeded by (seed, epoch, rank), and
+    augmented with cfg.data.augment seeded by (seed, epoch, row). val: in stored order, as decoded.
+    """
+    train = split == "train"
+    return source.iter_torch_batches(
+        batch_size=cfg.train.batch_size_per_worker, drop_last=False, prefetch_batches=2,
+        local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
+        local_shuffle_seed=epoch_seed(cfg.seed, epoch, rank) if train and cfg.train.shuffle_buffer else None,
+        collate_fn=Collate(strength=cfg.data.augment if train else "none", seed=cfg.seed, epoch=epoch,
+                           pin_memory=cfg.cluster.use_gpu))

@@ -1,7 +1,7 @@
 """Holdout evaluation: which rows, the model's scores, the report (overall, CIs, slices), Grad-CAM.
 
 This is the only module that may read the manifest's test split (training builds "train" and "val"
-only, see data.TRAINING_SPLITS). Images are decoded with presets.decode_resize at the size the
+only, see data.build_datasets). Images are decoded with presets.decode_resize at the size the
 checkpoint was trained at, and the model normalises them itself, so scores here match training's
 validation path. No MLflow here and no choice of output paths: jobs/evaluate.py and jobs/predict.py
 pass the directory to write into.

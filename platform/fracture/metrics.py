@@ -160,3 +160,17 @@ def bootstrap_ci(labels, probs, threshold: float, *, n_boot: int = 1000, seed: i
 def prefixed(d: Mapping[str, float], prefix: str) -> dict[str, float]:
     """{"auc": x} -> {"<prefix>_auc": x}, e.g. prefix "val" gives PRIMARY's key."""
     return {f"{prefix}_{k}": v for k, v in d.items()}
+
+
+def constant_output_loss(labels, pos_weight: float = 1.0) -> float:
+    """The BCE (with pos_weight) of the best constant prediction: the train loss of a model that learned nothing.
+
+    A train loss that stays at this value means the network collapsed to one output for every image.
+    With pos_weight = negatives / positives the best constant is p = 0.5 and the loss 2 (1 - π) ln 2.
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    pi = float(y.mean())
+    if pi in (0.0, 1.0):
+        return 0.0
+    p = pos_weight * pi / (pos_weight * pi + 1 - pi)      # argmin of the expected weighted BCE
+    return float(-(pos_weight * pi * np.log(p) + (1 - pi) * np.log(1 - p)))

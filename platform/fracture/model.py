@@ -17,8 +17,7 @@ from fracture.config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Indices into vgg16().features where each of the 5 conv blocks starts (each ends in a MaxPool).
-_BLOCK_STARTS = (0, 5, 10, 17, 24)
+ARCHS = ("vgg16", "vgg16_bn")
 
 
 class WeightsError(RuntimeError):
@@ -32,16 +31,22 @@ class FractureNet(nn.Module):
     buffer of the model so that training, evaluation and prediction cannot drift apart.
     """
 
-    def __init__(self, *, hidden: int = 128, dropout: float = 0.5, l2: float = 1e-3):
+    def __init__(self, *, hidden: int = 128, dropout: float = 0.5, l2: float = 1e-3, arch: str = "vgg16"):
         super().__init__()
         from torchvision.models.vgg import cfgs, make_layers
 
+        if arch not in ARCHS:
+            raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
+        self.arch = arch
         # VGG16's conv stack ("D") alone, initialised as torchvision does: building all of vgg16()
         # would also initialise its 124M-parameter classifier only to throw it away (~1 s each time).
-        self.features = make_layers(cfgs["D"])
+        self.features = make_layers(cfgs["D"], batch_norm=arch == "vgg16_bn")
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Linear(512, hidden)
@@ -58,6 +63,13 @@ class FractureNet(nn.Module):
         x = self.dropout(torch.relu(self.fc1(x)))  # (N, hidden)
         return self.fc2(x)                         # (N, 1) logits
 
+    def train(self, mode: bool = True) -> "FractureNet":
+        super().train(mode)
+        for m in self.features:
+            if mode and isinstance(m, nn.BatchNorm2d) and not m.weight.requires_grad:
+                m.eval()   # a frozen block keeps its (pretrained) batch statistics, not just its weights
+        return self
+
     def l2_penalty(self) -> torch.Tensor:
         return self.l2 * self.fc1.weight.square().sum()
 
@@ -65,10 +77,14 @@ class FractureNet(nn.Module):
         return [*self.fc1.parameters(), *self.fc2.parameters()]
 
     def backbone_blocks(self) -> list[list[nn.Parameter]]:
-        """The 5 VGG16 conv blocks' parameters, bottom (block 1) to top (block 5)."""
-        bounds = [*_BLOCK_STARTS, len(self.features)]
-        return [[p for layer in list(self.features)[a:b] for p in layer.parameters()]
-                for a, b in zip(bounds[:-1], bounds[1:])]
+        """The 5 VGG16 conv blocks' parameters, bottom (block 1) to top (block 5); each block ends in a MaxPool."""
+        blocks, current = [], []
+        for layer in self.features:
+            current.extend(layer.parameters())
+            if isinstance(layer, nn.MaxPool2d):
+                blocks.append(current)
+                current = []
+        return blocks
 
     def set_trainable_blocks(self, n: int) -> None:
         """Train the top `n` conv blocks (0 = frozen backbone, head only); the head always trains."""
@@ -80,9 +96,9 @@ class FractureNet(nn.Module):
 def _load_pretrained(net: FractureNet, weights: str) -> str:
     """Fill net.features from ImageNet or a local file; return a description for the run record."""
     if weights == "imagenet":
-        from torchvision.models import VGG16_Weights
+        from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
-        spec = VGG16_Weights.IMAGENET1K_V1
+        spec = VGG16_BN_Weights.IMAGENET1K_V1 if net.arch == "vgg16_bn" else VGG16_Weights.IMAGENET1K_V1
         try:
             state = spec.get_state_dict(progress=False)
         except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "not cached, no network"
@@ -106,9 +122,9 @@ def _load_pretrained(net: FractureNet, weights: str) -> str:
     try:
         missing, _ = net.features.load_state_dict(features, strict=False)
     except RuntimeError as exc:  # shape mismatch: not VGG16 weights
-        raise WeightsError(f"model.weights: {source} does not fit VGG16 features ({str(exc).splitlines()[-1].strip()})") from None
+        raise WeightsError(f"model.weights: {source} does not fit {net.arch.upper()} features ({str(exc).splitlines()[-1].strip()})") from None
     if missing:
-        raise WeightsError(f"model.weights: {source} lacks VGG16 feature weights such as {missing[0]}")
+        raise WeightsError(f"model.weights: {source} lacks {net.arch.upper()} feature weights such as {missing[0]}")
     return source
 
 
@@ -118,7 +134,7 @@ def build_model(cfg: ModelConfig) -> tuple[FractureNet, str]:
     Returns:
         The model and a string naming the weights used ("none", "imagenet:<file>", "file:<path>").
     """
-    net = FractureNet(hidden=cfg.hidden, dropout=cfg.dropout, l2=cfg.l2)
+    net = FractureNet(hidden=cfg.hidden, dropout=cfg.dropout, l2=cfg.l2, arch=cfg.arch)
     source = "none" if cfg.weights in ("none", "") else _load_pretrained(net, cfg.weights)
     return net, source
 

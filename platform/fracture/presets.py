@@ -14,6 +14,7 @@ IMAGE = "image"
 LABEL = "label"
 ID = "image_id"
 PATH = "path"
+ROW = "row"          # a train/val row's position in its decoded cache: seeds its augmentation
 
 # The seed notebook's Keras ImageDataGenerator settings.
 ROTATION_DEG = 20.0
@@ -63,31 +64,48 @@ def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out)
 
 
-def augment(images: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
-    """Random rotation ±20°, shift ±10%, zoom 0.9–1.1, horizontal and vertical flips.
+AUGMENTS = ("seed", "light", "none")
+# light: flips + a shift of up to this share of the side (3 px at 64 px, the reference loop's ±3 px)
+LIGHT_SHIFT_FRACTION = 0.05
+
+
+def _light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    h, w = image.shape[:2]
+    dy, dx = (rng.integers(-round(LIGHT_SHIFT_FRACTION * n), round(LIGHT_SHIFT_FRACTION * n) + 1) for n in (h, w))
+    # roll, not pad: no black border that a small image would learn to look for
+    return np.roll(image, (int(dy), int(dx)), axis=(0, 1))
+
+
+def augment(images: np.ndarray, *, rng: np.random.Generator | None = None, strength: str = "seed",
+            seeds: np.ndarray | None = None) -> np.ndarray:
+    """Random train-time views of a batch.
+
+    strength "seed" is the notebook's ImageDataGenerator: rotation ±20°, shift ±10%, zoom 0.9–1.1,
+    horizontal and vertical flips. "light" is flips plus a shift of up to 5% of the side. "none"
+    returns a copy.
 
     Args:
         images: uint8 (N, H, W, 3).
-        rng: the caller's generator (never the global RNG).
+        rng: one generator for the whole batch (the caller's, never the global RNG), or
+        seeds: one entropy value (or sequence) per image; image i then depends only on seeds[i],
+            not on which batch or worker it landed in, so a run is reproducible under any batching.
+        strength: one of AUGMENTS.
     Returns:
         uint8 (N, H, W, 3), a new array.
     """
-    out = np.empty_like(images)
+    if strength not in AUGMENTS:
+        raise ValueError(f"augment strength {strength!r} is not one of {', '.join(AUGMENTS)}")
+    if (rng is None) == (seeds is None):
+        raise ValueError("pass exactly one of rng= and seeds=")
+    out = images.copy()
+    if strength == "none":
+        return out
     for i, image in enumerate(images):
-        image = _affine(image, rng)
-        if rng.random() < 0.5:
+        r = rng if seeds is None else np.random.default_rng(seeds[i])
+        image = _affine(image, r) if strength == "seed" else _light(image, r)
+        if r.random() < 0.5:
             image = image[:, ::-1]
-        if rng.random() < 0.5:
+        if r.random() < 0.5:
             image = image[::-1, :]
         out[i] = image
     return out
-
-
-def augment_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data batch fn for the train split.
-
-    A fresh OS-seeded generator per batch: Ray Data re-runs this on every epoch's pass, and the
-    epochs must differ; seeding from data would repeat the same "random" views every epoch.
-    """
-    rng = np.random.default_rng()
-    return {**batch, IMAGE: augment(batch[IMAGE], rng=rng)}

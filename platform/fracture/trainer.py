@@ -13,7 +13,7 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from fracture import metrics
+from fracture import data, metrics
 from fracture.config import Config
 from fracture.worker import train_fn_per_worker
 
@@ -57,4 +57,5 @@ def train_driver_fn(config: dict, *, datasets: dict, pos_weight: float) -> None:
                  scaling_config=scaling_config(cfg),
                  run_config=run_config,
                  datasets=datasets,
-                 dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
+                 dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                                     execution_options=data.execution_options())).fit()

@@ -15,7 +15,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from fracture import checkpoint, engine, metrics
+from fracture import checkpoint, data, engine, metrics
 from fracture.config import Config
 from fracture.model import build_model
 
@@ -26,15 +26,10 @@ def is_rank0() -> bool:
     return ray.train.get_context().get_world_rank() == 0
 
 
-def batches(cfg: Config, split: str):
-    """This worker's iterator of {"image": uint8 (B, S, S, 3), "label": (B,)} for one epoch."""
-    shard = ray.train.get_dataset_shard(split)
-    train = split == "train"
-    return shard.iter_torch_batches(
-        batch_size=cfg.train.batch_size_per_worker, drop_last=False,
-        local_shuffle_buffer_size=cfg.train.shuffle_buffer if train else None,
-        # pinned host memory makes the host->GPU copy asynchronous (non_blocking in the engine)
-        pin_memory=cfg.cluster.use_gpu, prefetch_batches=2)
+def batches(cfg: Config, split: str, epoch: int):
+    """This worker's {"image": uint8 (B, S, S, 3), "label": (B,)} batches of one epoch (data.epoch_batches)."""
+    rank = ray.train.get_context().get_world_rank()
+    return data.epoch_batches(ray.train.get_dataset_shard(split), cfg, split, epoch=epoch, rank=rank)
 
 
 # Tune's progress table shows the first four metrics of a report: put the ones to watch there.
@@ -88,9 +83,9 @@ def train_fn_per_worker(loop_config: dict) -> None:
             if cfg.train.compile:
                 model = torch.compile(model)   # recompiles per phase: the set of trained params changed
         tick = time.perf_counter()
-        result = engine.train_one_epoch(model, optimizer, batches(cfg, "train"), loss_fn=loss_fn,
+        result = engine.train_one_epoch(model, optimizer, batches(cfg, "train", epoch), loss_fn=loss_fn,
                                         penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip)
-        result |= engine.evaluate(net, batches(cfg, "val"), device=device, threshold=cfg.train.threshold,
+        result |= engine.evaluate(net, batches(cfg, "val", epoch), device=device, threshold=cfg.train.threshold,
                                   target_sensitivity=cfg.train.target_sensitivity)
         auc = result[metrics.PRIMARY]
         improved = auc > best
