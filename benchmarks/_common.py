@@ -130,9 +130,9 @@ class InMemory:
 
 
 class Collate:
-    """Stack items into an engine batch, augmenting like Ray's train split (a fresh generator per batch)."""
+    """Stack items into an engine batch, augmenting with the train split's preset (a fresh generator per batch)."""
 
-    def __init__(self, augment: bool):
+    def __init__(self, augment: str):
         self.augment = augment
 
     def __call__(self, items) -> dict:
@@ -141,19 +141,19 @@ class Collate:
         from fracture import presets
 
         images = np.stack([image for image, _ in items])                 # (B, S, S, 3) uint8
-        if self.augment:
-            images = presets.augment(images, rng=np.random.default_rng())
+        if self.augment != "none":
+            images = presets.augment(images, rng=np.random.default_rng(), strength=self.augment)
         return {presets.IMAGE: torch.from_numpy(images),
                 presets.LABEL: torch.from_numpy(np.asarray([label for _, label in items]))}
 
 
-def loader(images: np.ndarray, labels: np.ndarray, batch_size: int, *, train: bool, augment: bool = True,
+def loader(images: np.ndarray, labels: np.ndarray, batch_size: int, *, train: bool, augment: str = "seed",
            workers: int = 0, pin_memory: bool = False):
     """A plain torch DataLoader over in-memory arrays: shuffled + augmented for train, as is for val."""
     import torch
 
     return torch.utils.data.DataLoader(InMemory(images, labels), batch_size=batch_size, shuffle=train,
-                                       collate_fn=Collate(train and augment), num_workers=workers,
+                                       collate_fn=Collate(augment if train else "none"), num_workers=workers,
                                        pin_memory=pin_memory, persistent_workers=workers > 0)
 
 

@@ -8,10 +8,10 @@ Images/s of the training input pipeline, on the same cores:
   It runs before Ray starts and again after Ray shuts down (same work twice, so a change in the
   machine's load during the run hits both sides); its figure is the mean of all its epochs.
 * ray_data cold: an empty cache dir; fracture.data.decoded(cfg, "train") decodes with Ray Data and
-  writes the Parquet cache, then one augmented epoch is iterated (the train pipeline of
-  data.build_datasets: select image/label -> map_batches(augment_batch) -> iter_torch_batches).
-* ray_data warm: the cache exists; data.build_datasets(cfg)["train"].iter_torch_batches(batch_size=32)
-  epoch after epoch, as a worker does minus sharding. Its set-up (build_datasets: read the cache,
+  writes the Parquet cache, then one augmented epoch is iterated (the train pipeline a worker runs:
+  data.epoch_batches = seeded local shuffle buffer -> per-image seeded augmentation in the collate).
+* ray_data warm: the cache exists; data.epoch_batches(data.build_datasets(cfg)["train"], ...) epoch
+  after epoch, as a worker does minus sharding. Its set-up (build_datasets: read the cache,
   materialize it in the object store) is a row of its own.
 * profiling rows: warm epochs without augmentation (the pipeline's own cost) and the time to the
   first batch of each warm epoch (the per-epoch cost of starting a streaming execution).
@@ -38,15 +38,16 @@ from fracture.presets import IMAGE, LABEL
 class DecodeAugment(torch.utils.data.Dataset):
     """Decode + resize + augment one JPEG per access: no cache, as in a notebook."""
 
-    def __init__(self, paths: list[str], labels: list[int], size: int, allow_truncated: bool):
+    def __init__(self, paths: list[str], labels: list[int], size: int, allow_truncated: bool, strength: str):
         self.paths, self.labels, self.size, self.allow_truncated = paths, labels, size, allow_truncated
+        self.strength = strength
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         image = presets.decode_resize(self.paths[i], self.size, allow_truncated=self.allow_truncated)
-        image = presets.augment(image[None], rng=np.random.default_rng())[0]   # (S, S, 3) uint8
+        image = presets.augment(image[None], rng=np.random.default_rng(), strength=self.strength)[0]   # (S, S, 3) uint8
         return {IMAGE: torch.from_numpy(image), LABEL: int(self.labels[i])}
 
 
@@ -63,7 +64,7 @@ def _count(batches) -> tuple[int, float, float]:
 def dataloader_epochs(cfg, epochs: int, label: str, rows: list) -> tuple[int, float]:
     frame = data.split_frame(cfg, "train")
     dataset = DecodeAugment(frame[presets.PATH].tolist(), frame[LABEL].tolist(), cfg.data.image_size,
-                            cfg.data.allow_truncated)
+                            cfg.data.allow_truncated, cfg.data.augment)
     loader = torch.utils.data.DataLoader(dataset, batch_size=_common.BATCH, shuffle=True,
                                          num_workers=os.cpu_count() or 1)
     total_images, total_s = 0, 0.0
@@ -107,10 +108,8 @@ def main() -> None:
         tick = time.perf_counter()
         cached = data.decoded(cfg, "train")
         decoded_s = time.perf_counter() - tick
-        train = cached.select_columns([IMAGE, LABEL])
-        if cfg.data.augment:
-            train = train.map_batches(presets.augment_batch, batch_size=data.DECODE_BATCH, batch_format="numpy")
-        images, seconds, _ = _count(train.iter_torch_batches(batch_size=_common.BATCH))
+        train = cached.select_columns([IMAGE, LABEL, presets.ROW])
+        images, seconds, _ = _count(data.epoch_batches(train, cfg, "train", epoch=0))
         cold_s = decoded_s + seconds
         rows.append(["ray_data cold (decode+cache)", 0, images, decoded_s, images / decoded_s, _common.load()])
         rows.append(["ray_data cold (total)", 0, images, cold_s, images / cold_s, _common.load()])
@@ -121,15 +120,15 @@ def main() -> None:
         rows.append(["ray_data warm set-up (build_datasets)", "-", "-", time.perf_counter() - tick, "-", _common.load()])
         warm_images, warm_s, firsts = 0, 0.0, []
         for epoch in range(args.epochs):
-            images, seconds, first = _count(datasets["train"].iter_torch_batches(batch_size=_common.BATCH))
+            images, seconds, first = _count(data.epoch_batches(datasets["train"], cfg, "train", epoch=epoch + 1))
             rows.append(["ray_data warm", epoch + 1, images, seconds, images / seconds, _common.load()])
             warm_images, warm_s = warm_images + images, warm_s + seconds
             firsts.append(first)
 
         # Profiling: the same warm pipeline without augmentation (Ray Data's own per-epoch cost).
-        plain = data.build_datasets(cfg.replace(data={"augment": False}))["train"]
+        plain = cfg.replace(data={"augment": "none"})
         for epoch in range(args.epochs):
-            images, seconds, first = _count(plain.iter_torch_batches(batch_size=_common.BATCH))
+            images, seconds, first = _count(data.epoch_batches(datasets["train"], plain, "train", epoch=epoch + 1))
             rows.append(["profile: ray_data warm, no augment", epoch + 1, images, seconds, images / seconds,
                          _common.load()])
         ray.shutdown()
@@ -140,8 +139,8 @@ def main() -> None:
         print(_common.table(headers, rows))
         dl_rate, warm_rate = dl_images / dl_s, warm_images / warm_s
         print(f"\nprofile: time to first batch per warm epoch {', '.join(f'{f:.2f}' for f in firsts)} s "
-              f"(streaming start-up + augment of the first blocks); the cached train split is "
-              f"{cached.num_blocks()} block(s), so at most that many augment tasks run at once")
+              f"(streaming start-up + filling the shuffle buffer); the cached train split is "
+              f"{cached.num_blocks()} block(s)")
         print(f"dataloader mean {dl_rate:,.1f} images/s over {2 * args.epochs} epochs; ray_data cold "
               f"{n_train / cold_s:,.1f} images/s (ratio cold_ray_data / dataloader = {n_train / cold_s / dl_rate:.2f}×), "
               f"warm mean {warm_rate:,.1f} images/s; load {_common.load()} at end")

@@ -111,7 +111,7 @@ def ray_train(cfg, datasets: dict, pos_weight: float, storage: Path) -> dict:
     fit = ray.train.torch.TorchTrainer(
         timed_worker, train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
         scaling_config=trainer.scaling_config(cfg), run_config=run_config, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=data.execution_options()))
     start = time.time()
     result = fit.fit()
     end = time.time()

@@ -1,0 +1,98 @@
+"""A plain PyTorch training loop over in-memory arrays: the yardstick for the platform's training.
+
+No Ray: the same model, optimizer, loss, engine functions and augmentation presets as the worker,
+fed by a Python generator whose order and augmentation are set by knobs. The ablation and the
+side-by-side quality benchmark both train through `fit`, so they differ from the platform only in
+what the knobs say.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from fracture import engine, presets
+from fracture.model import build_model
+
+ORDERS = ("permute", "stream")
+
+
+def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Index batches as Ray's local shuffle buffer gives them over a stream in stored order.
+
+    Rows enter the buffer in order; once it holds `buffer + batch` rows, a batch is drawn at random
+    from it. So a row can only move about `buffer` places: a sorted stream stays nearly sorted.
+    """
+    pool: list[int] = []
+    for i in range(n):
+        pool.append(i)
+        if len(pool) >= buffer + batch:
+            picks = set(rng.choice(len(pool), size=batch, replace=False).tolist())
+            yield np.array([pool[j] for j in sorted(picks)])
+            pool = [v for j, v in enumerate(pool) if j not in picks]
+    rest = rng.permutation(pool)
+    for k in range(0, len(rest), batch):
+        yield rest[k:k + batch]
+
+
+def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, buffer: int,
+            augment: str, seed: int, epoch: int) -> Iterator[dict]:
+    """One epoch of engine batches {"image": uint8 (B, S, S, 3), "label": (B,)}."""
+    rng = np.random.default_rng([seed, epoch])
+    if order == "permute":
+        perm = rng.permutation(len(images))
+        chunks = (perm[k:k + batch] for k in range(0, len(perm), batch))
+    else:
+        chunks = _stream_order(len(images), buffer, batch, rng)
+    for idx in chunks:
+        x = images[idx]
+        if augment != "none":
+            x = presets.augment(x, strength=augment, seeds=[[seed, epoch, int(i)] for i in idx])
+        yield {presets.IMAGE: torch.from_numpy(x), presets.LABEL: torch.from_numpy(labels[idx])}
+
+
+def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
+        order: str = "permute", buffer: int = 256, augment: str | None = None, init_seed: int | None = None,
+        log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+    """Train cfg's model on `train` for cfg.train.epochs and score `val` after every epoch.
+
+    Args:
+        order: "permute" (a fresh permutation each epoch) or "stream" (stored order through a
+            local shuffle buffer of `buffer` rows, as the platform read its cache before).
+        augment: a presets.AUGMENTS strength; default cfg.data.augment.
+        init_seed: torch seed for the initial weights; default cfg.seed (what the worker uses).
+    Returns:
+        (one dict per epoch: epoch, train_loss, val_auc, val_sensitivity, ..., epoch_s;
+         the weights (state dict) of the epoch with the best val AUROC, as the platform keeps it).
+    """
+    torch.manual_seed(cfg.seed if init_seed is None else init_seed)
+    device = torch.device("cpu")
+    net, _ = build_model(cfg.model)
+    net.set_trainable_blocks(cfg.model.trainable_blocks)
+    optimizer = engine.build_optimizer(net, cfg.optim)
+    scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
+    labels = train[1]
+    pos_weight = float((labels == 0).sum() / max((labels == 1).sum(), 1)) if cfg.train.imbalance == "pos_weight" else 1.0
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
+    strength = cfg.data.augment if augment is None else augment
+    bs = cfg.train.batch_size_per_worker
+    history, best = [], None
+    for epoch in range(cfg.train.epochs):
+        tick = time.perf_counter()
+        row = engine.train_one_epoch(net, optimizer, batches(*train, batch=bs, order=order, buffer=buffer,
+                                                             augment=strength, seed=cfg.seed, epoch=epoch),
+                                     loss_fn=loss_fn, penalty=net.l2_penalty, device=device,
+                                     grad_clip=cfg.optim.grad_clip)
+        val_batches = ({presets.IMAGE: torch.from_numpy(val[0][k:k + 128]),
+                        presets.LABEL: torch.from_numpy(val[1][k:k + 128])} for k in range(0, len(val[0]), 128))
+        row |= engine.evaluate(net, val_batches, device=device, threshold=cfg.train.threshold)
+        engine.step_scheduler(scheduler, row["val_auc"])
+        row |= {"epoch": epoch, "epoch_s": time.perf_counter() - tick}
+        history.append(row)
+        if best is None or row["val_auc"] > max(h["val_auc"] for h in history[:-1]):
+            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        log(f"  epoch {epoch:2d}  train_loss {row['train_loss']:.4f}  val_auc {row['val_auc']:.4f}  "
+            f"sens {row['val_sensitivity']:.3f}  spec {row['val_specificity']:.3f}  {row['epoch_s']:.0f}s")
+    return history, best
