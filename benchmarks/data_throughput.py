@@ -13,8 +13,10 @@ Images/s of the training input pipeline, on the same cores:
 * ray_data warm: the cache exists; data.epoch_batches(data.build_datasets(cfg)["train"], ...) epoch
   after epoch, as a worker does minus sharding. Its set-up (build_datasets: read the cache,
   materialize it in the object store) is a row of its own.
-* profiling rows: warm epochs without augmentation (the pipeline's own cost) and the time to the
-  first batch of each warm epoch (the per-epoch cost of starting a streaming execution).
+* profiling rows: warm epochs without augmentation (the pipeline's own cost), with the default
+  shuffle buffer (train.shuffle_buffer, at least the split: a full permutation every epoch) and with
+  the old 256-row buffer, and the time to the first batch of each warm epoch (the per-epoch cost of
+  starting a streaming execution and filling the shuffle buffer).
 
 Local Ray: ray.init(num_cpus=os.cpu_count()). The last line is the ratio of warm Ray Data images/s
 to DataLoader images/s (target >= 1.0x). Without --root, n synthetic FracAtlas-layout JPEGs of
@@ -125,12 +127,14 @@ def main() -> None:
             warm_images, warm_s = warm_images + images, warm_s + seconds
             firsts.append(first)
 
-        # Profiling: the same warm pipeline without augmentation (Ray Data's own per-epoch cost).
-        plain = cfg.replace(data={"augment": "none"})
-        for epoch in range(args.epochs):
-            images, seconds, first = _count(data.epoch_batches(datasets["train"], plain, "train", epoch=epoch + 1))
-            rows.append(["profile: ray_data warm, no augment", epoch + 1, images, seconds, images / seconds,
-                         _common.load()])
+        # Profiling: the same warm pipeline without augmentation (Ray Data's own per-epoch cost), with
+        # the default buffer (a full permutation of the shard) and with the old 256-row one.
+        for label, buffer in (("", cfg.train.shuffle_buffer), (", 256-row buffer", 256)):
+            plain = cfg.replace(data={"augment": "none"}, train={"shuffle_buffer": buffer})
+            for epoch in range(args.epochs):
+                images, seconds, first = _count(data.epoch_batches(datasets["train"], plain, "train", epoch=epoch + 1))
+                rows.append([f"profile: ray_data warm, no augment{label}", epoch + 1, images, seconds,
+                             images / seconds, _common.load()])
         ray.shutdown()
 
         more_images, more_s = dataloader_epochs(cfg, args.epochs, "dataloader (after Ray)", rows)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fracture import data
+from fracture.config import TrainConfig
 from fracture.presets import IMAGE, LABEL, ROW
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,6 +37,26 @@ def test_train_order_is_new_each_epoch_and_the_same_for_the_same_seed(ordered):
     assert first != second and sorted(first) == sorted(second)   # a different order of the same images
     other_seed = cfg.replace(seed=cfg.seed + 1)
     assert _epoch(ds, other_seed, 0) != first
+
+
+def test_default_buffer_gives_a_full_permutation_each_epoch(ordered):
+    """A small buffer moves rows only ~buffer places, so the cache's order recurs every epoch.
+
+    With the default buffer the arrival position is unrelated to the stored position (as a plain
+    loop's full permutation gives); with a 16-row buffer over 8 blocks it stays tightly correlated.
+    """
+    cfg, ds = ordered
+    ds = ds.repartition(8).materialize()     # blocks of ~8 rows, as a large split's cache is (blocks <= 128 MiB)
+    stored = {hashlib.md5(r[IMAGE].tobytes()).hexdigest(): i for i, r in enumerate(ds.iter_rows())}
+
+    def rank_correlation(c) -> float:
+        arrived = [stored[h] for h in _epoch(ds, c, 0)]
+        return float(np.corrcoef(np.argsort(np.argsort(arrived)), np.arange(len(arrived)))[0, 1])
+
+    default = cfg.replace(train={"shuffle_buffer": TrainConfig().shuffle_buffer})
+    assert default.train.shuffle_buffer >= ds.count()
+    assert abs(rank_correlation(default)) < 0.4
+    assert rank_correlation(cfg) > 0.5       # the fixture's 16-row buffer
 
 
 def test_augmentation_is_seeded_by_epoch_and_row(ordered):
