@@ -107,13 +107,18 @@ def make_config(tmp: Path, root: Path, *overrides: str):
 
 
 def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The decoded cache of a split as in-memory arrays: images uint8 (N, S, S, 3), labels (N,)."""
-    from fracture import data
-    from fracture.presets import IMAGE, LABEL
+    """The decoded cache of a split as in-memory arrays: images uint8 (N, S, S, 3), labels (N,).
 
-    parts = list(data.decoded(cfg, split).select_columns([IMAGE, LABEL]).iter_batches(batch_size=None,
-                                                                                        batch_format="numpy"))
-    return np.concatenate([p[IMAGE] for p in parts]), np.concatenate([p[LABEL] for p in parts])
+    Index i is the image whose ROW is i (its place in the cache), so that seeding image i's
+    augmentation by (seed, epoch, i) gives the views the platform's collate gives it.
+    """
+    from fracture import data
+    from fracture.presets import IMAGE, LABEL, ROW
+
+    parts = list(data.decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]).iter_batches(batch_size=None,
+                                                                                             batch_format="numpy"))
+    order = np.argsort(np.concatenate([p[ROW] for p in parts]))
+    return np.concatenate([p[IMAGE] for p in parts])[order], np.concatenate([p[LABEL] for p in parts])[order]
 
 
 class InMemory:

@@ -13,10 +13,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from fracture import engine, presets
+from fracture import data, engine, presets
 from fracture.model import build_model
 
-ORDERS = ("permute", "stream")
+ORDERS = ("permute", "platform", "stream")
 
 
 def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -41,7 +41,12 @@ def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, b
             augment: str, seed: int, epoch: int) -> Iterator[dict]:
     """One epoch of engine batches {"image": uint8 (B, S, S, 3), "label": (B,)}."""
     rng = np.random.default_rng([seed, epoch])
-    if order == "permute":
+    if order in ("permute", "platform"):
+        if order == "platform":
+            # What the worker's batch iterator draws over a one-block cache (FracAtlas at <= 64 px):
+            # Ray Data's local shuffle buffer takes the block whole and slices one permutation of it,
+            # from a generator seeded by the buffer's seed, data.epoch_seed(seed, epoch, rank 0).
+            rng = np.random.default_rng(data.epoch_seed(seed, epoch, 0))
         perm = rng.permutation(len(images))
         chunks = (perm[k:k + batch] for k in range(0, len(perm), batch))
     else:
@@ -59,8 +64,11 @@ def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
     """Train cfg's model on `train` for cfg.train.epochs and score `val` after every epoch.
 
     Args:
-        order: "permute" (a fresh permutation each epoch) or "stream" (stored order through a
-            local shuffle buffer of `buffer` rows, as the platform read its cache before).
+        order: "permute" (a fresh permutation each epoch, from the loop's own generator),
+            "platform" (the permutation the platform's worker draws for the same seed and epoch on
+            a one-block cache: then both sides see the same batches and the same augmented views)
+            or "stream" (stored order through a local shuffle buffer of `buffer` rows, as the
+            platform read a many-block cache before).
         augment: a presets.AUGMENTS strength; default cfg.data.augment.
         init_seed: torch seed for the initial weights; default cfg.seed (what the worker uses).
     Returns:

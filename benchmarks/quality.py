@@ -6,9 +6,13 @@ test split once. Prints val and test AUROC / sensitivity / specificity (test wit
 and the machine, image size, epochs and weights behind them.
 
 --plain first trains the same recipe on the same decoded arrays with a plain PyTorch loop
-(benchmarks/_plain.py: a fresh permutation each epoch, the same augmentation preset, model, loss and
-optimizer), then through the platform, and prints both learning curves side by side, writes them
-as a PNG, and gives the ratio of best val AUROC, platform / plain (goal >= 0.98 at equal epochs).
+(benchmarks/_plain.py: the same model, initial weights, loss, optimizer and augmentation preset),
+then through the platform, and prints both learning curves side by side, writes them as a PNG, and
+gives the ratio of best val AUROC, platform / plain (goal >= 0.98 at equal epochs).
+--plain-order says which batches the plain loop sees: "platform" (default) the very permutation
+the platform's worker draws for each epoch on a one-block cache, so both sides train on the same
+batches and views and any gap is the platform's own doing; "permute" a permutation of the loop's
+own, so the gap also holds ordinary seed-to-seed noise. --plain-only skips the platform side.
 
 CPU, from scratch (no ImageNet download here), both sides, ≈35 min each on 2 cores:
     python benchmarks/quality.py --plain --config jobs/studies/cpu_scratch.yaml
@@ -94,8 +98,12 @@ def main() -> None:
     cli.setup_logging()
     p = cli.parser(__doc__)
     p.add_argument("--plain", action="store_true", help="also train the plain torch loop on the same arrays, first")
+    p.add_argument("--plain-order", choices=("platform", "permute"), default="platform",
+                   help="the plain loop's batches: the platform's own permutation each epoch (default) or its own")
+    p.add_argument("--plain-only", action="store_true", help="train and score only the plain loop (implies --plain)")
     p.set_defaults(config=DEFAULT)
     cfg, args = cli.parse(p=p)
+    args.plain = args.plain or args.plain_only
     cfg = cfg.replace(name=f"{cfg.name}_quality", search={"num_trials": 1})
     out_dir = cfg.run_dir
     report: dict = {"machine": _machine(), "image_size": cfg.data.image_size, "epochs": cfg.train.epochs}
@@ -107,26 +115,31 @@ def main() -> None:
             _common.quiet_data_context()
             train, val = _common.split_arrays(cfg, "train"), _common.split_arrays(cfg, "val")
             print(f"plain torch loop: train {len(train[0])} images, val {len(val[0])}, "
-                  f"{cfg.train.epochs} epochs at {cfg.data.image_size} px", flush=True)
+                  f"{cfg.train.epochs} epochs at {cfg.data.image_size} px, order {args.plain_order}", flush=True)
             start = time.perf_counter()
-            curves["plain torch"], best_state = _plain.fit(cfg, train, val, log=lambda s: print(s, flush=True))
+            curves["plain torch"], best_state = _plain.fit(cfg, train, val, order=args.plain_order,
+                                                           log=lambda s: print(s, flush=True))
             report["plain_wall_s"] = time.perf_counter() - start
             net, _ = build_model(cfg.model.__class__(**{**cfg.model.__dict__, "weights": "none"}))
             net.load_state_dict(best_state)
             best = max(curves["plain torch"], key=lambda r: r["val_auc"])
             report["plain"] = _evaluate(cfg, net.eval(), best["val_threshold"])
             _print_rows(f"plain torch loop (best epoch {best['epoch']})", report["plain"], best["val_threshold"], cfg)
-        start = time.perf_counter()
-        summary = study.run(cfg, search_space=False)
-        report["platform_wall_s"] = time.perf_counter() - start
-    net, state = checkpoint.load_model(summary["checkpoint"])
-    report["platform"] = _evaluate(cfg, net, state["threshold"])   # threshold chosen on val, never on test
-    _print_rows(f"platform: Ray Data -> Ray Train (best epoch {summary['epoch']})", report["platform"],
-                state["threshold"], cfg)
-    curves["platform (Ray Data -> Ray Train)"] = _platform_curve(summary["study_dir"])
+        if not args.plain_only:
+            start = time.perf_counter()
+            summary = study.run(cfg, search_space=False)
+            report["platform_wall_s"] = time.perf_counter() - start
+    if not args.plain_only:
+        net, state = checkpoint.load_model(summary["checkpoint"])
+        report["platform"] = _evaluate(cfg, net, state["threshold"])   # threshold chosen on val, never on test
+        _print_rows(f"platform: Ray Data -> Ray Train (best epoch {summary['epoch']})", report["platform"],
+                    state["threshold"], cfg)
+        curves["platform (Ray Data -> Ray Train)"] = _platform_curve(summary["study_dir"])
+        report["summary"] = {k: v for k, v in summary.items() if k != "trials"}
+    walls = "  ".join(f"{side} train wall {report[f'{side}_wall_s'] / 60:.1f} min"
+                      for side in ("plain", "platform") if f"{side}_wall_s" in report)
     print(f"\n=== quality: {report['machine']}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, "
-          f"weights={state['weights']}, arch={cfg.model.arch}, augment={cfg.data.augment}, "
-          f"platform train wall {report['platform_wall_s'] / 60:.1f} min ===")
+          f"weights={cfg.model.weights}, arch={cfg.model.arch}, augment={cfg.data.augment}, seed {cfg.seed}; {walls} ===")
     names = list(curves)
     print(f"{'epoch':>5s}  " + "  ".join(f"{n[:22]:>22s} loss / AUROC" for n in names))
     for i in range(max(len(c) for c in curves.values())):
@@ -134,18 +147,18 @@ def main() -> None:
                  for c in curves.values()]
         print(f"{i:5d}  " + "  ".join(cells))
     report["curves"] = curves
-    if args.plain:
+    if len(curves) == 2:
         best_plain = max(r["val_auc"] for r in curves["plain torch"])
         best_platform = max(r["val_auc"] for r in curves[names[-1]])
         report["ratio_best_val_auc"] = best_platform / best_plain
         print(f"best val AUROC: platform {best_platform:.4f} / plain {best_plain:.4f} = "
-              f"ratio {report['ratio_best_val_auc']:.3f} (goal >= 0.98)")
-        png = out_dir / "quality_curves.png"
+              f"ratio {report['ratio_best_val_auc']:.3f} (goal >= 0.98; plain order {args.plain_order})")
+    if args.plain:
+        png = out_dir / ("quality_plain_curves.png" if args.plain_only else "quality_curves.png")
         _plot(curves, png, f"{cfg.name}: {cfg.data.image_size} px, {cfg.model.arch}, augment {cfg.data.augment}, "
                            f"seed {cfg.seed} ({report['machine']})")
         print(f"learning curves: {png}")
-    out = out_dir / "quality.json"
-    report["summary"] = {k: v for k, v in summary.items() if k != "trials"}
+    out = out_dir / ("quality_plain.json" if args.plain_only else "quality.json")
     out.write_text(json.dumps(report, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))
     print(f"written {out}")
 
