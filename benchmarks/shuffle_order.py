@@ -8,7 +8,8 @@ train split (real FracAtlas with the default config):
 
 * the old layout: the cache in manifest (image id) order, as one block and as --blocks blocks
   (what a 224 px FracAtlas cache, ~380 MB in blocks of <= 128 MiB, or any large data set gives);
-* today's layout: the cache in a seeded random order, through the configured buffer.
+* the buffer: the old 256 rows and today's default (train.shuffle_buffer, at least the split);
+* today's layout: the cache in a seeded random order, through today's buffer.
 
 For each it prints the rank correlation between arrival order and id order (0 = no trace of the
 id order, 1 = id order) and the fractured share in each tenth of the epoch (the whole split's
@@ -48,8 +49,10 @@ def main() -> None:
     position = {int(r): i for i, r in enumerate(frame[ROW])}             # ROW -> place in id order
     labels = frame[LABEL].to_numpy()
     id_ordered = ray.data.from_pandas(frame).select_columns([IMAGE, LABEL, ROW]).materialize()
+    many = id_ordered.repartition(args.blocks).materialize()
     layouts = [("id order, 1 block", id_ordered, 256),
-               (f"id order, {args.blocks} blocks", id_ordered.repartition(args.blocks).materialize(), 256),
+               (f"id order, {args.blocks} blocks", many, 256),
+               (f"id order, {args.blocks} blocks", many, cfg.train.shuffle_buffer),
                ("seeded random order (today)", data.build_datasets(cfg)["train"], cfg.train.shuffle_buffer)]
     print(f"train split {len(frame)} images, {labels.mean():.3f} fractured; today's cache is "
           f"{cached.num_blocks()} block(s); batch {cfg.train.batch_size_per_worker}")

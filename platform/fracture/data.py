@@ -135,7 +135,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 class Collate:
-    """numpy batch {image, label, row} -> torch {image uint8 (B, S, S, 3), label (B,)}, augmented per image.
+    """numpy batch {image, label, row} -> torch {image uint8 (B, S, S, 3), label (B,), row (B,)}, augmented per image.
 
     Runs inside Ray Data's batch iterator (its prefetch threads), so augmenting overlaps the step.
     """
@@ -150,7 +150,9 @@ class Collate:
         if self.strength != "none":
             images = augment(images, strength=self.strength,
                              seeds=[[self.seed, self.epoch, int(r)] for r in batch[ROW]])
-        out = {IMAGE: torch.from_numpy(np.ascontiguousarray(images)), LABEL: torch.from_numpy(batch[LABEL])}
+        # ROW rides along so that anyone can see which images a batch held (benchmarks/shuffle_order.py)
+        out = {IMAGE: torch.from_numpy(np.ascontiguousarray(images)), LABEL: torch.from_numpy(batch[LABEL]),
+               ROW: torch.from_numpy(batch[ROW])}
         return {k: v.pin_memory() for k, v in out.items()} if self.pin_memory else out
 
 
