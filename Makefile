@@ -6,6 +6,9 @@ PYTEST  := $(BIN)/python -m pytest
 STAMP   := $(VENV)/.installed
 MLFLOW_PORT ?= 5000
 MLFLOW_DIR  ?= runs/mlflow-server
+# One web worker: enough for one user's studies on 127.0.0.1, and MLflow's default of 4 makes
+# uvicorn's supervisor kill workers that boot slower than its health check on a busy 2-core box.
+MLFLOW_WORKERS ?= 1
 
 .PHONY: install demo test test-fast smoke bench mlflow prepare clean
 
@@ -48,7 +51,7 @@ bench: $(STAMP)
 ## mlflow: a tracking server on 127.0.0.1 (sqlite backend, local artifacts); set tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
 mlflow: $(STAMP)
 	mkdir -p $(MLFLOW_DIR)
-	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
 		--backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
 		--artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts
 

@@ -47,7 +47,7 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
                                            "search.points_to_evaluate=[]"],
                                      says=["search.space.model.dropout", "gaussian"]),
         # The download is refused at once (a proxy nobody listens on), network or not.
-        "imagenet weights not cached, no network": dict(argv=[*tiny, "model.weights=imagenet"], env=no_network,
+        "imagenet weights not cached, no network": dict(argv=[*tiny, "model.arch=vgg16", "model.weights=imagenet"], env=no_network,
                                                         says=["vgg16-397923af.pth", "model.weights="]),
         "missing weights file": dict(argv=[*tiny, "model.weights=/nonexistent.pth"],
                                      says=["/nonexistent.pth", "model.weights"]),

@@ -73,6 +73,7 @@ def _overrides(storage: Path, data_root: Path, cache: Path, best: int, worst: in
             "search.max_concurrent=1", "search.grace_epochs=1", "cluster.num_workers=1",
             "cluster.cpus_per_worker=1", "tracking.experiment=test",
             "optim.lr_head=1.0e-9", "optim.lr_backbone=1.0e-9",
+            "model.arch=vgg16",   # no batch norm: its running statistics would move the model with no lr at all
             f"search.space={{model.hidden: {{choice: [{best}, {worst}]}}}}",
             f"search.points_to_evaluate=[{{model.hidden: {best}}}, {{model.hidden: {worst}}}, "
             f"{{model.hidden: {best}}}]"]

@@ -52,7 +52,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     x = _images(cfg)
     trained, state = checkpoint.load_model(summary["checkpoint"])
     champion, champion_state = tracking.load_champion(summary["tracking_uri"], cfg.tracking.model_name)
-    raw = FractureNet(hidden=cfg.model.hidden).eval()
+    raw = FractureNet(hidden=cfg.model.hidden, arch=cfg.model.arch).eval()
     raw.load_state_dict(torch.load(f"{summary['checkpoint']}/model.pt", weights_only=True))
     with torch.no_grad():
         expected = trained(x)
