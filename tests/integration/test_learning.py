@@ -12,7 +12,7 @@ from ray.tune import ExperimentAnalysis
 
 from fracture import data, metrics, study, synthetic
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_one_trial_learns_the_synthetic_fracture_signal(ray_local, tmp_path):

@@ -19,7 +19,7 @@ from ray.tune import ExperimentAnalysis
 
 from fracture import study
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
