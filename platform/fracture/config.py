@@ -64,9 +64,10 @@ class TrainConfig:
     threshold: str = "youden"         # how the decision threshold is chosen on val: youden | sensitivity
     target_sensitivity: float = 0.9   # used when threshold == "sensitivity"
     # Rows in each worker's local shuffle buffer, seeded per (seed, epoch, rank); 0 = stored order.
-    # At least a shard's rows means a full permutation every epoch, as a plain loop's sampler gives:
-    # a smaller buffer only moves rows ~buffer places, so the cache's order recurs epoch after epoch.
-    # FracAtlas' train split is ~2.5k rows (380 MB at 224 px, 5.8 MB at 48 px).
+    # At least a shard's rows means a full permutation every epoch, as a plain loop's sampler gives.
+    # A smaller one mixes only the block(s) it holds, so over a cache of many blocks (224 px, or any
+    # split over 128 MiB) the stored order recurs epoch after epoch (benchmarks/shuffle_order.py).
+    # FracAtlas' train split is ~2.5k rows (380 MB at 224 px, 17 MB at 48 px).
     shuffle_buffer: int = 4096
     compile: bool = False             # torch.compile the training model (worth it on GPU for long runs)
 
