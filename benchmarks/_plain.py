@@ -40,13 +40,11 @@ def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> 
 def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, buffer: int,
             augment: str, seed: int, epoch: int) -> Iterator[dict]:
     """One epoch of engine batches {"image": uint8 (B, S, S, 3), "label": (B,)}."""
-    rng = np.random.default_rng([seed, epoch])
+    # "platform": what the worker's batch iterator draws over a one-block cache (FracAtlas at <= 64 px):
+    # Ray Data's local shuffle buffer takes the block whole and slices one permutation of it, from a
+    # generator seeded by the buffer's seed, data.epoch_seed(seed, epoch, rank 0).
+    rng = np.random.default_rng(data.epoch_seed(seed, epoch, 0) if order == "platform" else [seed, epoch])
     if order in ("permute", "platform"):
-        if order == "platform":
-            # What the worker's batch iterator draws over a one-block cache (FracAtlas at <= 64 px):
-            # Ray Data's local shuffle buffer takes the block whole and slices one permutation of it,
-            # from a generator seeded by the buffer's seed, data.epoch_seed(seed, epoch, rank 0).
-            rng = np.random.default_rng(data.epoch_seed(seed, epoch, 0))
         perm = rng.permutation(len(images))
         chunks = (perm[k:k + batch] for k in range(0, len(perm), batch))
     else:

@@ -139,7 +139,7 @@ def main() -> None:
     walls = "  ".join(f"{side} train wall {report[f'{side}_wall_s'] / 60:.1f} min"
                       for side in ("plain", "platform") if f"{side}_wall_s" in report)
     print(f"\n=== quality: {report['machine']}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, "
-          f"weights={cfg.model.weights}, arch={cfg.model.arch}, augment={cfg.data.augment}, seed {cfg.seed}; {walls} ===")
+          f"weights={state['weights'] if not args.plain_only else cfg.model.weights}, arch={cfg.model.arch}, augment={cfg.data.augment}, seed {cfg.seed}; {walls} ===")
     names = list(curves)
     print(f"{'epoch':>5s}  " + "  ".join(f"{n[:22]:>22s} loss / AUROC" for n in names))
     for i in range(max(len(c) for c in curves.values())):

@@ -3,7 +3,7 @@
 How mixed is one epoch of the train split, as the worker's batch iterator really delivers it?
 Ray Data's local shuffle buffer adds whole blocks and permutes everything it holds, so a small
 buffer over a one-block cache is already a full permutation, while over a many-block cache it
-only moves rows about `buffer` places. This script measures both, on the study's own decoded
+mixes only the few blocks it holds at a time, and the stored order survives. This script measures both, on the study's own decoded
 train split (real FracAtlas with the default config):
 
 * the old layout: the cache in manifest (image id) order, as one block and as --blocks blocks
