@@ -16,7 +16,7 @@ import torch
 from fracture import data, engine, presets
 from fracture.model import build_model
 
-ORDERS = ("permute", "platform", "stream")
+ORDERS = ("permute", "platform", "stream", "given")
 
 
 def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -38,13 +38,15 @@ def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> 
 
 
 def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, buffer: int,
-            augment: str, seed: int, epoch: int) -> Iterator[dict]:
-    """One epoch of engine batches {"image": uint8 (B, S, S, 3), "label": (B,)}."""
+            augment: str, seed: int, epoch: int, rows: np.ndarray | None = None) -> Iterator[dict]:
+    """One epoch of engine batches {"image": uint8 (B, S, S, 3), "label": (B,)}; `rows` for order="given"."""
     # "platform": what the worker's batch iterator draws over a one-block cache (FracAtlas at <= 64 px):
     # Ray Data's local shuffle buffer takes the block whole and slices one permutation of it, from a
     # generator seeded by the buffer's seed, data.epoch_seed(seed, epoch, rank 0).
     rng = np.random.default_rng(data.epoch_seed(seed, epoch, 0) if order == "platform" else [seed, epoch])
-    if order in ("permute", "platform"):
+    if order == "given":
+        chunks = (rows[k:k + batch] for k in range(0, len(rows), batch))
+    elif order in ("permute", "platform"):
         perm = rng.permutation(len(images))
         chunks = (perm[k:k + batch] for k in range(0, len(perm), batch))
     else:
@@ -58,7 +60,7 @@ def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, b
 
 def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
         order: str = "permute", buffer: int = 256, augment: str | None = None, init_seed: int | None = None,
-        log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+        rows: list[np.ndarray] | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
     """Train cfg's model on `train` for cfg.train.epochs and score `val` after every epoch.
 
     Args:
@@ -66,7 +68,8 @@ def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
             "platform" (the permutation the platform's worker draws for the same seed and epoch on
             a one-block cache: then both sides see the same batches and the same augmented views)
             or "stream" (stored order through a local shuffle buffer of `buffer` rows, as the
-            platform read a many-block cache before).
+            platform read a many-block cache before), or "given" (rows[epoch], e.g. the order a
+            trial recorded in its checkpoint: checkpoint.read_train_order).
         augment: a presets.AUGMENTS strength; default cfg.data.augment.
         init_seed: torch seed for the initial weights; default cfg.seed (what the worker uses).
     Returns:
@@ -88,7 +91,8 @@ def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
     for epoch in range(cfg.train.epochs):
         tick = time.perf_counter()
         row = engine.train_one_epoch(net, optimizer, batches(*train, batch=bs, order=order, buffer=buffer,
-                                                             augment=strength, seed=cfg.seed, epoch=epoch),
+                                                             augment=strength, seed=cfg.seed, epoch=epoch,
+                                                             rows=rows[epoch] if rows is not None else None),
                                      loss_fn=loss_fn, penalty=net.l2_penalty, device=device,
                                      grad_clip=cfg.optim.grad_clip)
         val_batches = ({presets.IMAGE: torch.from_numpy(val[0][k:k + 128]),

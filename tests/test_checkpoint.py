@@ -93,3 +93,18 @@ def test_read_state_without_state_json_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)) as info:
         checkpoint.read_state(tmp_path)
     assert "state.json" in str(info.value)
+
+
+def test_the_train_order_each_epoch_saw_is_kept_and_restored(tmp_path):
+    import numpy as np
+    import ray.train
+
+    net = FractureNet(hidden=8)
+    orders = [np.array([3, 0, 2, 1]), np.array([1, 3, 0, 2]), np.array([2, 0])]   # ragged: a short shard is fine
+    directory = checkpoint.save(tmp_path / "c", net, None, {"epoch": 2, "config": Config().to_dict()},
+                                train_order=orders)
+    back = checkpoint.read_train_order(directory)
+    assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, orders))
+    state = checkpoint.restore(ray.train.Checkpoint.from_directory(str(directory)), FractureNet(hidden=8), None)
+    assert [r.tolist() for r in state["train_order"]] == [r.tolist() for r in orders]
+    assert checkpoint.read_train_order(checkpoint.save(tmp_path / "old", net, None, {"epoch": 0})) == []

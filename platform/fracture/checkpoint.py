@@ -3,6 +3,7 @@
     model.pt      FractureNet state_dict (loads with torch.load(weights_only=True))
     optimizer.pt  optimizer + LR-scheduler state, for resuming
     state.json    epoch, resolved config, decision threshold, metrics, weights source, history
+    train_order.npz  the cache rows each epoch so far trained on, in order (this rank's shard)
 
 A checkpoint is self-describing: `load_model(path)` rebuilds the exact model from state.json alone.
 """
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fracture.config import Config
@@ -20,14 +22,17 @@ from fracture.model import FractureNet
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
+ORDER_FILE = "train_order.npz"
 
 
 def save(directory: str | Path, net: FractureNet, optimizer: torch.optim.Optimizer | None,
-         state: dict[str, Any], scheduler=None) -> Path:
+         state: dict[str, Any], scheduler=None, train_order: list[np.ndarray] | None = None) -> Path:
     """Write a checkpoint into `directory`.
 
     Args:
         state: JSON-able dict; must hold "epoch" and "config" (Config.to_dict()).
+        train_order: per epoch, the cache rows trained on in order. Kept so that anyone can replay
+            or audit exactly which images each epoch saw (e.g. a plain loop given the same batches).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -36,15 +41,27 @@ def save(directory: str | Path, net: FractureNet, optimizer: torch.optim.Optimiz
         torch.save({"optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None},
                    directory / OPTIMIZER_FILE)
+    if train_order is not None:
+        np.savez_compressed(directory / ORDER_FILE, **{f"epoch_{i}": rows for i, rows in enumerate(train_order)})
     (directory / STATE_FILE).write_text(json.dumps(state, indent=2, default=float))
     return directory
 
 
-def to_ray(directory: str | Path, net: FractureNet, optimizer, state: dict[str, Any], scheduler=None):
+def to_ray(directory: str | Path, net: FractureNet, optimizer, state: dict[str, Any], scheduler=None,
+           train_order: list[np.ndarray] | None = None):
     """save() then wrap as a ray.train.Checkpoint for ray.train.report."""
     import ray.train
 
-    return ray.train.Checkpoint.from_directory(str(save(directory, net, optimizer, state, scheduler)))
+    return ray.train.Checkpoint.from_directory(str(save(directory, net, optimizer, state, scheduler, train_order)))
+
+
+def read_train_order(directory: str | Path) -> list[np.ndarray]:
+    """The rows each epoch trained on, in order (see `save`); [] for a checkpoint without them."""
+    path = Path(directory) / ORDER_FILE
+    if not path.is_file():
+        return []
+    with np.load(path) as saved:
+        return [saved[f"epoch_{i}"] for i in range(len(saved.files))]
 
 
 def read_state(directory: str | Path) -> dict[str, Any]:
@@ -55,7 +72,10 @@ def read_state(directory: str | Path) -> dict[str, Any]:
 
 
 def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None) -> dict[str, Any] | None:
-    """Load a ray.train.Checkpoint (or None) into net/optimizer/scheduler; return its state or None."""
+    """Load a ray.train.Checkpoint (or None) into net/optimizer/scheduler; return its state or None.
+
+    The state also holds "train_order" (see read_train_order).
+    """
     if ray_checkpoint is None:
         return None
     with ray_checkpoint.as_directory() as directory:
@@ -67,6 +87,7 @@ def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None) -> dict
             optimizer.load_state_dict(saved["optimizer"])
             if scheduler is not None and saved.get("scheduler") is not None:
                 scheduler.load_state_dict(saved["scheduler"])
+        state["train_order"] = read_train_order(directory)
     return state
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from fracture import metrics
 from fracture.config import OptimConfig
 from fracture.model import FractureNet, param_groups
-from fracture.presets import IMAGE, LABEL
+from fracture.presets import IMAGE, LABEL, ROW
 
 Batch = dict[str, torch.Tensor]
 
@@ -61,13 +61,15 @@ def step_scheduler(scheduler, val_auc: float) -> None:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], *,
                     loss_fn: nn.Module, penalty: Callable[[], torch.Tensor], device: torch.device,
-                    grad_clip: float = 0.0) -> dict[str, float]:
+                    grad_clip: float = 0.0, seen_rows: list | None = None) -> dict[str, float]:
     """One pass over `batches`.
 
     Args:
         model: the (possibly DDP-wrapped) network.
         penalty: the L2 term added to every step's loss (FractureNet.l2_penalty of the unwrapped net).
         grad_clip: max global gradient norm; 0 disables.
+        seen_rows: when given, each batch's cache rows (presets.ROW, if the batch has them) are
+            appended to it as numpy arrays: the order this epoch saw its images in.
     Returns:
         train_loss (mean BCE over images, without the penalty), train_images, train_images_per_s.
     """
@@ -75,6 +77,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
     total, count, start = 0.0, 0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in batches:
+        if seen_rows is not None and ROW in batch:
+            seen_rows.append(batch[ROW].numpy())
         x = to_model_input(batch[IMAGE], device)
         y = batch[LABEL].to(device, non_blocking=True).float().view(-1, 1)
         with autocast(device):

@@ -11,6 +11,7 @@ import logging
 import tempfile
 import time
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -57,6 +58,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     state = checkpoint.restore(ray.train.get_checkpoint(), net, optimizer, scheduler) or {}
     start = state.get("epoch", -1) + 1
     history: list[dict] = state.get("history", [])
+    train_order: list = state.pop("train_order", [])[:start]   # rows each epoch saw (checkpoint.ORDER_FILE)
     best = state.get("best_val_auc", float("-inf"))
     stale = state.get("stale_epochs", 0)
     early_stopped = 0 < cfg.train.patience <= stale
@@ -65,7 +67,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         # interrupted just then): report the last epoch again, so the trial ends with its result.
         log.info("restored a finished run (epoch %d): reporting its last result again", start - 1)
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = checkpoint.to_ray(tmp, net, optimizer, state, scheduler) if is_rank0() else None
+            ckpt = checkpoint.to_ray(tmp, net, optimizer, state, scheduler, train_order) if is_rank0() else None
             _report(state["metrics"], ckpt, weights=state["weights"], early_stopped=early_stopped)
         return
     if start:
@@ -83,8 +85,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
             if cfg.train.compile:
                 model = torch.compile(model)   # recompiles per phase: the set of trained params changed
         tick = time.perf_counter()
+        seen: list = []
         result = engine.train_one_epoch(model, optimizer, batches(cfg, "train", epoch), loss_fn=loss_fn,
-                                        penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip)
+                                        penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip,
+                                        seen_rows=seen)
+        train_order.append(np.concatenate(seen) if seen else np.zeros(0, np.int64))
         result |= engine.evaluate(net, batches(cfg, "val", epoch), device=device, threshold=cfg.train.threshold,
                                   target_sensitivity=cfg.train.target_sensitivity)
         auc = result[metrics.PRIMARY]
@@ -102,7 +107,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
                 ckpt = checkpoint.to_ray(tmp, net, optimizer, {
                     "epoch": epoch, "config": cfg.to_dict(), "threshold": result["val_threshold"],
                     "metrics": result, "weights": weights_source, "pos_weight": loop_config["pos_weight"],
-                    "best_val_auc": best, "stale_epochs": stale, "history": history}, scheduler)
+                    "best_val_auc": best, "stale_epochs": stale, "history": history}, scheduler, train_order)
             _report(result, ckpt, weights=weights_source, early_stopped=stop)
         if stop:
             log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, stale)

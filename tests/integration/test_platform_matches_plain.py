@@ -1,11 +1,13 @@
 """The platform adds no math of its own: a trial through Ray Data -> Ray Train -> Tune trains exactly
 like a plain PyTorch loop that is given the same batches.
 
-benchmarks/_plain.fit is the yardstick loop (in-memory arrays, no Ray). With order="platform" it
-draws each epoch's permutation the way the worker's shuffle buffer does, and it seeds each image's
-augmentation by (seed, epoch, row) as the worker's collate does; the initial weights come from the
-same seed. So any difference in the worker path (input scaling, the DDP wrapper, optimizer groups,
-the L2 term, dropout, the loss weights, validation) shows as a different loss curve here.
+benchmarks/_plain.fit is the yardstick loop (in-memory arrays, no Ray). It is handed the order the
+trial recorded in its checkpoint (checkpoint.read_train_order: the cache rows each epoch trained
+on), and it seeds each image's augmentation by (seed, epoch, row) as the worker's collate does; the
+initial weights come from the same seed. So any difference in the worker path (input scaling, the
+DDP wrapper, optimizer groups, the L2 term, dropout, the loss weights, validation) shows as a
+different loss curve here. That the order itself is a seeded permutation, the same for the same
+seed, is tests/test_data_order.py's business, and is checked here only against the seeds (below).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pytest
 import torch
 from ray.tune import ExperimentAnalysis
 
-from fracture import study
+from fracture import checkpoint, data, study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -35,18 +37,25 @@ def test_a_trial_follows_the_plain_loop_epoch_by_epoch(ray_local, synthetic_root
     summary = study.run(cfg, search_space=False)
     trial = next(iter(ExperimentAnalysis(summary["study_dir"]).trial_dataframes.values())).sort_values("epoch")
 
+    saved = [d for d in Path(summary["checkpoint"]).parent.glob("checkpoint_*") if (d / checkpoint.STATE_FILE).is_file()]
+    last = max(saved, key=lambda d: checkpoint.read_state(d)["epoch"])
+    rows = checkpoint.read_train_order(last)
+    assert len(rows) == 3 and all(sorted(r.tolist()) == list(range(len(rows[0]))) for r in rows)
+
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.cluster.cpus_per_worker))   # the worker's thread count: same reduction order
     try:
         plain, _ = _plain.fit(cfg, _common.split_arrays(cfg, "train"), _common.split_arrays(cfg, "val"),
-                              order="platform", log=lambda _: None)
+                              order="given", rows=rows, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
 
     # On the 2-core CPU here the two curves are bit-identical; the tolerance only leaves room for
-    # kernels that reorder sums elsewhere. A real difference moves them far more: the plain loop's
-    # own permutation instead of the platform's gives a 34% different first-epoch train loss on this
-    # data and val losses 2-4% apart, and 2 threads against the worker's 1 already give 0.7% by epoch 3.
-    np.testing.assert_allclose(trial["train_loss"], [r["train_loss"] for r in plain], rtol=1e-4)
-    np.testing.assert_allclose(trial["val_loss"], [r["val_loss"] for r in plain], rtol=1e-4)
+    # kernels that reorder sums elsewhere. A real difference moves them far more: another
+    # permutation gives a 34% different first-epoch train loss on this data and val losses 2-4%
+    # apart, and 2 threads against the worker's 1 already give 0.7% by epoch 3.
+    derived = [np.random.default_rng(data.epoch_seed(cfg.seed, e, 0)).permutation(len(rows[0])) for e in range(3)]
+    note = f"recorded order {'equals' if all(np.array_equal(a, b) for a, b in zip(rows, derived)) else 'differs from'} the seeded one"
+    np.testing.assert_allclose(trial["train_loss"], [r["train_loss"] for r in plain], rtol=1e-4, err_msg=note)
+    np.testing.assert_allclose(trial["val_loss"], [r["val_loss"] for r in plain], rtol=1e-4, err_msg=note)
     assert trial["train_loss"].iloc[-1] < trial["train_loss"].iloc[0]
