@@ -40,14 +40,57 @@ def manifest_path(cfg: Config) -> Path:
     return Path(cfg.data.manifest).expanduser().resolve() if cfg.data.manifest else cfg.run_dir / "manifest.parquet"
 
 
+def split_settings(cfg: Config) -> dict:
+    """cfg.data's split and defect settings, as manifest.build and manifest.provenance take them."""
+    d = cfg.data
+    return dict(seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                balanced=d.balanced, allow_truncated=d.allow_truncated)
+
+
+def build_manifest(cfg: Config, root: str | Path, out: str | Path, *, progress: bool = True) -> pd.DataFrame:
+    """manifest.build of `root` into `out` with the study's split settings."""
+    return manifest.build(root, out, progress=progress, **split_settings(cfg))
+
+
+_checked: set[tuple] = set()   # (manifest, its mtime, root, split settings) that matched once in this process
+
+
 def ensure_manifest(cfg: Config) -> Path:
-    """The study's manifest, scanning cfg.data.root first if it does not exist yet."""
+    """The study's manifest, built from cfg.data.root if absent or made from other data.
+
+    A manifest records what it was built from (manifest.provenance). The study's own manifest
+    (<run_dir>/manifest.parquet) is rebuilt when that is not cfg.data.root, its image list or
+    cfg.data's split settings; a manifest named by data.manifest is the user's file, never
+    overwritten: a mismatch is a DataError. So one study name can never train on another
+    folder's images by accident.
+    """
     path = manifest_path(cfg)
+    own = not cfg.data.manifest
     if not path.is_file():
         log.info("no manifest at %s: scanning %s", path, cfg.data.root)
-        manifest.build(cfg.data.root, path, seed=cfg.data.split_seed, val_fraction=cfg.data.val_fraction,
-                       test_fraction=cfg.data.test_fraction, balanced=cfg.data.balanced,
-                       allow_truncated=cfg.data.allow_truncated)
+        build_manifest(cfg, cfg.data.root, path)
+        return path
+    key = (str(path), path.stat().st_mtime_ns, str(Path(cfg.data.root).expanduser().resolve()),
+           tuple(sorted(split_settings(cfg).items())))
+    if key in _checked:
+        return path
+    recorded = manifest.recorded_provenance(path)
+    if recorded is None:
+        if own:
+            log.warning("%s does not record the data it was built from: rebuilding it from %s", path, cfg.data.root)
+            build_manifest(cfg, cfg.data.root, path)
+        else:
+            log.warning("%s does not record the data it was built from: cannot check it against data.root", path)
+        return path
+    reason = manifest.provenance_mismatch(recorded, manifest.provenance(cfg.data.root, **split_settings(cfg)))
+    if reason and not own:
+        raise manifest.DataError(f"data.manifest={path}: {reason}; rebuild it with: python jobs/prepare.py "
+                                 f"--root {cfg.data.root} --out {path}, or set data.root to the data it was built from")
+    if reason:
+        log.warning("%s: %s: rebuilding it", path, reason)
+        build_manifest(cfg, cfg.data.root, path)
+        key = (str(path), path.stat().st_mtime_ns, *key[2:])
+    _checked.add(key)
     return path
 
 
@@ -108,8 +151,12 @@ def decoded(cfg: Config, split: str):
         except OSError:  # another trial published it first; theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
     # Materialized once per study: every epoch of every trial then streams from the object store
-    # instead of re-reading Parquet (a few seconds per epoch on small splits).
-    return ray.data.read_parquet(str(target)).materialize()
+    # instead of re-reading Parquet (a few seconds per epoch on small splits). In file order: with
+    # several files, blocks would otherwise land in whichever order their reads finished, and the
+    # seeded shuffle would permute a different sequence in each study.
+    ds = ray.data.read_parquet(str(target))
+    ds.context.execution_options.preserve_order = True
+    return ds.materialize()
 
 
 def build_datasets(cfg: Config) -> dict:

@@ -376,23 +376,84 @@ def build(root: str | Path, out_path: str | Path, *, seed: int = 17, val_fractio
           progress: bool = True) -> pd.DataFrame:
     """Scan, split, and write the manifest (Parquet) plus its report (see `report_paths`).
 
+    The Parquet file also records its provenance (see `provenance`), so a later job can tell a
+    manifest of other data or other split settings from its own.
+
     Returns:
         The manifest that was written.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = dict(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, balanced=balanced,
+                    allow_truncated=allow_truncated)
     df = assign_splits(scan(root, allow_truncated=allow_truncated, progress=progress), seed=seed,
                        val_fraction=val_fraction, test_fraction=test_fraction, balanced=balanced)
-    report = summarize(df, root=Path(root).expanduser().resolve(), seed=seed, val_fraction=val_fraction,
-                       test_fraction=test_fraction, balanced=balanced, allow_truncated=allow_truncated)
+    origin = provenance(root, **settings)
+    report = summarize(df, root=Path(root).expanduser().resolve(), **settings) | {"provenance": origin}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = report_paths(out_path)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           PROVENANCE_KEY: json.dumps(origin).encode()})
     # Write beside, then rename: a loader on another node never sees a half-written manifest.
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    df.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, out_path)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(render_markdown(report) + "\n")
     return df
+
+
+# ---------------------------------------------------------------------------------------- provenance
+
+PROVENANCE_KEY = b"fracture.provenance"
+
+
+def provenance(root: str | Path, *, seed: int, val_fraction: float, test_fraction: float, balanced: bool,
+               allow_truncated: bool) -> dict:
+    """What a manifest is made from: the data root, a hash of its image list, the split settings."""
+    root = Path(root).expanduser().resolve()
+    return {"root": str(root), "images": image_list_hash(root),
+            "split": {"seed": int(seed), "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
+                      "balanced": bool(balanced), "allow_truncated": bool(allow_truncated)}}
+
+
+def image_list_hash(root: str | Path) -> str:
+    """SHA-256 over dataset.csv's bytes and every image's folder, name and size.
+
+    Adding, removing, moving or re-saving an image or editing a label changes it; a stat per file
+    keeps it cheap enough to check before every job (~10 ms for FracAtlas).
+    """
+    root = Path(root).expanduser().resolve()
+    _read_csv(root)                                   # the same one-line errors as a scan
+    digest = hashlib.sha256((root / "dataset.csv").read_bytes())
+    for name, (path, folder_label) in sorted(_list_files(root).items()):
+        digest.update(f"{folder_label}/{name}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def recorded_provenance(path: str | Path) -> dict | None:
+    """The provenance `build` stored in a manifest; None for a manifest written some other way."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else None
+
+
+def provenance_mismatch(recorded: dict, expected: dict) -> str | None:
+    """Why a manifest built with `recorded` provenance is not the one `expected` asks for (None: it is)."""
+    if recorded["root"] != expected["root"]:
+        return f"it was built from {recorded['root']}, not from data.root={expected['root']}"
+    changed = [f"{key} {recorded['split'].get(key)} -> {value}" for key, value in expected["split"].items()
+               if recorded["split"].get(key) != value]
+    if changed:
+        return f"its split settings differ ({', '.join(changed)})"
+    if recorded["images"] != expected["images"]:
+        return (f"the images under {expected['root']} changed since it was built "
+                "(files added, removed or re-saved, or dataset.csv edited)")
+    return None
 
 
 def load(path: str | Path) -> pd.DataFrame:
