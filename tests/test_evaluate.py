@@ -123,7 +123,7 @@ def test_report_slices_partition_the_rows(scored):
     assert sum(r["n"] for r in parts.values()) == len(frame)
     assert sum(r["positives"] for r in parts.values()) == frame["label"].sum()
     for name, row in parts.items():
-        assert set(row) == {"n", "positives", "auc", "sensitivity", "specificity"}
+        assert set(row) == {"n", "positives", "auc", "sensitivity", "specificity", "small"}
         rows = frame["body_part"] == name
         expected = metrics.binary_metrics(frame["label"][rows], probs[rows.to_numpy()], 0.5)["sensitivity"]
         assert row["sensitivity"] == pytest.approx(expected, nan_ok=True)
@@ -133,6 +133,21 @@ def test_report_slices_partition_the_rows(scored):
     assert all(name in table for name in parts) and "95% CI" in table
     flat = evaluate.flat_metrics(rep)
     assert flat["auc"] == rep["overall"]["auc"] and "body_part.hand.n" in flat
+
+
+def test_a_small_slice_gets_no_auc_and_a_flag():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(4), np.zeros(40), np.ones(10)].astype(int)
+    p = np.r_[np.full(4, 0.9), rng.random(40) * 0.5, rng.random(10)]    # 4 images: a "perfect" slice
+    frame = pd.DataFrame({"body_part": ["hip"] * 4 + ["hand"] * 50})
+    rep = evaluate.report(y, p, 0.5, frame, n_boot=20)
+    hip, hand = rep["by_body_part"]["hip"], rep["by_body_part"]["hand"]
+    assert hip["small"] and np.isnan(hip["auc"]) and hip["sensitivity"] == 1.0
+    assert not hand["small"] and np.isfinite(hand["auc"])
+    table = evaluate.format_table(rep)
+    hip_line = next(line for line in table.splitlines() if line.startswith("hip"))
+    assert "* small" in hip_line and "1.000" not in hip_line.split()[3] and "small slice" in table
+    assert "body_part.hip.auc" in evaluate.flat_metrics(rep)
 
 
 def test_report_refuses_unlabelled_rows(scored):
@@ -274,6 +289,7 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
 
     net, state = evaluate.load("models:/fracture@champion", cfg)
     assert state["threshold"] == 0.5 and state["source"] == "models:/fracture@champion"
+    assert state["resolved"] == f"models:/fracture/{version.version}"   # what was scored, though aliases move
     saved = torch.load(ckpt / checkpoint.MODEL_FILE, weights_only=True)
     assert torch.equal(net.fc2.weight, saved["fc2.weight"])
     with pytest.raises(tracking.TrackingError, match="models:/fracture@nope"):

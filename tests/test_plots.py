@@ -32,3 +32,9 @@ def test_save_training_curves(tmp_path):
 def test_training_curves_tolerate_missing_keys(tmp_path):
     history = [{"train_loss": 0.7}, {"train_loss": 0.6, "val_auc": 0.7}]
     _check_png(plots.save_training_curves(history, tmp_path / "sub" / "curves.png"))
+
+
+def test_calibration_bins_follow_the_scores_when_they_crowd_one_bin():
+    rng = np.random.default_rng(0)
+    assert plots.calibration_bins(rng.random(500)) == "uniform"
+    assert plots.calibration_bins(0.4 + 0.05 * rng.random(500)) == "quantile"   # all in [0.4, 0.45)

@@ -33,6 +33,10 @@ CI_METRICS = ("auc", "sensitivity", "specificity")
 SLICE_COLUMNS = ("body_part", "hardware", "view")   # report["by_<column>"]
 HARDWARE_NAMES = {1: "hardware", 0: "no_hardware", -1: "unknown"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# A slice below these sizes gets no AUC (4 images can score 1.000) and is flagged as small: its
+# sensitivity and specificity are shown, but each rests on a handful of images.
+SMALL_SLICE_IMAGES = 20
+SMALL_SLICE_PER_CLASS = 5
 DISPLAY_PX = 224          # overlays are drawn at least this big, whatever the model's input size
 GRADCAM_BATCH = 16        # images per Grad-CAM backward pass (bounds activation memory)
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>[^@/]+)$")
@@ -47,12 +51,15 @@ def champion_uri(cfg: Config) -> str:
     return f"models:/{cfg.tracking.model_name}@{CHAMPION}"
 
 
-def checkpoint_dir(source: str, cfg: Config) -> Path:
-    """A local checkpoint directory for `source`: the directory itself, or a registered model's files.
+def resolve(source: str, cfg: Config) -> tuple[Path, str]:
+    """A local checkpoint directory for `source`, and what it really is.
 
     Args:
         source: a checkpoint directory, or `models:/<name>@<alias>` in the study's MLflow registry
             (tracking uri from tracking.tracking_uri(cfg)); the alias's files are downloaded.
+    Returns:
+        (directory, resolved): `resolved` is the directory, or `models:/<name>/<version>` that the
+        alias pointed at when it was read (aliases move; a record of what was scored must not).
     Raises:
         ConfigError for a path that is not a checkpoint, TrackingError for a URI that cannot be had.
     """
@@ -64,20 +71,29 @@ def checkpoint_dir(source: str, cfg: Config) -> Path:
         tracking.check_reachable(uri)
         directory, version = tracking.champion_checkpoint(uri, match["name"], match["alias"])
         log.info("%s is version %s (downloaded to %s)", source, version, directory)
-        return directory
+        return directory, f"models:/{match['name']}/{version}"
     if source.startswith("models:/"):
         raise ConfigError(f"--model {source}: expected models:/<name>@<alias>, e.g. models:/fracture@champion")
     directory = Path(source).expanduser()
     if not (directory / checkpoint.STATE_FILE).is_file() or not (directory / checkpoint.MODEL_FILE).is_file():
         raise ConfigError(f"--model {source}: not a checkpoint directory (needs {checkpoint.MODEL_FILE} and "
                           f"{checkpoint.STATE_FILE}), nor a models:/<name>@<alias> URI")
-    return directory.resolve()
+    return directory.resolve(), str(directory.resolve())
+
+
+def checkpoint_dir(source: str, cfg: Config) -> Path:
+    """The local checkpoint directory of `source` (see `resolve`)."""
+    return resolve(source, cfg)[0]
 
 
 def load(source: str, cfg: Config) -> tuple[FractureNet, dict[str, Any]]:
-    """The model (eval mode, on CPU) and its checkpoint state; state["source"] records `source`."""
-    net, state = checkpoint.load_model(checkpoint_dir(source, cfg))
-    return net, {**state, "source": source}
+    """The model (eval mode, on CPU) and its checkpoint state.
+
+    state["source"] records `source` as given, state["resolved"] what it resolved to (see `resolve`).
+    """
+    directory, resolved = resolve(source, cfg)
+    net, state = checkpoint.load_model(directory)
+    return net, {**state, "source": source, "resolved": resolved}
 
 
 def image_size(state: dict[str, Any]) -> int:
@@ -108,9 +124,7 @@ def frame_for(cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None
         return _unlabelled(Path(folder))
     if folder is not None:
         with tempfile.TemporaryDirectory(prefix="fracture-eval-") as tmp:
-            df = manifest.build(folder, Path(tmp) / "manifest.parquet", seed=cfg.data.split_seed,
-                                val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-                                allow_truncated=cfg.data.allow_truncated, progress=False)
+            df = data.build_manifest(cfg, folder, Path(tmp) / "manifest.parquet", progress=False)
         rows, where = df[df["usable"]], f"folder {folder}"
         if Path(folder).resolve() == Path(cfg.data.root).resolve():
             log.warning("%s is the study's data root: its images include the training split", folder)
@@ -176,8 +190,10 @@ def score(net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size:
 
 def _slice_row(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     m = metrics.binary_metrics(y, p, threshold)
-    return {"n": int(y.size), "positives": int(y.sum()), "auc": m["auc"],
-            "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+    positives = int(y.sum())
+    small = y.size < SMALL_SLICE_IMAGES or min(positives, y.size - positives) < SMALL_SLICE_PER_CLASS
+    return {"n": int(y.size), "positives": positives, "auc": float("nan") if small else m["auc"],
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"], "small": small}
 
 
 def _slices(values: pd.Series, y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, dict]:
@@ -246,7 +262,11 @@ def format_table(rep: dict[str, Any]) -> str:
         lines += ["", f"{head:<18}{'n':>6}{'pos':>6}{'auc':>8}{'sens':>8}{'spec':>8}"]
         for name, row in rep[key].items():
             lines.append(f"{name:<18}{row['n']:>6}{row['positives']:>6}{_fmt(row['auc']):>8}"
-                         f"{_fmt(row['sensitivity']):>8}{_fmt(row['specificity']):>8}")
+                         f"{_fmt(row['sensitivity']):>8}{_fmt(row['specificity']):>8}"
+                         + ("   * small" if row.get("small") else ""))
+    if any(row.get("small") for key in ("by_body_part", "by_hardware", "by_view") for row in rep.get(key, {}).values()):
+        lines += ["", f"* small slice (< {SMALL_SLICE_IMAGES} images or < {SMALL_SLICE_PER_CLASS} of a class): "
+                      "no AUC, and its sensitivity / specificity rest on a few images"]
     if "explain" in rep:
         lines += ["", pointing_summary(rep["explain"])]
     return "\n".join(lines)
@@ -270,7 +290,7 @@ def flat_metrics(rep: dict[str, Any]) -> dict[str, float]:
         out |= {f"{name}_ci_low": lo, f"{name}_ci_high": hi}
     for key in ("by_body_part", "by_hardware", "by_view"):
         for name, row in rep.get(key, {}).items():
-            out |= {f"{key.removeprefix('by_')}.{name}.{k}": v for k, v in row.items()}
+            out |= {f"{key.removeprefix('by_')}.{name}.{k}": v for k, v in row.items() if k != "small"}
     game = rep.get("explain", {}).get("pointing_game")
     if game and game["images"]:
         out |= {"gradcam_pointing_images": game["images"], "gradcam_pointing_hit_rate": game["hit_rate"]}
@@ -387,7 +407,7 @@ def run(net: FractureNet, state: dict[str, Any], frame: pd.DataFrame, out_dir: s
     probs = score(net, frame, size, allow_truncated=allow_truncated)
     labels = frame[LABEL].to_numpy()
     rep = report(labels, probs, threshold, frame, seed=seed)
-    rep["model"] = {"source": state.get("source", ""), "epoch": state.get("epoch"), "image_size": size,
+    rep["model"] = {"source": state.get("source", ""), "resolved": state.get("resolved", ""), "epoch": state.get("epoch"), "image_size": size,
                     "val_auc": state.get("metrics", {}).get(metrics.PRIMARY)}
     files = []
     predictions = frame.drop(columns=[PATH]).assign(probability=probs, predicted=(probs >= threshold).astype(int))

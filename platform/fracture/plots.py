@@ -100,9 +100,10 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
 
     fig = figure(figsize=(5, 6))
     ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    strategy = calibration_bins(p)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy=strategy)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
-    ax.plot(prob_pred, prob_true, "o-", lw=2, label="model")
+    ax.plot(prob_pred, prob_true, "o-", lw=2, label=f"model ({'deciles of scores' if strategy == 'quantile' else '10 equal bins'})")
     ax.set(ylabel="Observed fracture fraction", title=f"{head}Calibration (reliability)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
@@ -112,6 +113,16 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     hist.legend(fontsize=8)
     paths["calibration"] = _save(fig, out_dir / "calibration.png")
     return paths
+
+
+def calibration_bins(probs: np.ndarray, n_bins: int = 10) -> str:
+    """"uniform" bins, or "quantile" when over half the scores share one uniform bin.
+
+    Models trained with pos_weight on rare positives often put most scores in a narrow band: equal-
+    width bins would then show one crowded point and several from a handful of images each.
+    """
+    counts, _ = np.histogram(np.asarray(probs, dtype=float).ravel(), bins=n_bins, range=(0, 1))
+    return "quantile" if counts.size and counts.max() > 0.5 * counts.sum() else "uniform"
 
 
 def save_training_curves(history: Sequence[dict], out_path: str | Path) -> Path:
