@@ -1,10 +1,16 @@
 """Every MLflow call in the project, all on the driver: workers report to Ray, the driver tracks.
 
-Layout in MLflow: experiment `cfg.tracking.experiment`; one parent run per study invocation; one
-child run per Tune trial (params = the sampled values, metrics per epoch, the full config as an
-artifact). After the study, the best trial's best checkpoint is logged (our checkpoint files and an
-`mlflow.pytorch` model) and registered; alias `champion` moves only when the new version beats the
-current champion's val AUROC.
+Layout in MLflow: experiment `cfg.tracking.experiment` (tagged as custom model development, so the
+UI opens on its runs); one parent run per study invocation, holding the searched space as params;
+one child run per Tune trial (params = the sampled values, metrics per epoch, the full config as
+an artifact). After the study, the best trial's best checkpoint is logged to its run (our
+checkpoint files and an MLflow model) and registered with a description; alias `champion` moves
+only when the new version beats the current champion's val AUROC. The parent run then gets the
+trials table, Optuna's plots and a tag naming the version.
+
+The registered model loads two ways: `mlflow.pytorch.load_model` gives the torch module (logits,
+any batch size), `mlflow.pyfunc.load_model` gives P(fracture) and the decision at the model's
+threshold (this module is its loader).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import ray.tune
@@ -31,6 +38,19 @@ TRIAL_TAG = "fracture.trial_id"
 STUDY_TAG = "fracture.study"
 STUDY_DIR_TAG = "fracture.study_dir"
 CHECKPOINT_ARTIFACT = "checkpoint"
+STUDY_ARTIFACT = "study"                       # the parent run's trials.csv and Optuna plots
+SELECTED_EPOCH_TAG = "fracture.selected_epoch"
+SELECTED_AUC_TAG = "fracture.selected_val_auc"
+REGISTERED_TAG = "fracture.registered_version"        # "<model name>/<version>"
+REGISTERED_URI_TAG = "fracture.registered_model_uri"  # "models:/<model name>/<version>"
+BEST = "best_" + metrics.PRIMARY
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview, not on its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CUSTOM_MODEL_KIND = "custom_model_development"
+# MLflow 3.17's UI ignores that tag: its sidebar switch (saved in the browser, GenAI by default)
+# decides, and this query parameter on a page's URL overrides it with "Model training".
+UI_QUERY = "?workflowType=machine_learning"
+RUN_NOTE_TAG = "mlflow.note.content"           # what the UI shows as a run's description
 
 
 class TrackingError(RuntimeError):
@@ -129,6 +149,7 @@ def start_study(cfg: Config, study_dir: str, *, resume: bool = False) -> tuple[s
             return uri, runs[0].info.run_id
     run = _retry(client.create_run, experiment_id, run_name=cfg.name,
                  tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir})
+    _retry(client.log_batch, run.info.run_id, params=_params(study_params(cfg)))
     _retry(client.log_dict, run.info.run_id, cfg.to_dict(), "config.json")
     return uri, run.info.run_id
 
@@ -254,56 +275,447 @@ def _champion_auc(client, name: str) -> float | None:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no registered model or no alias yet
         return None
-    run = client.get_run(version.run_id)
-    return run.data.metrics.get("best_" + metrics.PRIMARY)
+    if metrics.PRIMARY in version.tags:
+        return float(version.tags[metrics.PRIMARY])
+    # Versions registered before the version tag existed kept their AUROC on their run only.
+    return client.get_run(version.run_id).data.metrics.get(BEST)
 
 
 def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_report: list[Path] = ()) -> dict:
-    """Log the study's best checkpoint to its trial's run, register it, move @champion if it wins.
+    """Log the study's best checkpoint to its trial's run, register it, move @champion if it wins,
+    and give the study's parent run the whole study: trials table, Optuna plots, the new version.
 
     Returns:
-        summary dict: trial_id, run_id, checkpoint, val_auc, params, version, champion (bool).
+        summary dict: trial_id, run_id, checkpoint, epoch, val_auc, threshold, image_size, params,
+        metrics (the epoch's val_*), study, version, model_uri, ui_route, champion (bool),
+        previous_champion_auc.
     """
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    from mlflow.models import infer_signature
-
     from fracture import checkpoint
 
-    best, row = best_checkpoint(results)
-    ckpt_dir = row["checkpoint_path"]
     client = _client(uri)
-    run_id = _find_trial_run(client, _experiment_id(client, cfg, uri), best.metrics["trial_id"]) or parent_run_id
-    auc = float(row[metrics.PRIMARY])
-    net, state = checkpoint.load_model(ckpt_dir)
-    size = cfg.data.image_size
-    example = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    import torch
+    best, row = best_checkpoint(results)
+    net, state = checkpoint.load_model(row["checkpoint_path"])
+    summary = _selection(client, cfg, uri, best, row, state, parent_run_id)
+    _log_checkpoint(client, uri, summary, list(data_report))
+    summary["version"] = _log_model(uri, cfg, net, summary)
+    summary["model_uri"] = f"models:/{cfg.tracking.model_name}/{summary['version']}"
+    summary["ui_route"] = ui_route(_experiment_id(client, cfg, uri))
+    summary |= _promote(client, cfg, summary["version"], summary["val_auc"])
+    _retry(client.update_model_version, cfg.tracking.model_name, summary["version"],
+           description=version_description(summary))
+    _link_version(client, cfg, summary, [summary["run_id"], parent_run_id])
+    table = log_study_results(results, cfg, uri, parent_run_id)
+    _retry(client.set_tag, parent_run_id, RUN_NOTE_TAG, study_note(summary, table))
+    # The parent run has no per-epoch history, so one point here charts nothing out of step.
+    _retry(client.log_metric, parent_run_id, BEST, summary["val_auc"])
+    _retry(client.set_terminated, parent_run_id, "FINISHED")
+    return summary
 
-    with torch.no_grad():
-        signature = infer_signature(example, net(torch.from_numpy(example)).numpy())
-    # MLflow 3 saves PyTorch models as a traced pt2 graph, which needs an input example to trace.
+
+def ui_route(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page, after the server's address, of an experiment's runs or of one run."""
+    page = f"/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return page + UI_QUERY
+
+
+def champion_runs(uri: str, experiment: str, name: str = "fracture", alias: str = CHAMPION) -> dict[str, str]:
+    """Where `models:/<name>@<alias>` came from: experiment_id, version, trial_run_id, study_run_id."""
+    client = _client(uri)
+    version = _retry(client.get_model_version_by_alias, name, alias)
+    trial = _retry(client.get_run, version.run_id)
+    found = _retry(client.get_experiment_by_name, experiment)
+    return {"experiment_id": found.experiment_id if found else trial.info.experiment_id,
+            "version": str(version.version), "trial_run_id": trial.info.run_id,
+            "study_run_id": trial.data.tags.get("mlflow.parentRunId", trial.info.run_id)}
+
+
+def _selection(client, cfg: Config, uri: str, best, row: dict, state: dict, parent_run_id: str) -> dict:
+    """What was picked and where it came from: register_best's summary before anything is logged."""
+    trial_id = best.metrics["trial_id"]
+    trained = Config.from_dict(state["config"])
+    parent = _retry(client.get_run, parent_run_id)
+    return {
+        "trial_id": trial_id,
+        "run_id": _find_trial_run(client, _experiment_id(client, cfg, uri), trial_id) or parent_run_id,
+        "checkpoint": row["checkpoint_path"], "epoch": int(row["epoch"]),
+        "val_auc": float(row[metrics.PRIMARY]), "threshold": float(state["threshold"]),
+        "image_size": trained.data.image_size, "arch": trained.model.arch,
+        "threshold_rule": _threshold_rule(trained),
+        "params": {k: v for k, v in _flat(state["config"]).items() if k in cfg.search.space},
+        "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
+        "study": {"name": cfg.name, "parent_run_id": parent_run_id,
+                  "study_dir": parent.data.tags.get(STUDY_DIR_TAG, "")},
+    }
+
+
+def _threshold_rule(cfg: Config) -> str:
+    if cfg.train.threshold == "sensitivity":
+        return f"the highest threshold with val sensitivity >= {cfg.train.target_sensitivity:g}"
+    return "Youden's J, max(sensitivity + specificity - 1)"
+
+
+def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) -> None:
+    """The trial run keeps our checkpoint files (what load_champion reads) and which epoch they are.
+
+    Tags, not metrics: a metric the run already charts per epoch (best_val_auc) logged again at
+    another step makes its chart zig-zag.
+    """
+    from mlflow.entities import RunTag
+
+    run_id = summary["run_id"]
+    _retry(client.log_artifacts, run_id, summary["checkpoint"], CHECKPOINT_ARTIFACT)
+    _retry(client.log_batch, run_id, tags=[
+        RunTag("threshold", f"{summary['threshold']:.6f}"),
+        RunTag(SELECTED_EPOCH_TAG, str(summary["epoch"])),
+        RunTag(SELECTED_AUC_TAG, f"{summary['val_auc']:.6f}")])
+    log_data_report(uri, run_id, data_report)
+
+
+def _log_model(uri: str, cfg: Config, net, summary: dict) -> str:
+    """Log the model on its trial run and register it; returns the new version.
+
+    One MLflow model, two ways to load it: `mlflow.pytorch.load_model` gives the torch module
+    (logits, any batch size) and `mlflow.pyfunc.load_model` gives P(fracture) and the decision at
+    the version's threshold.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import Model, infer_signature
+
+    size, run_id = summary["image_size"], summary["run_id"]
+    # Batch 2, not 1: MLflow 3 saves a torch.export graph traced on this example, and torch.export
+    # pins a size-1 dimension to a constant, after which the graph refuses any other batch size.
+    # Quarter steps keep the example's JSON copies small at 224 px.
+    example = (np.random.default_rng(0).integers(0, 5, (2, 3, size, size)) / 4).astype(np.float32)
+    signature = infer_signature(example, _Scorer(net, summary["threshold"]).predict(example))
+    client = _client(uri)
+    ended = _retry(client.get_run, run_id).info
+    # The logged model belongs to the active run's experiment (else to experiment 0 in ./mlruns).
     with _fluent(uri), mlflow.start_run(run_id=run_id):
-        _retry(client.log_artifacts, run_id, ckpt_dir, CHECKPOINT_ARTIFACT)
-        _retry(client.log_metric, run_id, "best_" + metrics.PRIMARY, auc)
-        _retry(client.set_tag, run_id, "threshold", f"{state['threshold']:.6f}")
-        log_data_report(uri, run_id, list(data_report))
-        info = mlflow.pytorch.log_model(net, name="model", signature=signature, input_example=example,
-                                        registered_model_name=cfg.tracking.model_name)
-    version = info.registered_model_version
+        info = Model.log(artifact_path=None, name="model", flavor=_FLAVOR, flavor_name="mlflow.pytorch",
+                         registered_model_name=cfg.tracking.model_name, tags=_version_tags(summary),
+                         metadata={"threshold": summary["threshold"], "image_size": size},
+                         pytorch_model=net, threshold=summary["threshold"], signature=signature,
+                         input_example=example, serialization_format="pt2")
+    # Reopening the run ended it anew: give back the trial's own end, or the UI shows its duration to now.
+    _retry(client.set_terminated, run_id, ended.status, end_time=ended.end_time)
+    return str(info.registered_model_version)
+
+
+def _version_tags(summary: dict) -> dict[str, str]:
+    m = summary["metrics"]
+    # Few tags: the UI lists them by name in a short box; the ids are in the description.
+    return {"threshold": f"{summary['threshold']:.6f}", metrics.PRIMARY: f"{summary['val_auc']:.6f}",
+            **{k: f"{m[k]:.6f}" for k in ("val_sensitivity", "val_specificity") if k in m},
+            "image_size": str(summary["image_size"]), "study": summary["study"]["name"]}
+
+
+def _save_model(path, mlflow_model, *, pytorch_model, threshold: float, **kwargs) -> None:
+    """Model.log's flavor: mlflow.pytorch's files, with this module as the pyfunc loader.
+
+    mlflow.pytorch's own pyfunc returns raw logits as an unnamed column; a user scoring X-rays
+    wants the probability and the decision at the threshold the model was validated with.
+    """
+    import mlflow.pytorch
+    from mlflow import pyfunc
+    from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
+
+    # Explicit requirements: inferring them loads the model once more in a subprocess (~30 s).
+    mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model,
+                              pip_requirements=mlflow.pytorch.get_default_pip_requirements(), **kwargs)
+    pyfunc.add_to_model(mlflow_model, loader_module=__name__, data="data", conda_env=_CONDA_ENV_FILE_NAME,
+                        python_env=_PYTHON_ENV_FILE_NAME, model_config={"threshold": float(threshold)})
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+_FLAVOR = SimpleNamespace(save_model=_save_model)
+
+
+class _Scorer:
+    """The pyfunc side of a registered model: float32 images (N, 3, S, S) in [0, 1] -> DataFrame."""
+
+    def __init__(self, net, threshold: float):
+        self.net, self.threshold = net, float(threshold)
+
+    def predict(self, data, params: dict | None = None):
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        with torch.no_grad():
+            logits = self.net(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)))
+        probability = torch.sigmoid(logits).reshape(-1).double().numpy()
+        return pd.DataFrame({"probability": probability, "fracture": probability >= self.threshold})
+
+
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> _Scorer:
+    """mlflow.pyfunc.load_model's entry point: this module is the registered model's loader_module.
+
+    `model_config={"threshold": t}` at load time scores at another operating point.
+    """
+    import mlflow.pytorch
+
+    net = mlflow.pytorch.load_model(str(Path(data_path).parent))
+    return _Scorer(net, (model_config or {})["threshold"])
+
+
+def version_description(summary: dict) -> str:
+    """The model version's description (Markdown): how to call it, what it returns, where it came from."""
+    s, m, study = summary["image_size"], summary["metrics"], summary["study"]
+    shown = ", ".join(f"{k.removeprefix('val_')} {m[k]:.4f}" for k in
+                      (metrics.PRIMARY, "val_sensitivity", "val_specificity") if k in m)
+    return "\n".join([
+        f"Bone-fracture detector (FractureNet: {summary['arch']} features + head), trial "
+        f"{summary['trial_id']}, epoch {summary['epoch']} (counted from 0, as the step in its charts).",
+        "",
+        f"- **Input**: float32 images in [0, 1], shape N×3×{s}×{s} (RGB, channels first; image size "
+        f"S = {s} px, the size it was trained at; any batch size N). The model normalises them itself "
+        "(ImageNet mean/std).",
+        "- **Output, `mlflow.pyfunc.load_model(uri).predict(x)`**: a DataFrame with `probability` "
+        "(P(fracture)) and `fracture` (bool: probability >= threshold). Needs the `fracture` package "
+        "installed (its loader is `fracture.tracking`).",
+        "- **Output, `mlflow.pytorch.load_model(uri)(x)`**: a torch module returning logits, shape N×1; "
+        "probability = sigmoid(logit).",
+        f"- **Threshold**: {summary['threshold']:.6f}, chosen on the validation split by "
+        f"{summary['threshold_rule']}. Another operating point: "
+        "`mlflow.pyfunc.load_model(uri, model_config={\"threshold\": t})`.",
+        f"- **Validation** (at that threshold): {shown}.",
+        f"- **Study**: `{study['name']}`, parent run `{study['parent_run_id']}`, study dir "
+        f"`{study['study_dir']}`; trial run `{summary['run_id']}`.",
+    ])
+
+
+def _promote(client, cfg: Config, version: str, auc: float) -> dict:
+    """@champion moves only to a version that beats the current champion's val AUROC."""
     current = _champion_auc(client, cfg.tracking.model_name)
     promote = current is None or auc > current
     if promote:
         _retry(client.set_registered_model_alias, cfg.tracking.model_name, CHAMPION, version)
-    _retry(client.set_model_version_tag, cfg.tracking.model_name, version, "val_auc", f"{auc:.6f}")
-    _retry(client.log_metric, parent_run_id, "best_" + metrics.PRIMARY, auc)
-    _retry(client.set_terminated, parent_run_id, "FINISHED")
-    sampled = {k: v for k, v in _flat(state["config"]).items() if k in cfg.search.space}
-    return {"trial_id": best.metrics["trial_id"], "run_id": run_id, "checkpoint": ckpt_dir, "val_auc": auc,
-            "epoch": int(row["epoch"]), "threshold": state["threshold"], "params": sampled,
-            "version": version, "champion": promote, "previous_champion_auc": current,
-            "metrics": {k: v for k, v in row.items() if k.startswith("val_")}}
+    return {"champion": promote, "previous_champion_auc": current}
+
+
+def _link_version(client, cfg: Config, summary: dict, run_ids: list[str]) -> None:
+    """Runs name the version registered from them: the UI links a version to its run, not back."""
+    name = cfg.tracking.model_name
+    for run_id in dict.fromkeys(run_ids):
+        _retry(client.set_tag, run_id, REGISTERED_TAG, f"{name}/{summary['version']}")
+        _retry(client.set_tag, run_id, REGISTERED_URI_TAG, summary["model_uri"])
+    model = _retry(client.get_registered_model, name)
+    if not model.description:
+        _retry(client.update_registered_model, name, description=(
+            "Bone-fracture detection on X-rays (VGG16 + small head). Each version's description says "
+            f"its input size, threshold and study; `models:/{name}@{CHAMPION}` is the best by val AUROC."))
+
+
+# --- the study's view on its parent run ---
+
+def study_params(cfg: Config) -> dict[str, str]:
+    """The parent run's params: the searched space as written in the study, and what all trials share."""
+    space = {f"space.{k}": _spec_text(v) for k, v in cfg.search.space.items()}
+    flat = _flat(cfg.to_dict())
+    shared = ("seed", "search.num_trials", "search.scheduler", "search.grace_epochs", "train.epochs",
+              "data.image_size", "model.arch", "model.weights")
+    return space | {k: str(flat[k]) for k in shared if k in flat}
+
+
+def _spec_text(spec) -> str:
+    """{"loguniform": [1e-6, 1e-3]} -> "loguniform[1e-06, 0.001]"."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return str(spec)
+    (kind, args), = spec.items()
+    return f"{kind}[{', '.join(map(str, args if isinstance(args, list) else [args]))}]"
+
+
+def trials_table(results, cfg: Config, run_ids: dict[str, str]):
+    """One row per trial of a Tune ResultGrid: trial_id, run_id, status, epochs, best_val_auc, searched values."""
+    import pandas as pd
+
+    rows = []
+    for result in results:
+        flat = _flat((result.config or {}).get("config", {}))
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        rows.append({"trial_id": trial_id, "run_id": run_ids.get(trial_id, ""),
+                     "status": _trial_status(result, flat.get("train.epochs", cfg.train.epochs)),
+                     "epochs": int(result.metrics.get(metrics.EPOCHS_DONE, 0)),
+                     BEST: _best_auc(result), **{k: flat.get(k) for k in cfg.search.space}})
+    return pd.DataFrame(rows, columns=["trial_id", "run_id", "status", "epochs", BEST, *cfg.search.space])
+
+
+def _trial_status(result, planned_epochs: int) -> str:
+    if result.error:
+        return "error"
+    if result.metrics.get("early_stopped"):
+        return "early_stopped"          # the trial's own patience
+    if result.metrics.get(metrics.EPOCHS_DONE, 0) < planned_epochs:
+        return "scheduler_stopped"      # ASHA judged it
+    return "finished"
+
+
+def _best_auc(result) -> float:
+    frame = result.metrics_dataframe
+    if frame is not None and metrics.PRIMARY in frame and frame[metrics.PRIMARY].notna().any():
+        return float(frame[metrics.PRIMARY].max())
+    return float(result.metrics.get(BEST, math.nan))
+
+
+def optuna_study(table, cfg: Config):
+    """An in-memory Optuna study holding the table's scored trials, for Optuna's own plots.
+
+    Tune's OptunaSearch keeps its study inside the searcher, out of reach of the ResultGrid. Every
+    trial that reported counts with the best val AUROC it reached, also one ASHA stopped early.
+    """
+    import optuna
+
+    scored = table[(table["status"] != "error") & table[BEST].notna()]
+    distributions = _optuna_distributions(cfg.search.space, scored)
+    with _optuna_quiet():
+        study = optuna.create_study(study_name=cfg.name, direction="maximize" if metrics.MODE == "max" else "minimize")
+    for _, row in scored.iterrows():
+        taken = {k: d for k, d in distributions.items() if _present(row[k])}   # a trial may lack a key
+        study.add_trial(optuna.trial.create_trial(
+            value=float(row[BEST]), params={k: _plain(row[k]) for k in taken}, distributions=taken,
+            user_attrs={"trial_id": row["trial_id"], "status": row["status"]}))
+    return study
+
+
+def _optuna_distributions(space: dict, table) -> dict:
+    """Optuna's form of each searched distribution, widened to the values the trials really took.
+
+    Ray's quniform rounds to multiples of q, which can land just outside [low, high], and its
+    randint excludes the upper bound; Optuna refuses a trial whose value its distribution lacks.
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, spec in space.items():
+        (kind, args), = spec.items()
+        args = args if isinstance(args, list) else [args]
+        values = [_plain(v) for v in table[key] if _present(v)]
+        try:
+            if kind == "choice":
+                out[key] = CategoricalDistribution(args)
+                continue
+            low, high = float(args[0]), float(args[1])
+            if kind == "randint":
+                out[key] = IntDistribution(int(min(low, *values)), int(max(high - 1, *values)))
+            else:
+                out[key] = FloatDistribution(min(low, *values), max(high, *values), log=kind == "loguniform")
+        except (TypeError, ValueError, IndexError) as exc:
+            log.info("Optuna plots leave out %s (%s: %s)", key, kind, exc)
+    return out
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value):
+    """numpy scalars -> Python ones: Optuna's distributions check types."""
+    return value.item() if hasattr(value, "item") else value
+
+
+@contextlib.contextmanager
+def _optuna_quiet():
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+OPTUNA_PLOTS = {"optimization_history": "plot_optimization_history",
+                "param_importances": "plot_param_importances",
+                "parallel_coordinate": "plot_parallel_coordinate"}
+
+
+def optuna_plots(study, out_dir: Path) -> list[Path]:
+    """Optuna's matplotlib plots of the study as PNGs; a plot the study cannot support is skipped with a log line."""
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import optuna.visualization.matplotlib as optuna_mpl
+    from optuna.exceptions import ExperimentalWarning
+
+    written = []
+    for name, function in OPTUNA_PLOTS.items():
+        reason = _cannot_plot(name, study)
+        if reason:
+            log.info("Optuna %s plot skipped: %s", name, reason)
+            continue
+        path = Path(out_dir) / f"optuna_{name}.png"
+        # Optuna draws through pyplot and sets a global style: keep both from outliving the plot.
+        with warnings.catch_warnings(), matplotlib.rc_context(), _optuna_quiet():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            # one trial: every axis of the parallel-coordinate plot spans a single value
+            warnings.filterwarnings("ignore", message="Attempting to set identical low and high")
+            try:
+                axes = getattr(optuna_mpl, function)(study, target_name="best val AUROC")
+                figure = np.ravel(axes)[0].figure
+                figure.savefig(path, dpi=120, bbox_inches="tight")
+                plt.close(figure)
+                written.append(path)
+            except Exception as exc:   # a plot is a view of the study, never a reason to fail it
+                log.warning("Optuna %s plot failed: %s", name, exc)
+    return written
+
+
+def _cannot_plot(name: str, study) -> str | None:
+    trials = study.trials
+    if not trials:
+        return "no trial reported a val AUROC"
+    searched = {k for t in trials for k in t.distributions}
+    varied = [k for k in searched if len({repr(t.params.get(k)) for t in trials}) > 1]
+    if name == "parallel_coordinate" and not searched:
+        return "nothing was searched"
+    if name == "param_importances" and (len(trials) < 2 or not varied):
+        return f"needs >= 2 trials with differing searched values ({len(trials)} trial(s), {len(varied)} varied)"
+    return None
+
+
+def log_study_results(results, cfg: Config, uri: str, parent_run_id: str):
+    """Attach the whole study to its parent run, under `study/`: trials.csv and Optuna's plots.
+
+    Args:
+        results: the study's Tune ResultGrid (what tuner.fit() returned).
+    Returns:
+        the trials table (trials_table) that went into trials.csv.
+    """
+    client = _client(uri)
+    runs = _retry(client.search_runs, [_experiment_id(client, cfg, uri)],
+                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000)
+    run_ids = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+    table = trials_table(results, cfg, run_ids)
+    with tempfile.TemporaryDirectory(prefix="fracture-study-") as tmp:
+        table.to_csv(Path(tmp) / "trials.csv", index=False)
+        try:
+            optuna_plots(optuna_study(table, cfg), Path(tmp))
+        except Exception as exc:   # the plots are a view of a study already registered: never fail it
+            log.warning("Optuna plots of study %s skipped: %s", cfg.name, exc)
+        _retry(client.log_artifacts, parent_run_id, tmp, STUDY_ARTIFACT)
+    return table
+
+
+def study_note(summary: dict, table) -> str:
+    """The parent run's description (Markdown): how the study went and what it registered."""
+    counts = table["status"].value_counts()
+    outcome = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in
+                        ("finished", "scheduler_stopped", "early_stopped", "error") if k in counts)
+    flag = "now `@champion`" if summary["champion"] else (
+        f"`@champion` kept (its val_auc {summary['previous_champion_auc']:.4f})")
+    return "\n".join([
+        f"Study **{summary['study']['name']}**: {len(table)} trial{'s' * (len(table) != 1)} ({outcome}). "
+        f"The searched space is in this run's params; `{STUDY_ARTIFACT}/trials.csv` has one row per trial, "
+        "Optuna's plots lie beside it.",
+        "",
+        f"Best: trial `{summary['trial_id']}`, epoch {summary['epoch']}, val_auc {summary['val_auc']:.4f}, "
+        f"threshold {summary['threshold']:.4f}; registered as **{summary['model_uri'].removeprefix('models:/')}** "
+        f"(`{summary['model_uri']}`), {flag}.",
+    ])
 
 
 def _find_trial_run(client, experiment_id: str, trial_id: str) -> str | None:
@@ -330,10 +742,13 @@ def _safe_name(key: str) -> str:
 def _experiment_id(client, cfg: Config, uri: str) -> str:
     """The study's experiment, created on first use; an embedded store keeps artifacts beside it."""
     experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (cfg.run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return _retry(client.create_experiment, cfg.tracking.experiment, artifact_location=location)
+    if experiment is None:
+        location = (cfg.run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        return _retry(client.create_experiment, cfg.tracking.experiment, artifact_location=location,
+                      tags={EXPERIMENT_KIND_TAG: CUSTOM_MODEL_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:   # made before the tag was set, or by someone else
+        _retry(client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, CUSTOM_MODEL_KIND)
+    return experiment.experiment_id
 
 
 def log_evaluation(cfg: Config, name: str, values: dict[str, float], files: list[Path], *,
