@@ -7,30 +7,33 @@ metrics.json, predictions.csv and ROC / PR / confusion / calibration plots (defa
 """
 from pathlib import Path
 
-from fracture import cli, evaluate, tracking
+from fracture import cli
 
 
 def main() -> None:
-    cli.setup_logging()
     p = cli.parser(__doc__)
     p.add_argument("--model", help="checkpoint dir or models:/<name>@<alias> (default: models:/fracture@champion)")
-    p.add_argument("--split", default=evaluate.DEFAULT_SPLIT, help="manifest split to score (default: test)")
+    p.add_argument("--split", help="manifest split to score (default: test)")
     p.add_argument("--folder", type=Path, help="score every usable image of this FracAtlas-layout folder instead")
     p.add_argument("--out", type=Path, help="output directory (default: <storage_path>/<name>/evaluate)")
     p.add_argument("--explain", type=int, default=0, metavar="K", help="Grad-CAM: K most confident + K random images")
     cfg, args = cli.parse(p=p)
+    cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
+        from fracture import evaluate, tracking   # after parsing: --help must not wait for torch and MLflow
+
+        split = args.split or evaluate.DEFAULT_SPLIT
         source = args.model or evaluate.champion_uri(cfg)
         net, state = evaluate.load(source, cfg)
-        frame = evaluate.frame_for(cfg, args.split, args.folder)
-        where = f"folder-{args.folder.resolve().name}" if args.folder else args.split
+        frame = evaluate.frame_for(cfg, split, args.folder)
+        where = f"folder-{args.folder.resolve().name}" if args.folder else split
         out = (args.out or cfg.run_dir / "evaluate").resolve()
         report, files = evaluate.run(net, state, frame, out, explain_k=args.explain, title=where,
                                      data_root=args.folder or cfg.data.root,
                                      allow_truncated=cfg.data.allow_truncated)
         print(evaluate.format_table(report))
         run_id = tracking.log_evaluation(cfg, f"evaluate-{where}", evaluate.flat_metrics(report), files,
-                                         base_dir=out, params={"model": source, "data": str(args.folder or args.split)},
+                                         base_dir=out, params={"model": source, "data": str(args.folder or split)},
                                          tags={"fracture.evaluation": where})
         print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {tracking.tracking_uri(cfg)}")
 

@@ -7,22 +7,24 @@ a grid for the K most confident + K random images beside the CSV (<out>_gradcam/
 """
 from pathlib import Path
 
-from fracture import checkpoint, cli, evaluate, predict
+from fracture import cli
 
 
 def main() -> None:
-    cli.setup_logging()
     p = cli.parser(__doc__)
     p.add_argument("--model", help="checkpoint dir or models:/<name>@<alias> (default: models:/fracture@champion)")
-    p.add_argument("--split", default=evaluate.DEFAULT_SPLIT, help="manifest split when no --folder (default: test)")
+    p.add_argument("--split", help="manifest split when no --folder (default: test)")
     p.add_argument("--folder", type=Path, help="images to score (FracAtlas layout, or any folder of images)")
     p.add_argument("--out", type=Path, help="CSV to write (default: <storage_path>/<name>/predict.csv)")
     p.add_argument("--explain", type=int, default=0, metavar="K", help="Grad-CAM: K most confident + K random images")
     cfg, args = cli.parse(p=p)
+    cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
+        from fracture import checkpoint, evaluate, predict   # after parsing: --help must not wait for torch and Ray
+
         ckpt = evaluate.checkpoint_dir(args.model or evaluate.champion_uri(cfg), cfg)
-        frame = evaluate.frame_for(cfg, args.split, args.folder)
-        cli.init_ray(cfg)
+        frame = evaluate.frame_for(cfg, args.split or evaluate.DEFAULT_SPLIT, args.folder)
+        cli.init_ray(cfg, verbose=args.verbose)
         preds = predict.predict_paths(ckpt, frame)
         out = (args.out or cfg.run_dir / "predict.csv").resolve()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ Markdown beside it); print the report. --out defaults to data.manifest, else
 import logging
 from pathlib import Path
 
-from fracture import cli, data, manifest
+from fracture import cli
 
 
 def main() -> None:
@@ -20,6 +20,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines go to stderr
     cfg, args = cli.parse(p=p)
     with cli.user_errors():
+        from fracture import data, manifest   # after parsing: --help must not wait for pandas to import
+
         cfg = cfg.replace(data={k: str(v.resolve()) for k, v in (("root", args.root), ("manifest", args.out)) if v})
         if args.download:
             cfg = cfg.replace(data={"root": str(manifest.download(args.download, cfg.data.root, sha256=args.sha256))})

@@ -1,23 +1,32 @@
-"""python jobs/tune.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--resume STUDY_DIR]
+"""python jobs/tune.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--resume STUDY_DIR] [--verbose]
 
 Search dropout, L2 and the head/backbone learning rates of a study with Optuna + ASHA on Ray Tune,
 log every trial to MLflow and register the best checkpoint (alias @champion if it wins).
 On a cluster: ray job submit --working-dir . -- python jobs/tune.py --config jobs/studies/fracatlas.yaml
+
+--resume STUDY_DIR continues an interrupted study with the config stored in it
+(STUDY_DIR/config.yaml): `python jobs/tune.py --resume runs/demo` is enough. --config and overrides
+may be given with it only to repeat that config (the original command plus --resume works); one
+that would change it is refused with an error naming the key (exit 2).
 """
 from pathlib import Path
 
-from fracture import cli, study
+from fracture import cli
 
 
 def main() -> None:
-    cli.setup_logging()
     p = cli.parser(__doc__)
     p.add_argument("--resume", type=Path, default=None, help="continue an interrupted study (its runs/<name> dir)")
     cfg, args = cli.parse(p=p)
+    cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
+        from fracture import study   # after parsing: --help must not wait for torch and Ray to import
+
+        if args.resume:
+            cfg = study.resume_config(args.resume, config=args.config, overrides=args.overrides) or cfg
         study.preflight(cfg)                # bad data / weights / MLflow URI fail before Ray starts
-        cli.init_ray(cfg)
-        study.print_summary(study.run(cfg, resume=args.resume))
+        cli.init_ray(cfg, verbose=args.verbose)
+        study.print_summary(study.run(cfg, resume=args.resume, verbose=args.verbose))
 
 
 if __name__ == "__main__":

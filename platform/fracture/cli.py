@@ -1,8 +1,11 @@
-"""The one argument parser: `[--config STUDY.yaml] [section.key=value ...]` (+ a job's few flags).
+"""The one argument parser: `[--config STUDY.yaml] [section.key=value ...] [--verbose]` (+ a job's few flags).
 
 No --config means the default study, so `ray job submit -- python jobs/tune.py` works bare.
 Errors the user can fix (bad config, missing data, unreachable MLflow, missing weights) end the
 job with one clear line and exit status 2, not a traceback.
+
+Nothing heavy is imported here (no ray, torch, mlflow or pandas), so `jobs/*.py --help` answers at
+once: jobs import the rest after parsing.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None,
                    help=f"study YAML (default: {DEFAULT_STUDY.relative_to(DEFAULT_STUDY.parents[2])})")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Ray's, Tune's and MLflow's own progress messages and tables")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. model.dropout=0.3 train.epochs=2")
     return p
 
@@ -75,9 +80,34 @@ def check_job_paths(cfg: Config) -> None:
         raise ConfigError(f"data.root={root} does not exist: " + hint.format(copy=copy, key="data.root"))
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+# Loggers whose INFO lines are bookkeeping, not progress: MLflow creating or upgrading the tables of
+# its sqlite store (MLflow itself keeps alembic's migration lines at WARNING), Optuna creating its
+# in-memory study.
+QUIET_LOGGERS = ("mlflow.store.db.utils", "optuna.storages._in_memory")
+
+
+class _Formatter(logging.Formatter):
+    """INFO as `time message`, so progress reads as a log; warnings and errors also name level and logger."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        self._loud = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record) if record.levelno <= logging.INFO else self._loud.format(record)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO logging to stderr; unless verbose, the short format and QUIET_LOGGERS at WARNING.
+
+    Ray's own loggers are quieted by init_ray (they exist only once ray is imported).
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                         if verbose else _Formatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -102,19 +132,27 @@ def user_errors() -> Iterator[None]:
         raise
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config, *, verbose: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (ray job submit sets it), else start a local one.
 
     A local instance gets at least (trial CPUs + 2) logical CPUs: Ray Data's decode and augment
     tasks need CPUs of their own beside the training workers, or a 2-core laptop would deadlock.
+    Unless verbose, Ray's own chatter is kept off the console (fracture.progress.NOISE).
     """
-    import os
+    if not verbose:
+        # Tune's legacy output engine prints nothing at verbose=0 (search.build_tuner); the new one
+        # still prints a config table and a final status table. fracture.progress prints instead.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     import ray
 
+    from fracture import progress
+
     if ray.is_initialized():
         return
-    # Tune's trial table is the progress display; Ray Data's per-epoch bars would drown it.
+    if not verbose:
+        progress.quiet_ray()
+    # fracture.progress prints a line per epoch; Ray Data's per-epoch bars would drown it.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     runtime_env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"]}}
     if os.environ.get("RAY_ADDRESS"):
@@ -124,9 +162,16 @@ def init_ray(cfg: Config) -> None:
             # otherwise look for "the latest `ray start`" on their node, which may be another cluster.
             runtime_env["env_vars"]["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env=runtime_env)
-        _quiet_data()
-        return
+    else:
+        _init_local(cfg, runtime_env)
     _quiet_data()
+    if not verbose:
+        progress.quiet_worker_logs()
+
+
+def _init_local(cfg: Config, runtime_env: dict) -> None:
+    import ray
+
     need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker * max(1, cfg.search.max_concurrent) + 2
     # When ASHA stops a trial (and at max_t it stops every trial), Tune kills the trial's actor and
     # with it the Train controller, before the controller removes its workers' placement group.
@@ -136,6 +181,11 @@ def init_ray(cfg: Config) -> None:
     # workers' CPUs until the next trial cannot start. So: a dashboard on loopback, named to workers.
     port = free_port()
     runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    # Ray Train's PreemptionWatcher (an actor per trial) watches for nodes being drained, which a
+    # one-machine cluster never is. It logs a core error line at every start, and a traceback
+    # when ASHA stops its trial while it polls.
+    runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get(
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address="local", num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=runtime_env)
 

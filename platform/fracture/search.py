@@ -2,10 +2,12 @@
 
 The trial config is `{"config": Config.to_dict()}` with each `search.space` path replaced by a Tune
 domain, so every trial carries its whole resolved config. Metric and mode are set once, in
-TuneConfig (Tune raises if the searcher or scheduler gets them too).
+TuneConfig (Tune raises if the searcher or scheduler gets them too). Trials are named and printed
+by fracture.progress; Tune's own console stays silent unless verbose.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fracture import data, metrics
+from fracture import data, metrics, progress
 from fracture.config import Config, ConfigError
 from fracture.trainer import storage_uri, train_driver_fn
 
@@ -103,12 +105,14 @@ def check_resources(cfg: Config) -> None:
             f"largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU")
 
 
-def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = True) -> ray.tune.Tuner:
+def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = True,
+                verbose: bool = False) -> ray.tune.Tuner:
     """A Tuner over train_driver_fn for this study.
 
     Args:
         callbacks: Tune callbacks (the MLflow trial logger from tracking.trial_logger).
         search: False for a single run of the config as it is (jobs/train.py): no searcher, no scheduler.
+        verbose: also Tune's own console output (status tables, per-trial config and result tables).
     """
     trainable = _trainable(cfg)
     space = search_space(cfg) if search else cfg.to_dict()
@@ -117,14 +121,20 @@ def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = Tr
         searcher = OptunaSearch(points_to_evaluate=points_to_evaluate(cfg) or None, seed=cfg.seed)
     if search and cfg.search.scheduler == "asha":
         scheduler = asha(cfg)
+    callbacks = list(callbacks or [])
     if scheduler is not None:
-        callbacks = [*(callbacks or []), SchedulerState(scheduler)]
+        callbacks.append(SchedulerState(scheduler))
+    callbacks.append(progress.trial_progress(cfg))
+    # Tune numbers a searcher's trials from 1, and its default generator's from 0.
+    first = 1 if searcher is not None else 0
     tune_config = ray.tune.TuneConfig(metric=metrics.PRIMARY, mode=metrics.MODE,
                                       num_samples=cfg.search.num_trials if search else 1,
                                       max_concurrent_trials=cfg.search.max_concurrent if search else 1,
-                                      search_alg=searcher, scheduler=scheduler)
+                                      search_alg=searcher, scheduler=scheduler,
+                                      trial_name_creator=functools.partial(progress.trial_name, first=first),
+                                      trial_dirname_creator=functools.partial(progress.trial_dirname, first=first))
     return ray.tune.Tuner(trainable, param_space={"config": space}, tune_config=tune_config,
-                          run_config=_run_config(cfg, callbacks))
+                          run_config=_run_config(cfg, callbacks, verbose))
 
 
 def asha(cfg: Config) -> ASHAScheduler | None:
@@ -173,9 +183,14 @@ def _trainable(cfg: Config):
     return ray.tune.with_resources(fn, {"cpu": DRIVER_CPU})
 
 
-def _run_config(cfg: Config, callbacks: list | None) -> ray.tune.RunConfig:
+def _tune_verbosity(verbose: bool) -> int | None:
+    return None if verbose else 0   # None: Tune's default, every table; 0: silent
+
+
+def _run_config(cfg: Config, callbacks: list | None, verbose: bool) -> ray.tune.RunConfig:
     return ray.tune.RunConfig(name=TUNE_DIR, storage_path=storage_uri(cfg), callbacks=callbacks or [],
-                              failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures))
+                              failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures),
+                              verbose=_tune_verbosity(verbose))
 
 
 def study_path(cfg: Config) -> str:
@@ -200,11 +215,15 @@ def resume_path(path: str | Path) -> str:
     return str(candidate)
 
 
-def restore_tuner(path: str | Path, cfg: Config) -> ray.tune.Tuner:
+def restore_tuner(path: str | Path, cfg: Config, *, verbose: bool = False) -> ray.tune.Tuner:
     """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
     unfinished ones resume from their Train run's latest checkpoint.
 
-    The callbacks (MLflow trial logger, SchedulerState) come back from the saved study, with the
-    parent run and scheduler they were made for; Tuner.restore takes no new ones.
+    The callbacks (MLflow trial logger, SchedulerState, TrialProgress) and the trial names come
+    back from the saved study, with the parent run and scheduler they were made for;
+    Tuner.restore takes no new ones.
     """
-    return ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(cfg), resume_errored=True)
+    tuner = ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(cfg), resume_errored=True)
+    # Tuner.restore takes no RunConfig either: the verbosity is this invocation's, not the first one's.
+    tuner._local_tuner.get_run_config().verbose = _tune_verbosity(verbose)
+    return tuner

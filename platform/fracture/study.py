@@ -2,15 +2,23 @@
 
 jobs/train.py (one trial, no search) and jobs/tune.py (the search) both come through here, so a
 debug run and a study share one code path and one MLflow layout.
+
+A study stores its resolved config beside its Tune experiment (`<storage>/<name>/config.yaml`), so
+`jobs/tune.py --resume DIR` needs nothing else to continue it (resume_config).
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
+from typing import Sequence
+
+import yaml
 
 from fracture import data, manifest, search, tracking
-from fracture.config import Config, ConfigError
+from fracture.config import Config, ConfigError, load
 from fracture.model import build_model
+from fracture.trainer import storage_uri
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +49,121 @@ def check_cluster(cfg: Config) -> None:
             "a shared mount with cluster.storage_shared=true")
 
 
-def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = None) -> dict:
+CONFIG_FILE = "config.yaml"
+
+
+def _config_location(study: str) -> str:
+    """Where `study` (a study's dir `<storage>/<name>`, or its tune/ subdir, as --resume takes) keeps its config."""
+    study = str(study).rstrip("/")
+    if study.endswith("/" + search.TUNE_DIR):
+        study = study[: -len(search.TUNE_DIR) - 1]
+    return f"{study}/{CONFIG_FILE}"
+
+
+def _read_text(location: str) -> str | None:
+    if "://" not in location:
+        path = Path(location).expanduser()
+        return path.read_text() if path.is_file() else None
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _write_text(location: str, text: str) -> None:
+    if "://" not in location:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text)
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def save_config(cfg: Config, location: str | None = None) -> str:
+    """Write the resolved config to `location` (default `<storage>/<name>/config.yaml`); returns where."""
+    location = location or storage_uri(cfg, CONFIG_FILE)
+    _write_text(location, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return location
+
+
+def _flat(raw: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and not prefix:   # sections only: search.space stays one value
+            out |= _flat(value, f"{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def resume_config(study: str | Path, *, config: str | Path | None = None,
+                  overrides: Sequence[str] = ()) -> Config | None:
+    """The config to continue the study in `study` with: the one stored with it.
+
+    A resumed study keeps its config: its trials carry theirs in Tune's saved state, and ASHA and
+    the searcher were built for it. So --config and overrides given with --resume may repeat what
+    the study was started with (the original command plus --resume works), but one that would
+    change it is refused. Overrides alone apply to the stored config; with --config, that file
+    and the overrides must give the stored config.
+
+    Args:
+        study: what --resume names (the study's dir or its tune/ subdir).
+        config, overrides: the command line's --config and section.key=value overrides.
+    Returns:
+        The stored config; None for a study saved before configs were stored with it (then the
+        command line's config is all there is).
+    Raises:
+        ConfigError naming each key the command line would change.
+    """
+    location = _config_location(str(study) if "://" in str(study) else str(Path(study).expanduser().resolve()))
+    text = _read_text(location)
+    if text is None:
+        if not (config or overrides):
+            log.warning("%s not found (a study from before configs were stored with it): resuming with the "
+                        "default study's config; pass the study's --config and overrides if it had others", location)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp, CONFIG_FILE)
+        copy.write_text(text)
+        stored = load(copy)
+        given = load(config or copy, overrides) if config or overrides else stored
+    ours, theirs = _flat(stored.to_dict()), _flat(given.to_dict())
+    differ = [f"{k}={theirs[k]!r} (the study has {ours[k]!r})" for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise ConfigError(f"--resume {study}: a resumed study keeps the config it was started with ({location}), "
+                          f"but the command line changes {'; '.join(differ)}: drop those to continue the study, "
+                          "or start a new one with another name=")
+    return stored
+
+
+def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = None, verbose: bool = False) -> dict:
     """Run (or resume) the study and register its best checkpoint; call preflight(cfg) first.
 
+    Args:
+        resume: the study to continue (see resume_config for the cfg to pass with it).
+        verbose: also Tune's own console tables (fracture.progress prints a line per epoch either way).
     Returns:
         the summary from tracking.register_best, plus "trials": per-trial final metrics.
     """
     resume = search.resume_path(resume) if resume else None   # a wrong --resume must not open MLflow runs
     check_cluster(cfg)
     study_dir = resume or search.study_path(cfg)
+    if not resume:
+        save_config(cfg)
+    elif _read_text(_config_location(resume)) is None:
+        save_config(cfg, _config_location(resume))   # an older study: from now on it has one
+    _announce(cfg, study_dir, resume=bool(resume), search_space=search_space)
     uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume))
     try:
-        summary = _fit_and_register(cfg, uri, parent, study_dir, resume=resume, search_space=search_space)
+        summary = _fit_and_register(cfg, uri, parent, study_dir, resume=resume, search_space=search_space,
+                                    verbose=verbose)
     except KeyboardInterrupt:
         tracking.end_study(uri, parent, "KILLED")
         raise
@@ -64,14 +175,25 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     return summary
 
 
+def _announce(cfg: Config, study_dir: str, *, resume: bool, search_space: bool) -> None:
+    if resume:
+        log.info("resuming study %s in %s", cfg.name, study_dir)
+        return
+    trials = cfg.search.num_trials if search_space else 1
+    how = f", searching {', '.join(cfg.search.space)}" if search_space and cfg.search.space else ""
+    log.info("study %s: %d trial%s x %d epochs%s; files in %s", cfg.name, trials, "s" * (trials != 1),
+             cfg.train.epochs, how, storage_uri(cfg))
+
+
 def _fit_and_register(cfg: Config, uri: str, parent: str, study_dir: str, *, resume: str | None,
-                      search_space: bool) -> dict:
+                      search_space: bool, verbose: bool) -> dict:
     report = list(manifest.report_paths(data.manifest_path(cfg)))
     tracking.log_data_report(uri, parent, report)
     if resume:
-        tuner = search.restore_tuner(resume, cfg)   # its trial logger comes back with it, on this parent run
+        tuner = search.restore_tuner(resume, cfg, verbose=verbose)   # its trial logger comes back with it, on this parent run
     else:
-        tuner = search.build_tuner(cfg, callbacks=[tracking.trial_logger(cfg, uri, parent)], search=search_space)
+        tuner = search.build_tuner(cfg, callbacks=[tracking.trial_logger(cfg, uri, parent)], search=search_space,
+                                   verbose=verbose)
     results = tuner.fit()
     # Ctrl-C / SIGINT: Tune saved the study and returned early; a partial study registers nothing.
     # (Tune marks every trial TERMINATED on the way out, but only a finished or stopped trial's
