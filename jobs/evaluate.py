@@ -33,7 +33,8 @@ def main() -> None:
                                      allow_truncated=cfg.data.allow_truncated)
         print(evaluate.format_table(report))
         run_id = tracking.log_evaluation(cfg, f"evaluate-{where}", evaluate.flat_metrics(report), files,
-                                         base_dir=out, params={"model": source, "data": str(args.folder or split)},
+                                         base_dir=out, params={"model": state["resolved"], "model_requested": source,
+                                                                 "data": str(args.folder or split)},
                                          tags={"fracture.evaluation": where})
         print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {tracking.tracking_uri(cfg)}")
 

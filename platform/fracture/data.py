@@ -198,8 +198,10 @@ class Collate:
             images = augment(images, strength=self.strength,
                              seeds=[[self.seed, self.epoch, int(r)] for r in batch[ROW]])
         # ROW rides along so that anyone can see which images a batch held (benchmarks/shuffle_order.py)
-        out = {IMAGE: torch.from_numpy(np.ascontiguousarray(images)), LABEL: torch.from_numpy(batch[LABEL]),
-               ROW: torch.from_numpy(batch[ROW])}
+        # Ray hands out read-only views of its object store; a copy (one batch of uint8) keeps torch
+        # from warning about tensors it could write through.
+        out = {IMAGE: torch.from_numpy(np.array(images, copy=True)), LABEL: torch.from_numpy(batch[LABEL].copy()),
+               ROW: torch.from_numpy(batch[ROW].copy())}
         return {k: v.pin_memory() for k, v in out.items()} if self.pin_memory else out
 
 

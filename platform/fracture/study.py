@@ -223,4 +223,8 @@ def print_summary(summary: dict) -> None:
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"study dir:  {summary['study_dir']}   (resume: python jobs/tune.py --resume {summary['study_dir']})")
     uri = summary["tracking_uri"]
-    print(f"MLflow:     mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"MLflow:     {uri}")
+    route = summary.get("ui_route", "")   # MLflow 3.17 opens experiments on GenAI pages without its query
+    if uri.startswith("sqlite"):
+        print(f"MLflow:     mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000{route}")
+    else:
+        print(f"MLflow:     {uri.rstrip('/')}{route}")

@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 10                     # ASHA rungs at 1, 2, 4, 8; long enough that trial 3 is still running when interrupted
 CANDIDATE_HIDDEN = (2, 8, 16, 32, 64)
-TRIAL_DIR = re.compile(r"^train_driver_fn_([0-9a-f]+)_(\d+)_")
+TRIAL_DIR = re.compile(r"^trial_(?P<number>\d+)_(?P<id>[0-9a-f]+)$")
 
 PLACEMENT_GROUPS = """
 import json, re, sys, time
@@ -53,7 +53,7 @@ from pathlib import Path
 import ray
 address, tune_dir, wait_s = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-third = re.compile(r"^train_driver_fn_[0-9a-f]+_3_")
+third = re.compile(r"^trial_003_")
 while not (tune_dir.is_dir() and any(third.match(p.name) for p in tune_dir.iterdir())):
     time.sleep(0.2)       # trial 3 has started: trials 1 and 2 are over
 deadline = time.time() + wait_s
@@ -92,15 +92,15 @@ def _initial_auc(cfg, hidden: int) -> float:
 def _trials(tune_dir: Path) -> dict[int, Path]:
     """{trial number (1, 2, 3 in creation order): trial dir}"""
     found = {}
-    for path in tune_dir.glob("train_driver_fn_*") if tune_dir.is_dir() else ():
+    for path in tune_dir.glob("trial_*") if tune_dir.is_dir() else ():
         match = TRIAL_DIR.match(path.name)
         if match and path.is_dir():
-            found[int(match.group(2))] = path
+            found[int(match["number"])] = path
     return found
 
 
 def _trial_id(trial_dir: Path) -> str:
-    return TRIAL_DIR.match(trial_dir.name).group(1)
+    return TRIAL_DIR.match(trial_dir.name)["id"]
 
 
 def _epochs(trial_dir: Path) -> list[int]:
