@@ -72,5 +72,6 @@ def test_verbose_brings_rays_own_output_back(tmp_path, synthetic_root, run_job):
     proc = run_job("train.py", "--verbose", *_tiny(tmp_path / "runs", synthetic_root, epochs=1))
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-4000:]
-    assert BOX.search(console) and "Execution plan of Dataset" in console, console[-4000:]
+    # Tune's table appears only when its 30 s report timer fires, so the plan lines are the sure sign
+    assert "Execution plan of Dataset" in console, console[-4000:]
     assert re.search(r"INFO fracture.progress: trial_001 epoch 1/1  loss ", console), console[-4000:]
