@@ -194,6 +194,17 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def flat(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (Config.to_dict()) as {"section.key": value}; search.space stays one value."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key != "space":
+            out |= {f"{key}.{k}": v for k, v in flat(value).items()}
+        else:
+            out[key] = value
+    return out
+
+
 def set_path(raw: dict, dotted: str, value: Any) -> None:
     """Set `raw["a"]["b"] = value` for "a.b", refusing paths that are not config fields."""
     parts = dotted.split(".")

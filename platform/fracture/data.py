@@ -66,31 +66,30 @@ def ensure_manifest(cfg: Config) -> Path:
     """
     path = manifest_path(cfg)
     own = not cfg.data.manifest
+    root = Path(cfg.data.root).expanduser().resolve()
+
+    def key() -> tuple:   # after a rebuild the file's mtime is new
+        return str(path), path.stat().st_mtime_ns, str(root), tuple(sorted(split_settings(cfg).items()))
+
+    if path.is_file() and key() in _checked:
+        return path
     if not path.is_file():
         log.info("no manifest at %s: scanning %s", path, cfg.data.root)
         build_manifest(cfg, cfg.data.root, path)
-        return path
-    key = (str(path), path.stat().st_mtime_ns, str(Path(cfg.data.root).expanduser().resolve()),
-           tuple(sorted(split_settings(cfg).items())))
-    if key in _checked:
-        return path
-    recorded = manifest.recorded_provenance(path)
-    if recorded is None:
+    elif (recorded := manifest.recorded_provenance(path)) is None:
         if own:
             log.warning("%s does not record the data it was built from: rebuilding it from %s", path, cfg.data.root)
             build_manifest(cfg, cfg.data.root, path)
         else:
             log.warning("%s does not record the data it was built from: cannot check it against data.root", path)
-        return path
-    reason = manifest.provenance_mismatch(recorded, manifest.provenance(cfg.data.root, **split_settings(cfg)))
-    if reason and not own:
-        raise manifest.DataError(f"data.manifest={path}: {reason}; rebuild it with: python jobs/prepare.py "
-                                 f"--root {cfg.data.root} --out {path}, or set data.root to the data it was built from")
-    if reason:
+    elif reason := manifest.provenance_mismatch(recorded, manifest.provenance(root, **split_settings(cfg))):
+        if not own:
+            raise manifest.DataError(f"data.manifest={path}: {reason}; rebuild it with: python jobs/prepare.py "
+                                     f"--root {cfg.data.root} --out {path}, or set data.root to the data it was "
+                                     "built from")
         log.warning("%s: %s: rebuilding it", path, reason)
         build_manifest(cfg, cfg.data.root, path)
-        key = (str(path), path.stat().st_mtime_ns, *key[2:])
-    _checked.add(key)
+    _checked.add(key())
     return path
 
 
@@ -198,11 +197,18 @@ class Collate:
             images = augment(images, strength=self.strength,
                              seeds=[[self.seed, self.epoch, int(r)] for r in batch[ROW]])
         # ROW rides along so that anyone can see which images a batch held (benchmarks/shuffle_order.py)
-        # Ray hands out read-only views of its object store; a copy (one batch of uint8) keeps torch
-        # from warning about tensors it could write through.
-        out = {IMAGE: torch.from_numpy(np.array(images, copy=True)), LABEL: torch.from_numpy(batch[LABEL].copy()),
-               ROW: torch.from_numpy(batch[ROW].copy())}
+        out = {IMAGE: torch.from_numpy(_writable(images)), LABEL: torch.from_numpy(_writable(batch[LABEL])),
+               ROW: torch.from_numpy(_writable(batch[ROW]))}
         return {k: v.pin_memory() for k, v in out.items()} if self.pin_memory else out
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """`array`, or a contiguous copy when it is a read-only view of Ray's object store.
+
+    torch warns once per process about tensors over read-only memory; augmented images are already
+    a fresh array and are not copied again.
+    """
+    return array if array.flags.writeable and array.flags.c_contiguous else np.array(array)
 
 
 def epoch_batches(source, cfg: Config, split: str, *, epoch: int, rank: int = 0):

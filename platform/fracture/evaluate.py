@@ -407,7 +407,8 @@ def run(net: FractureNet, state: dict[str, Any], frame: pd.DataFrame, out_dir: s
     probs = score(net, frame, size, allow_truncated=allow_truncated)
     labels = frame[LABEL].to_numpy()
     rep = report(labels, probs, threshold, frame, seed=seed)
-    rep["model"] = {"source": state.get("source", ""), "resolved": state.get("resolved", ""), "epoch": state.get("epoch"), "image_size": size,
+    rep["model"] = {"source": state.get("source", ""), "resolved": state.get("resolved", ""),
+                    "epoch": state.get("epoch"), "image_size": size,
                     "val_auc": state.get("metrics", {}).get(metrics.PRIMARY)}
     files = []
     predictions = frame.drop(columns=[PATH]).assign(probability=probs, predicted=(probs >= threshold).astype(int))

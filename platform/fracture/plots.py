@@ -103,7 +103,8 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     strategy = calibration_bins(p)
     prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy=strategy)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
-    ax.plot(prob_pred, prob_true, "o-", lw=2, label=f"model ({'deciles of scores' if strategy == 'quantile' else '10 equal bins'})")
+    bins = "deciles of scores" if strategy == "quantile" else "10 equal bins"
+    ax.plot(prob_pred, prob_true, "o-", lw=2, label=f"model ({bins})")
     ax.set(ylabel="Observed fracture fraction", title=f"{head}Calibration (reliability)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)

@@ -16,7 +16,7 @@ from typing import Sequence
 import yaml
 
 from fracture import data, manifest, search, tracking
-from fracture.config import Config, ConfigError, load
+from fracture.config import Config, ConfigError, flat, load
 from fracture.model import build_model
 from fracture.trainer import storage_uri
 
@@ -93,16 +93,6 @@ def save_config(cfg: Config, location: str | None = None) -> str:
     return location
 
 
-def _flat(raw: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in raw.items():
-        if isinstance(value, dict) and not prefix:   # sections only: search.space stays one value
-            out |= _flat(value, f"{key}.")
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def resume_config(study: str | Path, *, config: str | Path | None = None,
                   overrides: Sequence[str] = ()) -> Config | None:
     """The config to continue the study in `study` with: the one stored with it.
@@ -134,7 +124,7 @@ def resume_config(study: str | Path, *, config: str | Path | None = None,
         copy.write_text(text)
         stored = load(copy)
         given = load(config or copy, overrides) if config or overrides else stored
-    ours, theirs = _flat(stored.to_dict()), _flat(given.to_dict())
+    ours, theirs = flat(stored.to_dict()), flat(given.to_dict())
     differ = [f"{k}={theirs[k]!r} (the study has {ours[k]!r})" for k in ours if ours[k] != theirs[k]]
     if differ:
         raise ConfigError(f"--resume {study}: a resumed study keeps the config it was started with ({location}), "

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import ray.tune
 
 from fracture import metrics
-from fracture.config import Config
+from fracture.config import Config, flat
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +172,6 @@ def log_data_report(uri: str, run_id: str, report_files: list[Path]) -> None:
             _retry(_client(uri).log_artifact, run_id, str(path), "data")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key != "space":
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _numeric(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in result.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
@@ -216,9 +206,9 @@ class TrialLogger(ray.tune.Callback):
                          tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id})
             run_id = run.info.run_id
             cfg = trial.config["config"]
-            flat = _flat(cfg)
-            params = {k: flat[k] for k in self.searched} | {
-                k: flat[k] for k in ("model.weights", "data.image_size", "train.epochs",
+            values = flat(cfg)
+            params = {k: values[k] for k in self.searched} | {
+                k: values[k] for k in ("model.weights", "data.image_size", "train.epochs",
                                      "train.batch_size_per_worker", "cluster.num_workers")}
             _retry(self.client.log_batch, run_id, params=_params(params))
             _retry(self.client.log_dict, run_id, cfg, "config.json")
@@ -341,7 +331,7 @@ def _selection(client, cfg: Config, uri: str, best, row: dict, state: dict, pare
         "val_auc": float(row[metrics.PRIMARY]), "threshold": float(state["threshold"]),
         "image_size": trained.data.image_size, "arch": trained.model.arch,
         "threshold_rule": _threshold_rule(trained),
-        "params": {k: v for k, v in _flat(state["config"]).items() if k in cfg.search.space},
+        "params": {k: v for k, v in flat(state["config"]).items() if k in cfg.search.space},
         "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
         "study": {"name": cfg.name, "parent_run_id": parent_run_id,
                   "study_dir": parent.data.tags.get(STUDY_DIR_TAG, "")},
@@ -512,10 +502,10 @@ def _link_version(client, cfg: Config, summary: dict, run_ids: list[str]) -> Non
 def study_params(cfg: Config) -> dict[str, str]:
     """The parent run's params: the searched space as written in the study, and what all trials share."""
     space = {f"space.{k}": _spec_text(v) for k, v in cfg.search.space.items()}
-    flat = _flat(cfg.to_dict())
+    values = flat(cfg.to_dict())
     shared = ("seed", "search.num_trials", "search.scheduler", "search.grace_epochs", "train.epochs",
               "data.image_size", "model.arch", "model.weights")
-    return space | {k: str(flat[k]) for k in shared if k in flat}
+    return space | {k: str(values[k]) for k in shared if k in values}
 
 
 def _spec_text(spec) -> str:
@@ -532,12 +522,12 @@ def trials_table(results, cfg: Config, run_ids: dict[str, str]):
 
     rows = []
     for result in results:
-        flat = _flat((result.config or {}).get("config", {}))
+        values = flat((result.config or {}).get("config", {}))
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         rows.append({"trial_id": trial_id, "run_id": run_ids.get(trial_id, ""),
-                     "status": _trial_status(result, flat.get("train.epochs", cfg.train.epochs)),
+                     "status": _trial_status(result, values.get("train.epochs", cfg.train.epochs)),
                      "epochs": int(result.metrics.get(metrics.EPOCHS_DONE, 0)),
-                     BEST: _best_auc(result), **{k: flat.get(k) for k in cfg.search.space}})
+                     BEST: _best_auc(result), **{k: values.get(k) for k in cfg.search.space}})
     return pd.DataFrame(rows, columns=["trial_id", "run_id", "status", "epochs", BEST, *cfg.search.space])
 
 
