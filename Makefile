@@ -10,7 +10,7 @@ MLFLOW_DIR  ?= runs/mlflow-server
 # uvicorn's supervisor kill workers that boot slower than its health check on a busy 2-core box.
 MLFLOW_WORKERS ?= 1
 
-.PHONY: install demo test test-fast smoke bench mlflow prepare clean
+.PHONY: install demo lint test test-fast smoke bench mlflow prepare clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -27,8 +27,13 @@ data/synthetic/dataset.csv: | $(STAMP)
 demo: $(STAMP) data/synthetic/dataset.csv
 	$(BIN)/python jobs/tune.py --config jobs/studies/demo.yaml
 
-## test: the whole suite (unit + tiny real Ray/MLflow runs); `make test-fast` skips the slow ones
-test: $(STAMP)
+## lint: ruff's checks and format check (settings in pyproject.toml); `ruff format .` fixes the layout
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## test: lint, then the whole suite (unit + tiny real Ray/MLflow runs); `make test-fast` skips the slow ones
+test: lint
 	$(PYTEST) -q
 
 test-fast: $(STAMP)

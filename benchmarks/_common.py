@@ -3,13 +3,14 @@
 The scripts put this folder on sys.path implicitly (Python adds a script's own directory), so
 `import _common` works for `python benchmarks/<script>.py` run from the repository root.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -62,9 +63,14 @@ def quiet_data_context() -> None:
 
 
 def add_niceness_arg(p) -> None:
-    p.add_argument("--ray-worker-niceness", type=int, default=0, metavar="N",
-                   help="nice level of Ray's worker processes (default 0, as the plain baselines; Ray's own "
-                        "default is 15, which on a busy machine starves the Ray side of CPU)")
+    p.add_argument(
+        "--ray-worker-niceness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="nice level of Ray's worker processes (default 0, as the plain baselines; Ray's own "
+        "default is 15, which on a busy machine starves the Ray side of CPU)",
+    )
 
 
 def init_ray(num_cpus: int, worker_niceness: int = 0) -> None:
@@ -79,9 +85,14 @@ def init_ray(num_cpus: int, worker_niceness: int = 0) -> None:
     """
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
-             _system_config={"worker_niceness": worker_niceness})
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
+        _system_config={"worker_niceness": worker_niceness},
+    )
     quiet_data_context()
 
 
@@ -102,8 +113,10 @@ def make_config(tmp: Path, root: Path, *overrides: str):
     """The package defaults, with storage (manifest, decoded cache, runs) under `tmp`."""
     from fracture.config import load as load_config
 
-    return load_config(None, ["name=bench", f"data.root={root}", f"cluster.storage_path={tmp / 'runs'}",
-                              "model.weights=none", *overrides])
+    return load_config(
+        None,
+        ["name=bench", f"data.root={root}", f"cluster.storage_path={tmp / 'runs'}", "model.weights=none", *overrides],
+    )
 
 
 def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +128,9 @@ def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
     from fracture import data
     from fracture.presets import IMAGE, LABEL, ROW
 
-    parts = list(data.decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]).iter_batches(batch_size=None,
-                                                                                             batch_format="numpy"))
+    parts = list(
+        data.decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]).iter_batches(batch_size=None, batch_format="numpy")
+    )
     order = np.argsort(np.concatenate([p[ROW] for p in parts]))
     return np.concatenate([p[IMAGE] for p in parts])[order], np.concatenate([p[LABEL] for p in parts])[order]
 
@@ -145,21 +159,37 @@ class Collate:
 
         from fracture import presets
 
-        images = np.stack([image for image, _ in items])                 # (B, S, S, 3) uint8
+        images = np.stack([image for image, _ in items])  # (B, S, S, 3) uint8
         if self.augment != "none":
             images = presets.augment(images, rng=np.random.default_rng(), strength=self.augment)
-        return {presets.IMAGE: torch.from_numpy(images),
-                presets.LABEL: torch.from_numpy(np.asarray([label for _, label in items]))}
+        return {
+            presets.IMAGE: torch.from_numpy(images),
+            presets.LABEL: torch.from_numpy(np.asarray([label for _, label in items])),
+        }
 
 
-def loader(images: np.ndarray, labels: np.ndarray, batch_size: int, *, train: bool, augment: str = "seed",
-           workers: int = 0, pin_memory: bool = False):
+def loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    train: bool,
+    augment: str = "seed",
+    workers: int = 0,
+    pin_memory: bool = False,
+):
     """A plain torch DataLoader over in-memory arrays: shuffled + augmented for train, as is for val."""
     import torch
 
-    return torch.utils.data.DataLoader(InMemory(images, labels), batch_size=batch_size, shuffle=train,
-                                       collate_fn=Collate(augment if train else "none"), num_workers=workers,
-                                       pin_memory=pin_memory, persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        InMemory(images, labels),
+        batch_size=batch_size,
+        shuffle=train,
+        collate_fn=Collate(augment if train else "none"),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -170,7 +200,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
     cells = [[fmt(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))  # noqa: E731
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
@@ -179,5 +212,12 @@ def mlflow_config(uri: str):
     `uri` ("" = $MLFLOW_TRACKING_URI, else sqlite under runs/benchmarks/ of the repository)."""
     from fracture.config import load as load_config
 
-    return load_config(None, ["name=benchmarks", "tracking.experiment=benchmarks",
-                              f"cluster.storage_path={ROOT / 'runs'}", *([f"tracking.uri={uri}"] if uri else [])])
+    return load_config(
+        None,
+        [
+            "name=benchmarks",
+            "tracking.experiment=benchmarks",
+            f"cluster.storage_path={ROOT / 'runs'}",
+            *([f"tracking.uri={uri}"] if uri else []),
+        ],
+    )

@@ -5,10 +5,11 @@ fed by a Python generator whose order and augmentation are set by knobs. The abl
 side-by-side quality benchmark both train through `fit`, so they differ from the platform only in
 what the knobs say.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,21 +35,31 @@ def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> 
             pool = [v for j, v in enumerate(pool) if j not in picks]
     rest = rng.permutation(pool)
     for k in range(0, len(rest), batch):
-        yield rest[k:k + batch]
+        yield rest[k : k + batch]
 
 
-def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, buffer: int,
-            augment: str, seed: int, epoch: int, rows: np.ndarray | None = None) -> Iterator[dict]:
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch: int,
+    order: str,
+    buffer: int,
+    augment: str,
+    seed: int,
+    epoch: int,
+    rows: np.ndarray | None = None,
+) -> Iterator[dict]:
     """One epoch of engine batches {"image": uint8 (B, S, S, 3), "label": (B,)}; `rows` for order="given"."""
     # "platform": what the worker's batch iterator draws over a one-block cache (FracAtlas at <= 64 px):
     # Ray Data's local shuffle buffer takes the block whole and slices one permutation of it, from a
     # generator seeded by the buffer's seed, data.epoch_seed(seed, epoch, rank 0).
     rng = np.random.default_rng(data.epoch_seed(seed, epoch, 0) if order == "platform" else [seed, epoch])
     if order == "given":
-        chunks = (rows[k:k + batch] for k in range(0, len(rows), batch))
+        chunks = (rows[k : k + batch] for k in range(0, len(rows), batch))
     elif order in ("permute", "platform"):
         perm = rng.permutation(len(images))
-        chunks = (perm[k:k + batch] for k in range(0, len(perm), batch))
+        chunks = (perm[k : k + batch] for k in range(0, len(perm), batch))
     else:
         chunks = _stream_order(len(images), buffer, batch, rng)
     for idx in chunks:
@@ -58,9 +69,18 @@ def batches(images: np.ndarray, labels: np.ndarray, *, batch: int, order: str, b
         yield {presets.IMAGE: torch.from_numpy(x), presets.LABEL: torch.from_numpy(labels[idx])}
 
 
-def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
-        order: str = "permute", buffer: int = 256, augment: str | None = None, init_seed: int | None = None,
-        rows: list[np.ndarray] | None = None, log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+def fit(
+    cfg,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    order: str = "permute",
+    buffer: int = 256,
+    augment: str | None = None,
+    init_seed: int | None = None,
+    rows: list[np.ndarray] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], dict]:
     """Train cfg's model on `train` for cfg.train.epochs and score `val` after every epoch.
 
     Args:
@@ -83,26 +103,45 @@ def fit(cfg, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
     optimizer = engine.build_optimizer(net, cfg.optim)
     scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
     labels = train[1]
-    pos_weight = float((labels == 0).sum() / max((labels == 1).sum(), 1)) if cfg.train.imbalance == "pos_weight" else 1.0
+    pos_weight = (
+        float((labels == 0).sum() / max((labels == 1).sum(), 1)) if cfg.train.imbalance == "pos_weight" else 1.0
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
     strength = cfg.data.augment if augment is None else augment
     bs = cfg.train.batch_size_per_worker
     history, best = [], None
     for epoch in range(cfg.train.epochs):
         tick = time.perf_counter()
-        row = engine.train_one_epoch(net, optimizer, batches(*train, batch=bs, order=order, buffer=buffer,
-                                                             augment=strength, seed=cfg.seed, epoch=epoch,
-                                                             rows=rows[epoch] if rows is not None else None),
-                                     loss_fn=loss_fn, penalty=net.l2_penalty, device=device,
-                                     grad_clip=cfg.optim.grad_clip)
-        val_batches = ({presets.IMAGE: torch.from_numpy(val[0][k:k + 128]),
-                        presets.LABEL: torch.from_numpy(val[1][k:k + 128])} for k in range(0, len(val[0]), 128))
+        row = engine.train_one_epoch(
+            net,
+            optimizer,
+            batches(
+                *train,
+                batch=bs,
+                order=order,
+                buffer=buffer,
+                augment=strength,
+                seed=cfg.seed,
+                epoch=epoch,
+                rows=rows[epoch] if rows is not None else None,
+            ),
+            loss_fn=loss_fn,
+            penalty=net.l2_penalty,
+            device=device,
+            grad_clip=cfg.optim.grad_clip,
+        )
+        val_batches = (
+            {presets.IMAGE: torch.from_numpy(val[0][k : k + 128]), presets.LABEL: torch.from_numpy(val[1][k : k + 128])}
+            for k in range(0, len(val[0]), 128)
+        )
         row |= engine.evaluate(net, val_batches, device=device, threshold=cfg.train.threshold)
         engine.step_scheduler(scheduler, row["val_auc"])
         row |= {"epoch": epoch, "epoch_s": time.perf_counter() - tick}
         history.append(row)
         if best is None or row["val_auc"] > max(h["val_auc"] for h in history[:-1]):
             best = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        log(f"  epoch {epoch:2d}  train_loss {row['train_loss']:.4f}  val_auc {row['val_auc']:.4f}  "
-            f"sens {row['val_sensitivity']:.3f}  spec {row['val_specificity']:.3f}  {row['epoch_s']:.0f}s")
+        log(
+            f"  epoch {epoch:2d}  train_loss {row['train_loss']:.4f}  val_auc {row['val_auc']:.4f}  "
+            f"sens {row['val_sensitivity']:.3f}  spec {row['val_specificity']:.3f}  {row['epoch_s']:.0f}s"
+        )
     return history, best

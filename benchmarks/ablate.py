@@ -6,6 +6,7 @@ buffer, the notebook's augmentation, 70% train) and trains the same model with t
 `_plain.fit` on the real FracAtlas split at 64 px. Prints each variant's train-loss curve and val
 AUROC, and appends one JSON line per variant to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,18 @@ import _common
 import _plain
 
 # The issue's command: from scratch, Adam 1e-4 everywhere, no schedule, no clipping, 64 px, CPU.
-BASE = ["data.image_size=64", "model.weights=none", "cluster.use_gpu=false", "train.warmup_epochs=0",
-        "optim.lr_head=1.0e-4", "optim.lr_backbone=1.0e-4", "optim.schedule=none", "optim.grad_clip=0.0",
-        "train.patience=0", "model.trainable_blocks=5"]
+BASE = [
+    "data.image_size=64",
+    "model.weights=none",
+    "cluster.use_gpu=false",
+    "train.warmup_epochs=0",
+    "optim.lr_head=1.0e-4",
+    "optim.lr_backbone=1.0e-4",
+    "optim.schedule=none",
+    "optim.grad_clip=0.0",
+    "train.patience=0",
+    "model.trainable_blocks=5",
+]
 VARIANTS = {  # name -> (fit kwargs, extra config overrides)
     "platform": (dict(order="stream", buffer=256, augment="seed"), []),
     "permute": (dict(order="permute", augment="seed"), []),
@@ -49,20 +59,44 @@ def main() -> None:
     arrays: dict[tuple, tuple] = {}
     for name in args.variants.split(","):
         kwargs, extra = VARIANTS[name]
-        cfg = load(None, ["name=ablation", f"data.root={args.root}", f"cluster.storage_path={_common.ROOT / 'runs'}",
-                          *BASE, f"train.epochs={args.epochs}", *extra])
+        cfg = load(
+            None,
+            [
+                "name=ablation",
+                f"data.root={args.root}",
+                f"cluster.storage_path={_common.ROOT / 'runs'}",
+                *BASE,
+                f"train.epochs={args.epochs}",
+                *extra,
+            ],
+        )
         key = (cfg.name, cfg.data.test_fraction)
         if key not in arrays:
             arrays[key] = (_common.split_arrays(cfg, "train"), _common.split_arrays(cfg, "val"))
         train, val = arrays[key]
-        print(f"== {name}: {kwargs} {extra}  train {len(train[0])} ({int(train[1].sum())} pos), "
-              f"val {len(val[0])} ({int(val[1].sum())} pos)", flush=True)
+        print(
+            f"== {name}: {kwargs} {extra}  train {len(train[0])} ({int(train[1].sum())} pos), "
+            f"val {len(val[0])} ({int(val[1].sum())} pos)",
+            flush=True,
+        )
         start = time.perf_counter()
         hist, _ = _plain.fit(cfg, train, val, log=lambda s: print(s, flush=True), **kwargs)
         with open(args.out, "a") as f:
-            f.write(json.dumps({"variant": name, "kwargs": kwargs, "extra": extra, "epochs": args.epochs,
-                                "n_train": len(train[0]), "wall_s": time.perf_counter() - start,
-                                "train_loss": [h["train_loss"] for h in hist], "val_auc": [h["val_auc"] for h in hist]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "variant": name,
+                        "kwargs": kwargs,
+                        "extra": extra,
+                        "epochs": args.epochs,
+                        "n_train": len(train[0]),
+                        "wall_s": time.perf_counter() - start,
+                        "train_loss": [h["train_loss"] for h in hist],
+                        "val_auc": [h["val_auc"] for h in hist],
+                    }
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Local Ray: ray.init(num_cpus=os.cpu_count()). The last line is the ratio of warm
 to DataLoader images/s (target >= 1.0x). Without --root, n synthetic FracAtlas-layout JPEGs of
 373-454 px (the size of most FracAtlas images) are generated in a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,10 @@ import os
 import shutil
 import time
 
+import _common
 import numpy as np
 import torch
 
-import _common
 from fracture import data, presets
 from fracture.presets import IMAGE, LABEL
 
@@ -49,7 +50,7 @@ class DecodeAugment(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = presets.decode_resize(self.paths[i], self.size, allow_truncated=self.allow_truncated)
-        image = presets.augment(image[None], rng=np.random.default_rng(), strength=self.strength)[0]   # (S, S, 3) uint8
+        image = presets.augment(image[None], rng=np.random.default_rng(), strength=self.strength)[0]  # (S, S, 3) uint8
         return {IMAGE: torch.from_numpy(image), LABEL: int(self.labels[i])}
 
 
@@ -65,10 +66,16 @@ def _count(batches) -> tuple[int, float, float]:
 
 def dataloader_epochs(cfg, epochs: int, label: str, rows: list) -> tuple[int, float]:
     frame = data.split_frame(cfg, "train")
-    dataset = DecodeAugment(frame[presets.PATH].tolist(), frame[LABEL].tolist(), cfg.data.image_size,
-                            cfg.data.allow_truncated, cfg.data.augment)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=_common.BATCH, shuffle=True,
-                                         num_workers=os.cpu_count() or 1)
+    dataset = DecodeAugment(
+        frame[presets.PATH].tolist(),
+        frame[LABEL].tolist(),
+        cfg.data.image_size,
+        cfg.data.allow_truncated,
+        cfg.data.augment,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=_common.BATCH, shuffle=True, num_workers=os.cpu_count() or 1
+    )
     total_images, total_s = 0, 0.0
     for epoch in range(epochs):
         images, seconds, _ = _count(loader)
@@ -92,9 +99,11 @@ def main() -> None:
         print(f"machine: {_common.machine()}; load {_common.load()} at start")
         root = _common.data_root(args.root, tmp, args.n)
         cfg = _common.make_config(tmp, root, f"data.image_size={args.image_size}")
-        n_train = len(data.split_frame(cfg, "train"))                       # builds the manifest
-        print(f"data: {root} ({'real' if args.root else 'synthetic'}), train split {n_train} images, "
-              f"{args.image_size} px, batch {_common.BATCH}\n")
+        n_train = len(data.split_frame(cfg, "train"))  # builds the manifest
+        print(
+            f"data: {root} ({'real' if args.root else 'synthetic'}), train split {n_train} images, "
+            f"{args.image_size} px, batch {_common.BATCH}\n"
+        )
         headers = ["pipeline", "epoch", "images", "seconds", "images/s", "load 1/5/15"]
         rows: list = []
 
@@ -116,10 +125,12 @@ def main() -> None:
         rows.append(["ray_data cold (decode+cache)", 0, images, decoded_s, images / decoded_s, _common.load()])
         rows.append(["ray_data cold (total)", 0, images, cold_s, images / cold_s, _common.load()])
 
-        data.decoded(cfg, "val")            # val's cache too, so build_datasets below only reads caches
+        data.decoded(cfg, "val")  # val's cache too, so build_datasets below only reads caches
         tick = time.perf_counter()
         datasets = data.build_datasets(cfg)
-        rows.append(["ray_data warm set-up (build_datasets)", "-", "-", time.perf_counter() - tick, "-", _common.load()])
+        rows.append(
+            ["ray_data warm set-up (build_datasets)", "-", "-", time.perf_counter() - tick, "-", _common.load()]
+        )
         warm_images, warm_s, firsts = 0, 0.0, []
         for epoch in range(args.epochs):
             images, seconds, first = _count(data.epoch_batches(datasets["train"], cfg, "train", epoch=epoch + 1))
@@ -133,8 +144,16 @@ def main() -> None:
             plain = cfg.replace(data={"augment": "none"}, train={"shuffle_buffer": buffer})
             for epoch in range(args.epochs):
                 images, seconds, first = _count(data.epoch_batches(datasets["train"], plain, "train", epoch=epoch + 1))
-                rows.append([f"profile: ray_data warm, no augment{label}", epoch + 1, images, seconds,
-                             images / seconds, _common.load()])
+                rows.append(
+                    [
+                        f"profile: ray_data warm, no augment{label}",
+                        epoch + 1,
+                        images,
+                        seconds,
+                        images / seconds,
+                        _common.load(),
+                    ]
+                )
         ray.shutdown()
 
         more_images, more_s = dataloader_epochs(cfg, args.epochs, "dataloader (after Ray)", rows)
@@ -142,12 +161,16 @@ def main() -> None:
 
         print(_common.table(headers, rows))
         dl_rate, warm_rate = dl_images / dl_s, warm_images / warm_s
-        print(f"\nprofile: time to first batch per warm epoch {', '.join(f'{f:.2f}' for f in firsts)} s "
-              f"(streaming start-up + filling the shuffle buffer); the cached train split is "
-              f"{cached.num_blocks()} block(s)")
-        print(f"dataloader mean {dl_rate:,.1f} images/s over {2 * args.epochs} epochs; ray_data cold "
-              f"{n_train / cold_s:,.1f} images/s (ratio cold_ray_data / dataloader = {n_train / cold_s / dl_rate:.2f}×), "
-              f"warm mean {warm_rate:,.1f} images/s; load {_common.load()} at end")
+        print(
+            f"\nprofile: time to first batch per warm epoch {', '.join(f'{f:.2f}' for f in firsts)} s "
+            f"(streaming start-up + filling the shuffle buffer); the cached train split is "
+            f"{cached.num_blocks()} block(s)"
+        )
+        print(
+            f"dataloader mean {dl_rate:,.1f} images/s over {2 * args.epochs} epochs; ray_data cold "
+            f"{n_train / cold_s:,.1f} images/s (ratio cold_ray_data / dataloader = {n_train / cold_s / dl_rate:.2f}×), "
+            f"warm mean {warm_rate:,.1f} images/s; load {_common.load()} at end"
+        )
         print(f"ratio warm_ray_data / dataloader = {warm_rate / dl_rate:.2f}×")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ on the store, bound to 127.0.0.1 on a free port, shoots each page, and stops the
 go to --out, which must lie outside the git repository. Needs `chromium` (`apt-get install -y
 chromium`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,20 +43,32 @@ def run_tiny_study(work: Path, *, trials: int, epochs: int, experiment: str) -> 
     from fracture import cli, study, synthetic
     from fracture.config import load
 
-    os.environ.pop("MLFLOW_TRACKING_URI", None)      # the study's own embedded store, not a server's
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the study's own embedded store, not a server's
     root = synthetic.generate(work / "synthetic", n=96, seed=0, min_size=40, max_size=56)
-    cfg = load(ROOT / "jobs" / "studies" / "demo.yaml", [
-        f"data.root={root}", f"cluster.storage_path={work / 'runs'}", "data.image_size=32",
-        f"train.epochs={epochs}", "train.batch_size_per_worker=8", f"search.num_trials={trials}",
-        "cluster.num_workers=1", "cluster.cpus_per_worker=1", f"tracking.experiment={experiment}"])
+    cfg = load(
+        ROOT / "jobs" / "studies" / "demo.yaml",
+        [
+            f"data.root={root}",
+            f"cluster.storage_path={work / 'runs'}",
+            "data.image_size=32",
+            f"train.epochs={epochs}",
+            "train.batch_size_per_worker=8",
+            f"search.num_trials={trials}",
+            "cluster.num_workers=1",
+            "cluster.cpus_per_worker=1",
+            f"tracking.experiment={experiment}",
+        ],
+    )
     study.preflight(cfg)
     cli.init_ray(cfg)
     summary = study.run(cfg)
     import ray
 
     ray.shutdown()
-    print(f"study done: version {summary['version']}, val_auc {summary['val_auc']:.4f}; "
-          f"shoot it again with --uri {summary['tracking_uri']}")
+    print(
+        f"study done: version {summary['version']}, val_auc {summary['val_auc']:.4f}; "
+        f"shoot it again with --uri {summary['tracking_uri']}"
+    )
     return summary["tracking_uri"]
 
 
@@ -69,12 +82,26 @@ def mlflow_server(uri: str, log_path: Path, tries: int = 3):
     from fracture.cli import free_port
 
     mlflow = Path(sys.executable).parent / "mlflow"
-    for attempt in range(tries):
+    for _ in range(tries):
         port = free_port()
         with log_path.open("w") as log:
-            proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                                     "--port", str(port), "--workers", "1"],
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    str(mlflow),
+                    "server",
+                    "--backend-store-uri",
+                    uri,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         base = f"http://127.0.0.1:{port}"
         try:
             if _wait_healthy(base, proc):
@@ -93,7 +120,7 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> 
             with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
                 if answer.read().strip() == b"OK":
                     return True
-        except (OSError, http.client.HTTPException):   # not up yet, or someone else's port
+        except (OSError, http.client.HTTPException):  # not up yet, or someone else's port
             pass
         time.sleep(1)
     return False
@@ -116,13 +143,13 @@ def pages(uri: str, experiment: str, model_name: str) -> dict[str, str]:
     from fracture import tracking
 
     ids = tracking.champion_runs(uri, experiment, model_name)
-    exp, parent, ml = ids["experiment_id"], ids["study_run_id"], tracking.UI_QUERY   # see tracking.UI_QUERY
+    exp, parent, ml = ids["experiment_id"], ids["study_run_id"], tracking.UI_QUERY  # see tracking.UI_QUERY
     return {
         "1_experiment.png": tracking.ui_route(exp),
         "1b_experiment_as_a_fresh_browser_opens_it.png": f"/#/experiments/{exp}",
         "2_parent_run.png": tracking.ui_route(exp, parent),
         "3_parent_artifacts.png": f"/#/experiments/{exp}/runs/{parent}/artifacts/{tracking.STUDY_ARTIFACT}/"
-                                  f"optuna_parallel_coordinate.png{ml}",
+        f"optuna_parallel_coordinate.png{ml}",
         "4_trial_metrics.png": _metric_route(exp, ids["trial_run_id"], ["val_auc", tracking.BEST]) + "&" + ml[1:],
         "5_model_version.png": f"/#/models/{model_name}/versions/{ids['version']}{ml}",
     }
@@ -130,21 +157,44 @@ def pages(uri: str, experiment: str, model_name: str) -> dict[str, str]:
 
 def _metric_route(experiment_id: str, run_id: str, keys: list[str]) -> str:
     """The UI's metric page (the one a run page's metric links open), per step, points shown."""
-    query = {"runs": json.dumps([run_id]), "metric": json.dumps(keys[0]), "experiments": json.dumps([experiment_id]),
-             "plot_metric_keys": json.dumps(keys), "plot_layout": "{}", "x_axis": "step", "y_axis_scale": "linear",
-             "line_smoothness": "1", "show_point": "true", "deselected_curves": "[]", "last_linear_y_axis_range": "[]"}
+    query = {
+        "runs": json.dumps([run_id]),
+        "metric": json.dumps(keys[0]),
+        "experiments": json.dumps([experiment_id]),
+        "plot_metric_keys": json.dumps(keys),
+        "plot_layout": "{}",
+        "x_axis": "step",
+        "y_axis_scale": "linear",
+        "line_smoothness": "1",
+        "show_point": "true",
+        "deselected_curves": "[]",
+        "last_linear_y_axis_range": "[]",
+    }
     return "/#/metric?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
 
 
-TALL = {"2_parent_run.png": 1900, "5_model_version.png": 1500}   # pages whose params/schema sit below the fold
+TALL = {"2_parent_run.png": 1900, "5_model_version.png": 1500}  # pages whose params/schema sit below the fold
 
 
 def screenshot(chromium: str, url: str, path: Path, profile: Path) -> None:
     height = TALL.get(path.name, 1000)
-    subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-                    f"--user-data-dir={profile}", f"--screenshot={path}", f"--window-size=1600,{height}",
-                    "--virtual-time-budget=15000", url],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--screenshot={path}",
+            f"--window-size=1600,{height}",
+            "--virtual-time-budget=15000",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def _outside_repo(out: Path) -> Path:
@@ -175,8 +225,10 @@ def main() -> None:
         shutil.rmtree(out / "study", ignore_errors=True)
         uri = run_tiny_study(out / "study", trials=args.trials, epochs=args.epochs, experiment=args.experiment)
     routes = pages(uri, args.experiment, args.model)
-    with tempfile.TemporaryDirectory(prefix="mlflow-shots-chromium-") as profile, \
-            mlflow_server(uri, out / "mlflow-server.log") as base:
+    with (
+        tempfile.TemporaryDirectory(prefix="mlflow-shots-chromium-") as profile,
+        mlflow_server(uri, out / "mlflow-server.log") as base,
+    ):
         for name, route in routes.items():
             screenshot(chromium, base + route, out / name, Path(profile))
             print(f"{out / name}   {route}")

@@ -18,6 +18,7 @@ CPU, from scratch (no ImageNet download here), both sides, ≈35 min each on 2 c
     python benchmarks/quality.py --plain --config jobs/studies/cpu_scratch.yaml
 GPU (224 px, ImageNet weights): python benchmarks/quality.py
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,11 @@ import platform
 import time
 from pathlib import Path
 
+import _common
+import _plain
 import numpy as np
 import torch
 
-import _common
-import _plain
 from fracture import checkpoint, cli, evaluate, presets, study
 from fracture.model import build_model
 
@@ -37,8 +38,11 @@ DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "fracatlas.
 
 
 def _machine() -> str:
-    return (torch.cuda.get_device_name() if torch.cuda.is_available()
-            else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads")
+    return (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    )
 
 
 def _evaluate(cfg, net, threshold: float) -> dict:
@@ -55,12 +59,16 @@ def _print_rows(title: str, rows: dict, threshold: float, cfg) -> None:
     print(f"\n--- {title} ---")
     print(f"{'split':6s} {'n':>5s} {'pos':>4s} {'AUROC':>7s} {'sens':>6s} {'spec':>6s} {'bal.acc':>7s} {'acc':>6s}")
     for split, r in rows.items():
-        print(f"{split:6s} {r['n']:5d} {r['positives']:4d} {r['auc']:7.3f} {r['sensitivity']:6.3f} "
-              f"{r['specificity']:6.3f} {r['balanced_accuracy']:7.3f} {r['accuracy']:6.3f}")
+        print(
+            f"{split:6s} {r['n']:5d} {r['positives']:4d} {r['auc']:7.3f} {r['sensitivity']:6.3f} "
+            f"{r['specificity']:6.3f} {r['balanced_accuracy']:7.3f} {r['accuracy']:6.3f}"
+        )
     ci = rows["test"]["ci95"]
     print("test 95% CI: " + "  ".join(f"{k} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in ci.items()))
-    print(f"threshold {threshold:.3f} (val, {cfg.train.threshold}); majority-class accuracy on test "
-          f"{1 - rows['test']['positives'] / rows['test']['n']:.3f}")
+    print(
+        f"threshold {threshold:.3f} (val, {cfg.train.threshold}); majority-class accuracy on test "
+        f"{1 - rows['test']['positives'] / rows['test']['n']:.3f}"
+    )
 
 
 def _platform_curve(study_dir: str) -> list[dict]:
@@ -98,8 +106,12 @@ def main() -> None:
     cli.setup_logging()
     p = cli.parser(__doc__)
     p.add_argument("--plain", action="store_true", help="also train the plain torch loop on the same arrays, first")
-    p.add_argument("--plain-order", choices=("platform", "permute"), default="platform",
-                   help="the plain loop's batches: the platform's own permutation each epoch (default) or its own")
+    p.add_argument(
+        "--plain-order",
+        choices=("platform", "permute"),
+        default="platform",
+        help="the plain loop's batches: the platform's own permutation each epoch (default) or its own",
+    )
     p.add_argument("--plain-only", action="store_true", help="train and score only the plain loop (implies --plain)")
     p.set_defaults(config=DEFAULT)
     cfg, args = cli.parse(p=p)
@@ -114,11 +126,15 @@ def main() -> None:
         if args.plain:
             _common.quiet_data_context()
             train, val = _common.split_arrays(cfg, "train"), _common.split_arrays(cfg, "val")
-            print(f"plain torch loop: train {len(train[0])} images, val {len(val[0])}, "
-                  f"{cfg.train.epochs} epochs at {cfg.data.image_size} px, order {args.plain_order}", flush=True)
+            print(
+                f"plain torch loop: train {len(train[0])} images, val {len(val[0])}, "
+                f"{cfg.train.epochs} epochs at {cfg.data.image_size} px, order {args.plain_order}",
+                flush=True,
+            )
             start = time.perf_counter()
-            curves["plain torch"], best_state = _plain.fit(cfg, train, val, order=args.plain_order,
-                                                           log=lambda s: print(s, flush=True))
+            curves["plain torch"], best_state = _plain.fit(
+                cfg, train, val, order=args.plain_order, log=lambda s: print(s, flush=True)
+            )
             report["plain_wall_s"] = time.perf_counter() - start
             net, _ = build_model(cfg.model.__class__(**{**cfg.model.__dict__, "weights": "none"}))
             net.load_state_dict(best_state)
@@ -131,32 +147,48 @@ def main() -> None:
             report["platform_wall_s"] = time.perf_counter() - start
     if not args.plain_only:
         net, state = checkpoint.load_model(summary["checkpoint"])
-        report["platform"] = _evaluate(cfg, net, state["threshold"])   # threshold chosen on val, never on test
-        _print_rows(f"platform: Ray Data -> Ray Train (best epoch {summary['epoch']})", report["platform"],
-                    state["threshold"], cfg)
+        report["platform"] = _evaluate(cfg, net, state["threshold"])  # threshold chosen on val, never on test
+        _print_rows(
+            f"platform: Ray Data -> Ray Train (best epoch {summary['epoch']})",
+            report["platform"],
+            state["threshold"],
+            cfg,
+        )
         curves["platform (Ray Data -> Ray Train)"] = _platform_curve(summary["study_dir"])
         report["summary"] = {k: v for k, v in summary.items() if k != "trials"}
-    walls = "  ".join(f"{side} train wall {report[f'{side}_wall_s'] / 60:.1f} min"
-                      for side in ("plain", "platform") if f"{side}_wall_s" in report)
-    print(f"\n=== quality: {report['machine']}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, "
-          f"weights={state['weights'] if not args.plain_only else cfg.model.weights}, arch={cfg.model.arch}, augment={cfg.data.augment}, seed {cfg.seed}; {walls} ===")
+    walls = "  ".join(
+        f"{side} train wall {report[f'{side}_wall_s'] / 60:.1f} min"
+        for side in ("plain", "platform")
+        if f"{side}_wall_s" in report
+    )
+    print(
+        f"\n=== quality: {report['machine']}, {cfg.data.image_size} px, {cfg.train.epochs} epochs, "
+        f"weights={state['weights'] if not args.plain_only else cfg.model.weights}, arch={cfg.model.arch}, augment={cfg.data.augment}, seed {cfg.seed}; {walls} ==="
+    )
     names = list(curves)
     print(f"{'epoch':>5s}  " + "  ".join(f"{n[:22]:>22s} loss / AUROC" for n in names))
     for i in range(max(len(c) for c in curves.values())):
-        cells = [f"{c[i]['train_loss']:>22.4f} / {c[i]['val_auc']:.3f}" if i < len(c) else " " * 30
-                 for c in curves.values()]
+        cells = [
+            f"{c[i]['train_loss']:>22.4f} / {c[i]['val_auc']:.3f}" if i < len(c) else " " * 30 for c in curves.values()
+        ]
         print(f"{i:5d}  " + "  ".join(cells))
     report["curves"] = curves
     if len(curves) == 2:
         best_plain = max(r["val_auc"] for r in curves["plain torch"])
         best_platform = max(r["val_auc"] for r in curves[names[-1]])
         report["ratio_best_val_auc"] = best_platform / best_plain
-        print(f"best val AUROC: platform {best_platform:.4f} / plain {best_plain:.4f} = "
-              f"ratio {report['ratio_best_val_auc']:.3f} (goal >= 0.98; plain order {args.plain_order})")
+        print(
+            f"best val AUROC: platform {best_platform:.4f} / plain {best_plain:.4f} = "
+            f"ratio {report['ratio_best_val_auc']:.3f} (goal >= 0.98; plain order {args.plain_order})"
+        )
     if args.plain:
         png = out_dir / ("quality_plain_curves.png" if args.plain_only else "quality_curves.png")
-        _plot(curves, png, f"{cfg.name}: {cfg.data.image_size} px, {cfg.model.arch}, augment {cfg.data.augment}, "
-                           f"seed {cfg.seed} ({report['machine']})")
+        _plot(
+            curves,
+            png,
+            f"{cfg.name}: {cfg.data.image_size} px, {cfg.model.arch}, augment {cfg.data.augment}, "
+            f"seed {cfg.seed} ({report['machine']})",
+        )
         print(f"learning curves: {png}")
     out = out_dir / ("quality_plain.json" if args.plain_only else "quality.json")
     out.write_text(json.dumps(report, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v)))

@@ -15,6 +15,7 @@ For each it prints the rank correlation between arrival order and id order (0 = 
 id order, 1 = id order) and the fractured share in each tenth of the epoch (the whole split's
 share is the target; FracAtlas ids run from 7% fractured in the first half to 28% in the second).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "cpu_scratc
 
 def _epoch(ds, cfg, position: dict[int, int], labels: np.ndarray, buffer: int) -> tuple[float, list[float]]:
     shuffled = cfg.replace(data={"augment": "none"}, train={"shuffle_buffer": buffer})
-    arrived = np.array([position[int(r)] for b in data.epoch_batches(ds, shuffled, "train", epoch=0)
-                        for r in b[ROW].tolist()])
+    arrived = np.array(
+        [position[int(r)] for b in data.epoch_batches(ds, shuffled, "train", epoch=0) for r in b[ROW].tolist()]
+    )
     rho = float(np.corrcoef(np.argsort(np.argsort(arrived)), np.arange(len(arrived)))[0, 1])
     return rho, [float(part.mean()) for part in np.array_split(labels[arrived], 10)]
 
@@ -45,17 +47,21 @@ def main() -> None:
 
     cli.init_ray(cfg)
     cached = data.decoded(cfg, "train")
-    frame = cached.to_pandas().sort_values(ID).reset_index(drop=True)     # the old cache: id order
-    position = {int(r): i for i, r in enumerate(frame[ROW])}             # ROW -> place in id order
+    frame = cached.to_pandas().sort_values(ID).reset_index(drop=True)  # the old cache: id order
+    position = {int(r): i for i, r in enumerate(frame[ROW])}  # ROW -> place in id order
     labels = frame[LABEL].to_numpy()
     id_ordered = ray.data.from_pandas(frame).select_columns([IMAGE, LABEL, ROW]).materialize()
     many = id_ordered.repartition(args.blocks).materialize()
-    layouts = [("id order, 1 block", id_ordered, 256),
-               (f"id order, {args.blocks} blocks", many, 256),
-               (f"id order, {args.blocks} blocks", many, cfg.train.shuffle_buffer),
-               ("seeded random order (today)", data.build_datasets(cfg)["train"], cfg.train.shuffle_buffer)]
-    print(f"train split {len(frame)} images, {labels.mean():.3f} fractured; today's cache is "
-          f"{cached.num_blocks()} block(s); batch {cfg.train.batch_size_per_worker}")
+    layouts = [
+        ("id order, 1 block", id_ordered, 256),
+        (f"id order, {args.blocks} blocks", many, 256),
+        (f"id order, {args.blocks} blocks", many, cfg.train.shuffle_buffer),
+        ("seeded random order (today)", data.build_datasets(cfg)["train"], cfg.train.shuffle_buffer),
+    ]
+    print(
+        f"train split {len(frame)} images, {labels.mean():.3f} fractured; today's cache is "
+        f"{cached.num_blocks()} block(s); batch {cfg.train.batch_size_per_worker}"
+    )
     print(f"{'cache layout':32s} {'buffer':>6s} {'rank corr':>9s}  fractured share per tenth of the epoch")
     for name, ds, buffer in layouts:
         rho, tenths = _epoch(ds, cfg, position, labels, buffer)

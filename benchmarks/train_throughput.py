@@ -25,6 +25,7 @@ training image forward + backward, scaled by (size/224)^2) against the GPU's den
 with --workers 1,2,... the scaling efficiency of each worker count. --log-mlflow logs the figures
 as one run in experiment "benchmarks" via fracture.tracking.log_evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,18 +37,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common
 import ray.train
 import ray.train.torch
 import torch
 
-import _common
 from fracture import checkpoint, data, engine, trainer, worker
 from fracture.model import build_model
 
-TRAIN_GFLOPS_224 = 93.0      # forward (15.5 GMACs = 31 GFLOPs) + backward (~2x forward), per image
-DENSE_BF16_TFLOPS = [        # (pattern in torch.cuda.get_device_name(), dense bf16 peak), first match wins
-    (r"H100.*PCIe", 756.0), (r"H100|H200", 989.0), (r"A100", 312.0), (r"A10G", 125.0),
-    (r"\bL4\b", 121.0), (r"4090", 165.0),
+TRAIN_GFLOPS_224 = 93.0  # forward (15.5 GMACs = 31 GFLOPs) + backward (~2x forward), per image
+DENSE_BF16_TFLOPS = [  # (pattern in torch.cuda.get_device_name(), dense bf16 peak), first match wins
+    (r"H100.*PCIe", 756.0),
+    (r"H100|H200", 989.0),
+    (r"A100", 312.0),
+    (r"A10G", 125.0),
+    (r"\bL4\b", 121.0),
+    (r"4090", 165.0),
 ]
 
 
@@ -58,13 +63,16 @@ def timed_worker(loop_config: dict) -> None:
     real = ray.train.report
 
     def report(metrics: dict, checkpoint=None, **kwargs):
-        stamp = {"report_unix_s": time.time(), "report_cpu_s": time.process_time(),
-                 "load": "/".join(f"{x:.2f}" for x in os.getloadavg())}
+        stamp = {
+            "report_unix_s": time.time(),
+            "report_cpu_s": time.process_time(),
+            "load": "/".join(f"{x:.2f}" for x in os.getloadavg()),
+        }
         if torch.cuda.is_available():
             stamp["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
         return real({**metrics, **stamp}, checkpoint=checkpoint, **kwargs)
 
-    ray.train.report = report           # fracture.worker looks ray.train.report up at call time
+    ray.train.report = report  # fracture.worker looks ray.train.report up at call time
     try:
         worker.train_fn_per_worker(loop_config)
     finally:
@@ -85,33 +93,63 @@ def plain_epochs(state: dict, cfg, epochs: range, rows: list, device: torch.devi
     net, optimizer = state["net"], state["optimizer"]
     for epoch in epochs:
         tick, cpu = time.perf_counter(), time.process_time()
-        out = engine.train_one_epoch(net, optimizer, state["train"], loss_fn=state["loss_fn"],
-                                     penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip)
+        out = engine.train_one_epoch(
+            net,
+            optimizer,
+            state["train"],
+            loss_fn=state["loss_fn"],
+            penalty=net.l2_penalty,
+            device=device,
+            grad_clip=cfg.optim.grad_clip,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - tick
-        out |= engine.evaluate(net, state["val"], device=device, threshold=cfg.train.threshold,
-                               target_sensitivity=cfg.train.target_sensitivity)
+        out |= engine.evaluate(
+            net,
+            state["val"],
+            device=device,
+            threshold=cfg.train.threshold,
+            target_sensitivity=cfg.train.target_sensitivity,
+        )
         epoch_s, cpu_s = time.perf_counter() - tick, time.process_time() - cpu
         # What a plain loop that checkpoints would pay on top (not counted in its epoch time).
         with tempfile.TemporaryDirectory() as tmp:
             tick = time.perf_counter()
             checkpoint.save(tmp, net, optimizer, {"epoch": epoch, "config": cfg.to_dict()})
             ckpt_s = time.perf_counter() - tick
-        rows.append({"path": "plain", "epoch": epoch, "images": out["train_images"], "train_s": train_s,
-                     "eval_s": epoch_s - train_s, "epoch_s": epoch_s, "extra_s": ckpt_s, "wall_s": epoch_s, "cpu_s": cpu_s,
-                     "train_ips": out["train_images"] / train_s, "load": _common.load()})
+        rows.append(
+            {
+                "path": "plain",
+                "epoch": epoch,
+                "images": out["train_images"],
+                "train_s": train_s,
+                "eval_s": epoch_s - train_s,
+                "epoch_s": epoch_s,
+                "extra_s": ckpt_s,
+                "wall_s": epoch_s,
+                "cpu_s": cpu_s,
+                "train_ips": out["train_images"] / train_s,
+                "load": _common.load(),
+            }
+        )
 
 
 def ray_train(cfg, datasets: dict, pos_weight: float, storage: Path) -> dict:
     """One TorchTrainer run; per-epoch rows plus start-up / teardown seconds."""
     run_config = ray.train.RunConfig(
-        name=f"bench-{cfg.cluster.num_workers}w", storage_path=str(storage),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None))  # every epoch stays in metrics_dataframe
+        name=f"bench-{cfg.cluster.num_workers}w",
+        storage_path=str(storage),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+    )  # every epoch stays in metrics_dataframe
     fit = ray.train.torch.TorchTrainer(
-        timed_worker, train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
-        scaling_config=trainer.scaling_config(cfg), run_config=run_config, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=data.execution_options()))
+        timed_worker,
+        train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
+        scaling_config=trainer.scaling_config(cfg),
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=data.execution_options()),
+    )
     start = time.time()
     result = fit.fit()
     end = time.time()
@@ -120,20 +158,34 @@ def ray_train(cfg, datasets: dict, pos_weight: float, storage: Path) -> dict:
     for _, m in frame.iterrows():
         train_s = m["train_images"] / m["train_images_per_s"]
         wall_s = m["report_unix_s"] - previous
-        rows.append({"path": f"ray ({cfg.cluster.num_workers}w)", "epoch": int(m["epoch"]),
-                     "images": m["train_images"], "train_s": train_s, "eval_s": m["epoch_s"] - train_s,
-                     "epoch_s": m["epoch_s"], "wall_s": wall_s, "extra_s": wall_s - m["epoch_s"],
-                     "train_ips": m["train_images_per_s"], "load": m["load"],
-                     "cpu_s": m["report_cpu_s"] - previous_cpu})
+        rows.append(
+            {
+                "path": f"ray ({cfg.cluster.num_workers}w)",
+                "epoch": int(m["epoch"]),
+                "images": m["train_images"],
+                "train_s": train_s,
+                "eval_s": m["epoch_s"] - train_s,
+                "epoch_s": m["epoch_s"],
+                "wall_s": wall_s,
+                "extra_s": wall_s - m["epoch_s"],
+                "train_ips": m["train_images_per_s"],
+                "load": m["load"],
+                "cpu_s": m["report_cpu_s"] - previous_cpu,
+            }
+        )
         previous, previous_cpu = m["report_unix_s"], m["report_cpu_s"]
-    return {"rows": rows, "first_report_s": frame["report_unix_s"].iloc[0] - start,
-            "startup_s": frame["report_unix_s"].iloc[0] - start - rows[0]["epoch_s"],
-            "teardown_s": end - frame["report_unix_s"].iloc[-1],
-            "peak_memory_bytes": float(frame["peak_memory_bytes"].max()) if "peak_memory_bytes" in frame else 0.0}
+    return {
+        "rows": rows,
+        "first_report_s": frame["report_unix_s"].iloc[0] - start,
+        "startup_s": frame["report_unix_s"].iloc[0] - start - rows[0]["epoch_s"],
+        "teardown_s": end - frame["report_unix_s"].iloc[-1],
+        "peak_memory_bytes": float(frame["peak_memory_bytes"].max()) if "peak_memory_bytes" in frame else 0.0,
+    }
 
 
 def thread_counts(cpus: float) -> str:
     """Torch threads in this driver and in a Ray actor holding `cpus` CPUs (as a Train worker does)."""
+
     @ray.remote(num_cpus=cpus)
     class Probe:
         def threads(self):
@@ -142,8 +194,10 @@ def thread_counts(cpus: float) -> str:
     probe = Probe.remote()
     omp, threads, nice = ray.get(probe.threads.remote())
     ray.kill(probe)
-    return (f"torch threads: driver {torch.get_num_threads()}, Ray actor with {cpus:g} CPUs {threads} "
-            f"(OMP_NUM_THREADS={omp}); nice: driver {os.nice(0)}, Ray workers {nice}")
+    return (
+        f"torch threads: driver {torch.get_num_threads()}, Ray actor with {cpus:g} CPUs {threads} "
+        f"(OMP_NUM_THREADS={omp}); nice: driver {os.nice(0)}, Ray workers {nice}"
+    )
 
 
 def mean(values) -> float:
@@ -158,10 +212,19 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=_common.default_size())
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--root", default=None, help="a FracAtlas-layout folder (e.g. ../shared/fracatlas)")
-    p.add_argument("--workers", default=",".join(str(w) for w in range(1, torch.cuda.device_count() + 1)) if cuda else "1",
-                   help="Ray Train worker counts to run, e.g. 1,2,4 (scaling efficiency when several)")
-    p.add_argument("--log-mlflow", nargs="?", const="", default=None, metavar="URI",
-                   help="log the figures to MLflow (URI, else $MLFLOW_TRACKING_URI, else sqlite under runs/benchmarks)")
+    p.add_argument(
+        "--workers",
+        default=",".join(str(w) for w in range(1, torch.cuda.device_count() + 1)) if cuda else "1",
+        help="Ray Train worker counts to run, e.g. 1,2,4 (scaling efficiency when several)",
+    )
+    p.add_argument(
+        "--log-mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the figures to MLflow (URI, else $MLFLOW_TRACKING_URI, else sqlite under runs/benchmarks)",
+    )
     _common.add_niceness_arg(p)
     args = p.parse_args()
     if args.epochs < 2:
@@ -177,35 +240,55 @@ def main() -> None:
         # GPU: leave about half the cores to Ray Data's augment tasks; CPU: the worker gets every core,
         # as the plain loop's torch does (cli.init_ray adds 2 logical CPUs for Ray Data beside it).
         cpus = max(1, os.cpu_count() // (2 * max(workers))) if cuda else os.cpu_count()
-        cfg = _common.make_config(tmp, root, f"data.image_size={args.image_size}", f"train.epochs={args.epochs}",
-                                  f"train.batch_size_per_worker={_common.BATCH}", "train.patience=0",
-                                  f"cluster.use_gpu={cuda}", f"cluster.cpus_per_worker={cpus}",
-                                  f"cluster.num_workers={max(workers)}")
+        cfg = _common.make_config(
+            tmp,
+            root,
+            f"data.image_size={args.image_size}",
+            f"train.epochs={args.epochs}",
+            f"train.batch_size_per_worker={_common.BATCH}",
+            "train.patience=0",
+            f"cluster.use_gpu={cuda}",
+            f"cluster.cpus_per_worker={cpus}",
+            f"cluster.num_workers={max(workers)}",
+        )
         # As cli.init_ray sizes a local instance: the trial's CPUs + 2 for Ray Data's tasks.
         _common.init_ray(max(round(max(workers) * cpus + 2), os.cpu_count()), args.ray_worker_niceness)
         tick = time.perf_counter()
         pos_weight = data.pos_weight(cfg)
-        datasets = data.build_datasets(cfg)         # builds the decoded cache (both splits)
+        datasets = data.build_datasets(cfg)  # builds the decoded cache (both splits)
         cache_s = time.perf_counter() - tick
         train_x, train_y = _common.split_arrays(cfg, "train")
         val_x, val_y = _common.split_arrays(cfg, "val")
-        print(f"data: {root} ({'real' if args.root else 'synthetic'}), train {len(train_x)} / val {len(val_x)} "
-              f"images at {args.image_size} px, batch {_common.BATCH}; decoded cache built in {cache_s:.1f} s")
-        print(f"profile: {thread_counts(cfg.cluster.cpus_per_worker)}; ray resources {ray.cluster_resources().get('CPU'):g} CPU\n")
+        print(
+            f"data: {root} ({'real' if args.root else 'synthetic'}), train {len(train_x)} / val {len(val_x)} "
+            f"images at {args.image_size} px, batch {_common.BATCH}; decoded cache built in {cache_s:.1f} s"
+        )
+        print(
+            f"profile: {thread_counts(cfg.cluster.cpus_per_worker)}; ray resources {ray.cluster_resources().get('CPU'):g} CPU\n"
+        )
 
-        torch.manual_seed(cfg.seed)                 # the worker seeds the same way before build_model
+        torch.manual_seed(cfg.seed)  # the worker seeds the same way before build_model
         if cuda:
-            torch.backends.cudnn.benchmark = True   # as the worker does
+            torch.backends.cudnn.benchmark = True  # as the worker does
         net, _ = build_model(cfg.model)
         net.set_trainable_blocks(cfg.model.trainable_blocks)
         net.to(device)
-        loader_workers = min(8, os.cpu_count() // 2) if cuda else 0   # CPU: augmenting inline costs <1% of a step
-        state = {"net": net, "optimizer": engine.build_optimizer(net, cfg.optim),
-                 "loss_fn": torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=device)),
-                 "train": _common.loader(train_x, train_y, _common.BATCH, train=True, augment=cfg.data.augment,
-                                         workers=loader_workers, pin_memory=cuda),
-                 "val": _common.loader(val_x, val_y, _common.BATCH, train=False, workers=loader_workers,
-                                       pin_memory=cuda)}
+        loader_workers = min(8, os.cpu_count() // 2) if cuda else 0  # CPU: augmenting inline costs <1% of a step
+        state = {
+            "net": net,
+            "optimizer": engine.build_optimizer(net, cfg.optim),
+            "loss_fn": torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=device)),
+            "train": _common.loader(
+                train_x,
+                train_y,
+                _common.BATCH,
+                train=True,
+                augment=cfg.data.augment,
+                workers=loader_workers,
+                pin_memory=cuda,
+            ),
+            "val": _common.loader(val_x, val_y, _common.BATCH, train=False, workers=loader_workers, pin_memory=cuda),
+        }
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         rows: list[dict] = []
@@ -218,48 +301,103 @@ def main() -> None:
             rows += runs[w]["rows"]
         plain_epochs(state, cfg, range(half, args.epochs), rows, device)
 
-        headers = ["path", "epoch", "train images", "train s", "train img/s", "eval s", "train+eval s",
-                   "ckpt+report s", "epoch wall s", "CPU s", "load 1/5/15"]
-        print(_common.table(headers, [[r["path"], r["epoch"], int(r["images"]), r["train_s"], r["train_ips"],
-                                       r["eval_s"], r["epoch_s"], r["extra_s"], r["wall_s"],
-                                       "-" if math.isnan(r["cpu_s"]) else r["cpu_s"], r["load"]] for r in rows]))
-        print("(plain ckpt+report s = a checkpoint.save of the same state, not counted in its epoch; ray epoch "
-              "wall = report to report, epoch 0 from fit(): it includes start-up; CPU s = CPU time of the\n"
-              " process that trains (plain: train+eval; ray: the worker, report to report, without Ray Data's "
-              "augment tasks), which a busy machine inflates far less than wall time)\n")
+        headers = [
+            "path",
+            "epoch",
+            "train images",
+            "train s",
+            "train img/s",
+            "eval s",
+            "train+eval s",
+            "ckpt+report s",
+            "epoch wall s",
+            "CPU s",
+            "load 1/5/15",
+        ]
+        print(
+            _common.table(
+                headers,
+                [
+                    [
+                        r["path"],
+                        r["epoch"],
+                        int(r["images"]),
+                        r["train_s"],
+                        r["train_ips"],
+                        r["eval_s"],
+                        r["epoch_s"],
+                        r["extra_s"],
+                        r["wall_s"],
+                        "-" if math.isnan(r["cpu_s"]) else r["cpu_s"],
+                        r["load"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+        print(
+            "(plain ckpt+report s = a checkpoint.save of the same state, not counted in its epoch; ray epoch "
+            "wall = report to report, epoch 0 from fit(): it includes start-up; CPU s = CPU time of the\n"
+            " process that trains (plain: train+eval; ray: the worker, report to report, without Ray Data's "
+            "augment tasks), which a busy machine inflates far less than wall time)\n"
+        )
 
         steady = lambda path: [r for r in rows if r["path"] == path and r["epoch"] >= 1]  # noqa: E731
         plain = steady("plain")
         ray1 = runs[workers[0]]
         ray_rows = steady(f"ray ({workers[0]}w)")
-        p_train, p_epoch, p_ckpt = mean(r["train_s"] for r in plain), mean(r["epoch_s"] for r in plain), \
-            mean(r["extra_s"] for r in plain)
+        p_train, p_epoch, p_ckpt = (
+            mean(r["train_s"] for r in plain),
+            mean(r["epoch_s"] for r in plain),
+            mean(r["extra_s"] for r in plain),
+        )
         r_train, r_epoch, r_wall = (mean(r[k] for r in ray_rows) for k in ("train_s", "epoch_s", "wall_s"))
         p_cpu, r_cpu = mean(r["cpu_s"] for r in plain), mean(r["cpu_s"] for r in ray_rows)
         p_ips = mean(r["train_ips"] for r in plain)
         r_ips = mean(r["train_ips"] for r in ray_rows)
-        print(f"start-up ({workers[0]} worker): fit() -> first report {ray1['first_report_s']:.1f} s, of which epoch 0 "
-              f"{ray1['rows'][0]['epoch_s']:.1f} s, so start-up {ray1['startup_s']:.1f} s (incl. saving checkpoint 0 locally); "
-              f"last report -> fit() returns {ray1['teardown_s']:.1f} s")
-        print(f"steady state (epochs >= 1), seconds per epoch: plain train {p_train:.2f}, train+eval {p_epoch:.2f} "
-              f"(+{p_ckpt:.2f} if it saved a checkpoint); ray train {r_train:.2f}, train+eval {r_epoch:.2f}, "
-              f"report to report {r_wall:.2f}")
-        print(f"CPU seconds per epoch: plain train+eval {p_cpu:.2f}, ray worker report to report {r_cpu:.2f} "
-              f"(ratio {r_cpu / p_cpu:.2f}×)")
+        print(
+            f"start-up ({workers[0]} worker): fit() -> first report {ray1['first_report_s']:.1f} s, of which epoch 0 "
+            f"{ray1['rows'][0]['epoch_s']:.1f} s, so start-up {ray1['startup_s']:.1f} s (incl. saving checkpoint 0 locally); "
+            f"last report -> fit() returns {ray1['teardown_s']:.1f} s"
+        )
+        print(
+            f"steady state (epochs >= 1), seconds per epoch: plain train {p_train:.2f}, train+eval {p_epoch:.2f} "
+            f"(+{p_ckpt:.2f} if it saved a checkpoint); ray train {r_train:.2f}, train+eval {r_epoch:.2f}, "
+            f"report to report {r_wall:.2f}"
+        )
+        print(
+            f"CPU seconds per epoch: plain train+eval {p_cpu:.2f}, ray worker report to report {r_cpu:.2f} "
+            f"(ratio {r_cpu / p_cpu:.2f}×)"
+        )
         print(f"train images/s: plain {p_ips:,.2f}, ray {r_ips:,.2f} (ratio ray / plain {r_ips / p_ips:.2f}×)")
         size = args.image_size
         achieved = {k: v * gflops_per_train_image(size) for k, v in (("plain", p_ips), ("ray", r_ips))}
-        print(f"achieved training throughput: plain {achieved['plain']:,.1f} GFLOP/s, ray {achieved['ray']:,.1f} GFLOP/s "
-              f"({gflops_per_train_image(size):.2f} GFLOPs per training image at {size} px)")
-        figures = {"plain_train_s": p_train, "plain_epoch_s": p_epoch, "plain_ckpt_s": p_ckpt, "ray_train_s": r_train,
-                   "ray_epoch_s": r_epoch, "ray_report_interval_s": r_wall, "plain_images_per_s": p_ips,
-                   "ray_images_per_s": r_ips, "ray_startup_s": ray1["startup_s"],
-                   "ratio_train": r_train / p_train, "ratio_train_eval": r_epoch / p_epoch,
-                   "ratio_epoch": r_wall / p_epoch, "ratio_cpu": r_cpu / p_cpu, "load_1min": os.getloadavg()[0]}
+        print(
+            f"achieved training throughput: plain {achieved['plain']:,.1f} GFLOP/s, ray {achieved['ray']:,.1f} GFLOP/s "
+            f"({gflops_per_train_image(size):.2f} GFLOPs per training image at {size} px)"
+        )
+        figures = {
+            "plain_train_s": p_train,
+            "plain_epoch_s": p_epoch,
+            "plain_ckpt_s": p_ckpt,
+            "ray_train_s": r_train,
+            "ray_epoch_s": r_epoch,
+            "ray_report_interval_s": r_wall,
+            "plain_images_per_s": p_ips,
+            "ray_images_per_s": r_ips,
+            "ray_startup_s": ray1["startup_s"],
+            "ratio_train": r_train / p_train,
+            "ratio_train_eval": r_epoch / p_epoch,
+            "ratio_epoch": r_wall / p_epoch,
+            "ratio_cpu": r_cpu / p_cpu,
+            "load_1min": os.getloadavg()[0],
+        }
         if cuda:
             name, peak = bf16_peak_tflops()
-            print(f"peak memory: plain {plain_peak / 2**30:.2f} GiB, ray worker rank 0 "
-                  f"{ray1['peak_memory_bytes'] / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)")
+            print(
+                f"peak memory: plain {plain_peak / 2**30:.2f} GiB, ray worker rank 0 "
+                f"{ray1['peak_memory_bytes'] / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)"
+            )
             figures |= {"plain_peak_gib": plain_peak / 2**30, "ray_peak_gib": ray1["peak_memory_bytes"] / 2**30}
             if peak:
                 mfu = {k: v / (peak * 1e3) for k, v in achieved.items()}
@@ -270,23 +408,37 @@ def main() -> None:
         if len(workers) > 1:
             base = None
             for w in workers:
-                ips = w * mean(r["train_ips"] for r in steady(f"ray ({w}w)"))   # rank 0's shard rate x ranks
+                ips = w * mean(r["train_ips"] for r in steady(f"ray ({w}w)"))  # rank 0's shard rate x ranks
                 base = base or ips / w
-                print(f"scaling: {w} workers {ips:,.1f} train images/s, efficiency {ips / (w * base):.0%} "
-                      f"of {w} x {workers[0]}-worker rate (start-up {runs[w]['startup_s']:.1f} s)")
+                print(
+                    f"scaling: {w} workers {ips:,.1f} train images/s, efficiency {ips / (w * base):.0%} "
+                    f"of {w} x {workers[0]}-worker rate (start-up {runs[w]['startup_s']:.1f} s)"
+                )
                 figures[f"scaling_efficiency_{w}w"] = ips / (w * base)
         print(f"load {_common.load()} at end")
         if args.log_mlflow is not None:
             from fracture import tracking
 
             log_cfg = _common.mlflow_config(args.log_mlflow)
-            run_id = tracking.log_evaluation(log_cfg, "bench-train-throughput", figures, [], params={
-                "image_size": size, "train_images": len(train_x), "epochs": args.epochs, "workers": args.workers,
-                "device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
-                "data": "real" if args.root else "synthetic"})
+            run_id = tracking.log_evaluation(
+                log_cfg,
+                "bench-train-throughput",
+                figures,
+                [],
+                params={
+                    "image_size": size,
+                    "train_images": len(train_x),
+                    "epochs": args.epochs,
+                    "workers": args.workers,
+                    "device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
+                    "data": "real" if args.root else "synthetic",
+                },
+            )
             print(f"logged to MLflow {tracking.tracking_uri(log_cfg)} run {run_id}")
-        print(f"ratio ray_train / plain time per epoch: train loop {r_train / p_train:.2f}×, train+eval "
-              f"{r_epoch / p_epoch:.2f}×, report to report vs plain train+eval = {r_wall / p_epoch:.2f}× (target <= 1.10×)")
+        print(
+            f"ratio ray_train / plain time per epoch: train loop {r_train / p_train:.2f}×, train+eval "
+            f"{r_epoch / p_epoch:.2f}×, report to report vs plain train+eval = {r_wall / p_epoch:.2f}× (target <= 1.10×)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

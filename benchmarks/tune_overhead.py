@@ -17,6 +17,7 @@ worker's epoch_s: TorchTrainer start-up, worker group, dataset set-up, checkpoin
 trials (the rest of the wall time). --profile adds two bare TorchTrainer.fit() runs whose worker
 only reports once, without and with the study's datasets (iterated once): Ray Train's fixed cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,12 @@ import shutil
 import tempfile
 import time
 
+import _common
 import ray
 import ray.train
 import ray.tune
 import torch
 
-import _common
 from fracture import checkpoint, data, engine, search, synthetic
 from fracture.model import build_model
 
@@ -80,9 +81,14 @@ def bare_fit(cfg, fn, datasets: dict | None, storage) -> float:
     from fracture import trainer
 
     tick = time.perf_counter()
-    TorchTrainer(fn, train_loop_config={"config": cfg.to_dict()}, scaling_config=trainer.scaling_config(cfg),
-                 run_config=ray.train.RunConfig(name=fn.__name__, storage_path=str(storage)),
-                 datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["train"])).fit()
+    TorchTrainer(
+        fn,
+        train_loop_config={"config": cfg.to_dict()},
+        scaling_config=trainer.scaling_config(cfg),
+        run_config=ray.train.RunConfig(name=fn.__name__, storage_path=str(storage)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    ).fit()
     return time.perf_counter() - tick
 
 
@@ -124,11 +130,20 @@ def main() -> None:
         print(f"machine: {_common.machine()}; load {_common.load()} at start")
         root = synthetic.generate(tmp / "data", n=60, seed=0)
         cpus = os.cpu_count()
-        cfg = _common.make_config(tmp, root, "data.image_size=32", "train.epochs=1", "train.batch_size_per_worker=16",
-                                  "train.patience=0", "cluster.num_workers=1", f"cluster.cpus_per_worker={cpus}",
-                                  f"search.num_trials={n}", "search.max_concurrent=1")
+        cfg = _common.make_config(
+            tmp,
+            root,
+            "data.image_size=32",
+            "train.epochs=1",
+            "train.batch_size_per_worker=16",
+            "train.patience=0",
+            "cluster.num_workers=1",
+            f"cluster.cpus_per_worker={cpus}",
+            f"search.num_trials={n}",
+            "search.max_concurrent=1",
+        )
         tick = time.perf_counter()
-        _common.init_ray(cpus + 2, args.ray_worker_niceness)   # as cli.init_ray: trial CPUs + 2 for Ray Data
+        _common.init_ray(cpus + 2, args.ray_worker_niceness)  # as cli.init_ray: trial CPUs + 2 for Ray Data
         init_s = time.perf_counter() - tick
         rows = [["ray.init", "-", init_s, "-", "-", _common.load()]]
 
@@ -139,9 +154,12 @@ def main() -> None:
             for _ in range(args.reports):
                 time.sleep(args.sleep)
         loop_s = time.perf_counter() - tick
-        tuner = ray.tune.Tuner(trivial, param_space={"reports": args.reports, "sleep": args.sleep},
-                               tune_config=ray.tune.TuneConfig(num_samples=n, max_concurrent_trials=1),
-                               run_config=ray.tune.RunConfig(name="trivial", storage_path=str(tmp / "tune"), verbose=0))
+        tuner = ray.tune.Tuner(
+            trivial,
+            param_space={"reports": args.reports, "sleep": args.sleep},
+            tune_config=ray.tune.TuneConfig(num_samples=n, max_concurrent_trials=1),
+            run_config=ray.tune.RunConfig(name="trivial", storage_path=str(tmp / "tune"), verbose=0),
+        )
         tick = time.perf_counter()
         with captured(tmp / "trivial.log"):
             results = tuner.fit()
@@ -152,7 +170,7 @@ def main() -> None:
 
         # --- the project's path
         pos_weight = data.pos_weight(cfg)
-        arrays = {split: _common.split_arrays(cfg, split) for split in ("train", "val")}   # builds the cache
+        arrays = {split: _common.split_arrays(cfg, split) for split in ("train", "val")}  # builds the cache
         first = n // 2
         plain_s, ckpt_s = plain_trainings(cfg, arrays, pos_weight, first)
         tick = time.perf_counter()
@@ -167,29 +185,58 @@ def main() -> None:
         plain_s, ckpt_s = plain_s + more_plain, ckpt_s + more_ckpt
         trial_s = [r.metrics["time_total_s"] for r in results]
         epoch_s = [r.metrics["epoch_s"] for r in results]
-        rows.append([f"project: plain engine loop ({len(arrays['train'][0])} train / {len(arrays['val'][0])} val "
-                     "images, 32 px)", n, plain_s, plain_s / n, "-", _common.load()])
-        rows.append(["project: search.build_tuner(cfg).fit()", n, study_s, study_s / n, (study_s - plain_s) / n,
-                     _common.load()])
+        rows.append(
+            [
+                f"project: plain engine loop ({len(arrays['train'][0])} train / {len(arrays['val'][0])} val "
+                "images, 32 px)",
+                n,
+                plain_s,
+                plain_s / n,
+                "-",
+                _common.load(),
+            ]
+        )
+        rows.append(
+            ["project: search.build_tuner(cfg).fit()", n, study_s, study_s / n, (study_s - plain_s) / n, _common.load()]
+        )
         rows.append(["  of which build_tuner (datasets from cache)", "-", build_s, "-", "-", "-"])
         rows.append(["  in trials: worker epoch_s (train + eval)", n, sum(epoch_s), sum(epoch_s) / n, "-", "-"])
-        rows.append(["  in trials: rest of time_total_s", n, sum(trial_s) - sum(epoch_s),
-                     (sum(trial_s) - sum(epoch_s)) / n, "-", "-"])
-        rows.append(["  between trials: teardown + Tune scheduling", n, study_s - build_s - sum(trial_s),
-                     (study_s - build_s - sum(trial_s)) / n, "-", "-"])
+        rows.append(
+            [
+                "  in trials: rest of time_total_s",
+                n,
+                sum(trial_s) - sum(epoch_s),
+                (sum(trial_s) - sum(epoch_s)) / n,
+                "-",
+                "-",
+            ]
+        )
+        rows.append(
+            [
+                "  between trials: teardown + Tune scheduling",
+                n,
+                study_s - build_s - sum(trial_s),
+                (study_s - build_s - sum(trial_s)) / n,
+                "-",
+                "-",
+            ]
+        )
         rows.append(["  plain loop's checkpoint.save (not in its time)", n, ckpt_s, ckpt_s / n, "-", "-"])
 
         if args.profile:
-            for label, fn, datasets in (("no-op worker", noop_worker, None),
-                                        ("no-op worker + datasets iterated once", iterate_worker,
-                                         data.build_datasets(cfg))):
+            for label, fn, datasets in (
+                ("no-op worker", noop_worker, None),
+                ("no-op worker + datasets iterated once", iterate_worker, data.build_datasets(cfg)),
+            ):
                 seconds = bare_fit(cfg, fn, datasets, tmp / "bare")
                 rows.append([f"profile: TorchTrainer.fit, {label}", 1, seconds, seconds, "-", _common.load()])
 
         print(_common.table(["what", "trials", "seconds", "s / trial", "overhead s / trial", "load 1/5/15"], rows))
-        print(f"\nper-trial overhead: trivial {(tune_s - loop_s) / n:.2f} s (Tune alone); "
-              f"project {(study_s - plain_s) / n:.2f} s (Tune + Ray Train + Ray Data + checkpoint per epoch) "
-              f"on top of {plain_s / n:.2f} s of training per trial; load {_common.load()} at end")
+        print(
+            f"\nper-trial overhead: trivial {(tune_s - loop_s) / n:.2f} s (Tune alone); "
+            f"project {(study_s - plain_s) / n:.2f} s (Tune + Ray Train + Ray Data + checkpoint per epoch) "
+            f"on top of {plain_s / n:.2f} s of training per trial; load {_common.load()} at end"
+        )
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,7 @@ folder) at its stored threshold: print the report (95% CIs, body-part and implan
 metrics.json, predictions.csv and ROC / PR / confusion / calibration plots (default
 <storage_path>/<name>/evaluate), Grad-CAM overlays with --explain K, and log all of it to MLflow.
 """
+
 from pathlib import Path
 
 from fracture import cli
@@ -20,7 +21,7 @@ def main() -> None:
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import evaluate, tracking   # after parsing: --help must not wait for torch and MLflow
+        from fracture import evaluate, tracking  # after parsing: --help must not wait for torch and MLflow
 
         split = args.split or evaluate.DEFAULT_SPLIT
         source = args.model or evaluate.champion_uri(cfg)
@@ -28,14 +29,26 @@ def main() -> None:
         frame = evaluate.frame_for(cfg, split, args.folder)
         where = f"folder-{args.folder.resolve().name}" if args.folder else split
         out = (args.out or cfg.run_dir / "evaluate").resolve()
-        report, files = evaluate.run(net, state, frame, out, explain_k=args.explain, title=where,
-                                     data_root=args.folder or cfg.data.root,
-                                     allow_truncated=cfg.data.allow_truncated)
+        report, files = evaluate.run(
+            net,
+            state,
+            frame,
+            out,
+            explain_k=args.explain,
+            title=where,
+            data_root=args.folder or cfg.data.root,
+            allow_truncated=cfg.data.allow_truncated,
+        )
         print(evaluate.format_table(report))
-        run_id = tracking.log_evaluation(cfg, f"evaluate-{where}", evaluate.flat_metrics(report), files,
-                                         base_dir=out, params={"model": state["resolved"], "model_requested": source,
-                                                                 "data": str(args.folder or split)},
-                                         tags={"fracture.evaluation": where})
+        run_id = tracking.log_evaluation(
+            cfg,
+            f"evaluate-{where}",
+            evaluate.flat_metrics(report),
+            files,
+            base_dir=out,
+            params={"model": state["resolved"], "model_requested": source, "data": str(args.folder or split)},
+            tags={"fracture.evaluation": where},
+        )
         print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {tracking.tracking_uri(cfg)}")
 
 

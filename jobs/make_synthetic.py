@@ -3,6 +3,7 @@
 Write a small synthetic dataset in FracAtlas' layout (images/, dataset.csv, annotations/yolo/)
 for demos and tests: no real X-rays, a learnable "fracture" signal, the real class ratio.
 """
+
 import argparse
 import logging
 

@@ -5,6 +5,7 @@ checkpoint's threshold) into a CSV (default <storage_path>/<name>/predict.csv). 
 FracAtlas-layout folder or any folder of .jpg/.png images; --explain K writes Grad-CAM overlays and
 a grid for the K most confident + K random images beside the CSV (<out>_gradcam/).
 """
+
 from pathlib import Path
 
 from fracture import cli
@@ -20,7 +21,7 @@ def main() -> None:
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import checkpoint, evaluate, predict   # after parsing: --help must not wait for torch and Ray
+        from fracture import checkpoint, evaluate, predict  # after parsing: --help must not wait for torch and Ray
 
         ckpt = evaluate.checkpoint_dir(args.model or evaluate.champion_uri(cfg), cfg)
         frame = evaluate.frame_for(cfg, args.split or evaluate.DEFAULT_SPLIT, args.folder)
@@ -32,9 +33,16 @@ def main() -> None:
         print(f"wrote {out}: {len(preds)} images, {int(preds[predict.PREDICTED].sum())} predicted fractured")
         if args.explain > 0:
             net, state = checkpoint.load_model(ckpt)
-            result = evaluate.explain_images(net, frame, preds[predict.PROBABILITY], evaluate.image_size(state),
-                                             args.folder or cfg.data.root, out.with_name(f"{out.stem}_gradcam"),
-                                             args.explain, allow_truncated=cfg.data.allow_truncated)
+            result = evaluate.explain_images(
+                net,
+                frame,
+                preds[predict.PROBABILITY],
+                evaluate.image_size(state),
+                args.folder or cfg.data.root,
+                out.with_name(f"{out.stem}_gradcam"),
+                args.explain,
+                allow_truncated=cfg.data.allow_truncated,
+            )
             print(f"Grad-CAM: {result['grid']}\n{evaluate.pointing_summary(result)}")
 
 

@@ -5,6 +5,7 @@ Markdown beside it); print the report. --out defaults to data.manifest, else
 <storage_path>/<name>/manifest.parquet, where jobs/train.py and jobs/tune.py look for it.
 --download URL [--sha256 HEX] fetches and unpacks the dataset into the data root first.
 """
+
 import logging
 from pathlib import Path
 
@@ -17,18 +18,25 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="manifest path (sets data.manifest)")
     p.add_argument("--download", metavar="URL", help="fetch the FracAtlas archive (https:// or file://) first")
     p.add_argument("--sha256", help="expected checksum of the archive")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")   # progress lines go to stderr
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines go to stderr
     cfg, args = cli.parse(p=p)
     with cli.user_errors():
-        from fracture import data, manifest   # after parsing: --help must not wait for pandas to import
+        from fracture import data, manifest  # after parsing: --help must not wait for pandas to import
 
         cfg = cfg.replace(data={k: str(v.resolve()) for k, v in (("root", args.root), ("manifest", args.out)) if v})
         if args.download:
             cfg = cfg.replace(data={"root": str(manifest.download(args.download, cfg.data.root, sha256=args.sha256))})
         out = data.manifest_path(cfg)
         d = cfg.data
-        manifest.build(d.root, out, seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                       balanced=d.balanced, allow_truncated=d.allow_truncated)
+        manifest.build(
+            d.root,
+            out,
+            seed=d.split_seed,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            balanced=d.balanced,
+            allow_truncated=d.allow_truncated,
+        )
     print(manifest.report_paths(out)[1].read_text())
     print(f"manifest: {out}")
 

@@ -9,6 +9,7 @@ On a cluster: ray job submit --working-dir . -- python jobs/tune.py --config job
 may be given with it only to repeat that config (the original command plus --resume works); one
 that would change it is refused with an error naming the key (exit 2).
 """
+
 from pathlib import Path
 
 from fracture import cli
@@ -20,11 +21,11 @@ def main() -> None:
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import study   # after parsing: --help must not wait for torch and Ray to import
+        from fracture import study  # after parsing: --help must not wait for torch and Ray to import
 
         if args.resume:
             cfg = study.resume_config(args.resume, config=args.config, overrides=args.overrides) or cfg
-        study.preflight(cfg)                # bad data / weights / MLflow URI fail before Ray starts
+        study.preflight(cfg)  # bad data / weights / MLflow URI fail before Ray starts
         cli.init_ray(cfg, verbose=args.verbose)
         study.print_summary(study.run(cfg, resume=args.resume, verbose=args.verbose))
 

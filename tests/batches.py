@@ -1,4 +1,5 @@
 """Fixed, learnable training batches shared by the CPU engine tests and the GPU tests."""
+
 import torch
 
 from fracture.presets import IMAGE, LABEL

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic FracAtlas data, one local Ray instance, study configs on tmp storage."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from procs import job_env
 
 from fracture import synthetic
 from fracture.config import Config, load
-from procs import job_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,16 +37,30 @@ def ray_local():
 @pytest.fixture
 def tiny_config(tmp_path, synthetic_root):
     """Factory: the demo study shrunk to seconds (32 px, 2 trials x 2 epochs, 1 worker), all on tmp_path."""
+
     def make(*overrides: str) -> Config:
         return _tiny(tmp_path / "runs", synthetic_root, *overrides)
+
     return make
 
 
 def _tiny(storage: Path, data_root: Path, *overrides: str) -> Config:
-    return load(ROOT / "jobs" / "studies" / "demo.yaml", [
-        f"data.root={data_root}", f"cluster.storage_path={storage}", "data.image_size=32",
-        "train.epochs=2", "train.batch_size_per_worker=8", "search.num_trials=2", "search.max_concurrent=1",
-        "cluster.num_workers=1", "cluster.cpus_per_worker=1", "tracking.experiment=test", *overrides])
+    return load(
+        ROOT / "jobs" / "studies" / "demo.yaml",
+        [
+            f"data.root={data_root}",
+            f"cluster.storage_path={storage}",
+            "data.image_size=32",
+            "train.epochs=2",
+            "train.batch_size_per_worker=8",
+            "search.num_trials=2",
+            "search.max_concurrent=1",
+            "cluster.num_workers=1",
+            "cluster.cpus_per_worker=1",
+            "tracking.experiment=test",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture
@@ -55,5 +70,11 @@ def run_job():
 
 
 def _run_job(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], cwd=ROOT, env=job_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / script), *args],
+        cwd=ROOT,
+        env=job_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,4 +1,5 @@
 """Processes the integration tests start: a job's environment, and ending a whole process session."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # a single-machine Ray: every address 127.0.0.1
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a single-machine Ray: every address 127.0.0.1
 
 
 def job_env(extra: dict | None = None) -> dict:

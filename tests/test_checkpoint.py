@@ -1,4 +1,5 @@
 """fracture.checkpoint: save -> load_model rebuilds the same model, and the files are what they claim."""
+
 import json
 
 import pytest
@@ -29,8 +30,14 @@ def saved(tmp_path_factory):
     net.eval()
     with torch.no_grad():
         expected = net(x)
-    state = {"epoch": 3, "config": cfg.to_dict(), "threshold": 0.4321, "val_auc": 0.75,
-             "weights": "none", "history": [{"epoch": 1, "val_auc": 0.5}]}
+    state = {
+        "epoch": 3,
+        "config": cfg.to_dict(),
+        "threshold": 0.4321,
+        "val_auc": 0.75,
+        "weights": "none",
+        "history": [{"epoch": 1, "val_auc": 0.5}],
+    }
     directory = checkpoint.save(tmp_path_factory.mktemp("ckpt") / "epoch_3", net, optimizer, state, scheduler)
     return directory, cfg, state, x, expected
 
@@ -42,8 +49,11 @@ def loaded(saved):
 
 def test_save_writes_the_three_files(saved):
     directory = saved[0]
-    assert {p.name for p in directory.iterdir()} == {checkpoint.MODEL_FILE, checkpoint.OPTIMIZER_FILE,
-                                                     checkpoint.STATE_FILE}
+    assert {p.name for p in directory.iterdir()} == {
+        checkpoint.MODEL_FILE,
+        checkpoint.OPTIMIZER_FILE,
+        checkpoint.STATE_FILE,
+    }
     json.loads((directory / checkpoint.STATE_FILE).read_text())
 
 
@@ -100,11 +110,12 @@ def test_the_train_order_each_epoch_saw_is_kept_and_restored(tmp_path):
     import ray.train
 
     net = FractureNet(hidden=8)
-    orders = [np.array([3, 0, 2, 1]), np.array([1, 3, 0, 2]), np.array([2, 0])]   # ragged: a short shard is fine
-    directory = checkpoint.save(tmp_path / "c", net, None, {"epoch": 2, "config": Config().to_dict()},
-                                train_order=orders)
+    orders = [np.array([3, 0, 2, 1]), np.array([1, 3, 0, 2]), np.array([2, 0])]  # ragged: a short shard is fine
+    directory = checkpoint.save(
+        tmp_path / "c", net, None, {"epoch": 2, "config": Config().to_dict()}, train_order=orders
+    )
     back = checkpoint.read_train_order(directory)
-    assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, orders))
+    assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, orders, strict=True))
     state = checkpoint.restore(ray.train.Checkpoint.from_directory(str(directory)), FractureNet(hidden=8), None)
     assert [r.tolist() for r in state["train_order"]] == [r.tolist() for r in orders]
     assert checkpoint.read_train_order(checkpoint.save(tmp_path / "old", net, None, {"epoch": 0})) == []

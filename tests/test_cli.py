@@ -1,5 +1,6 @@
 """cli.parse: the config a job gets, the paths it refuses when run by `ray job submit --working-dir`,
 --help without heavy imports, and the config a --resume restores."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ def test_a_submitted_job_with_absolute_paths_or_no_working_dir_is_accepted(tmp_p
     cfg, _ = cli.parse([f"cluster.storage_path={elsewhere}", f"data.root={elsewhere}"])
     assert cfg.cluster.storage_path == str(elsewhere)
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {}}))
-    cfg, _ = cli.parse(["cluster.storage_path=runs"])    # no upload: the job runs where it was started
+    cfg, _ = cli.parse(["cluster.storage_path=runs"])  # no upload: the job runs where it was started
     assert cfg.cluster.storage_path == str(job_dir / "runs")
 
 
@@ -66,12 +67,20 @@ JOBS = ("tune.py", "train.py", "evaluate.py", "predict.py", "prepare.py")
 @pytest.mark.parametrize("job", JOBS)
 def test_help_answers_without_importing_ray_torch_mlflow_or_pandas(job):
     """--help is read before anything heavy is imported (the jobs import those after parsing)."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "jobs" / job), "--help"], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "platform")}, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "jobs" / job), "--help"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "--verbose" in proc.stdout and "--config" in proc.stdout, proc.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "fracture" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
@@ -82,10 +91,13 @@ def test_every_job_parser_has_verbose():
 
 # --- --resume restores the config stored with the study ---
 
+
 @pytest.fixture
 def stored_study(tmp_path):
-    cfg = load(ROOT / "jobs" / "studies" / "demo.yaml", [f"cluster.storage_path={tmp_path}", "train.epochs=2",
-                                                         "data.image_size=32", "name=stored"])
+    cfg = load(
+        ROOT / "jobs" / "studies" / "demo.yaml",
+        [f"cluster.storage_path={tmp_path}", "train.epochs=2", "data.image_size=32", "name=stored"],
+    )
     study.save_config(cfg)
     return cfg, tmp_path / "stored"
 
@@ -99,11 +111,17 @@ def test_resume_alone_restores_the_stored_config(stored_study):
 
 def test_resume_accepts_a_command_line_that_repeats_the_study(stored_study):
     cfg, study_dir = stored_study
-    argv = dict(config=ROOT / "jobs" / "studies" / "demo.yaml",
-                overrides=[f"cluster.storage_path={cfg.cluster.storage_path}", "train.epochs=2", "data.image_size=32",
-                           "name=stored"])
+    argv = dict(
+        config=ROOT / "jobs" / "studies" / "demo.yaml",
+        overrides=[
+            f"cluster.storage_path={cfg.cluster.storage_path}",
+            "train.epochs=2",
+            "data.image_size=32",
+            "name=stored",
+        ],
+    )
     assert study.resume_config(study_dir, **argv) == cfg
-    assert study.resume_config(study_dir, overrides=["train.epochs=2"]) == cfg   # overrides apply to the stored config
+    assert study.resume_config(study_dir, overrides=["train.epochs=2"]) == cfg  # overrides apply to the stored config
 
 
 def test_resume_refuses_a_command_line_that_changes_the_study(stored_study):
@@ -112,7 +130,7 @@ def test_resume_refuses_a_command_line_that_changes_the_study(stored_study):
         study.resume_config(study_dir, overrides=["train.epochs=5", "model.dropout=0.5"])
     message = str(refused.value)
     assert message.startswith(f"--resume {study_dir}: a resumed study keeps the config it was started with")
-    assert "train.epochs=5 (the study has 2)" in message and "model.dropout" not in message   # 0.5 is the stored value
+    assert "train.epochs=5 (the study has 2)" in message and "model.dropout" not in message  # 0.5 is the stored value
     with pytest.raises(ConfigError, match=r"data.image_size=64 \(the study has 32\)"):
         study.resume_config(study_dir, config=ROOT / "jobs" / "studies" / "demo.yaml")
 

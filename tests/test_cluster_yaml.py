@@ -5,10 +5,12 @@ the two calls `ray up` makes before it talks to AWS (commands._bootstrap_config)
 AWS defaults, validate against the ray-schema.json shipped in the Ray package (jsonschema), then
 run Ray's cross-field checks. No network and no cloud credentials are needed.
 """
+
 from __future__ import annotations
 
 import copy
 import importlib.metadata
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -25,19 +27,48 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 STUDY = ROOT / "jobs" / "studies" / "gpu_cluster.yaml"
 
-COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                 "head_start_ray_commands", "worker_start_ray_commands")
+COMMAND_LISTS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+)
 # Ray fills these from its AWS defaults when they are missing, so its validator cannot notice their
 # removal (a missing cluster_name silently becomes "default"): this project must set them itself.
-MUST_SET = ("cluster_name", "max_workers", "upscaling_speed", "idle_timeout_minutes", "provider", "auth",
-            "docker", "available_node_types", "head_node_type", "file_mounts", *COMMAND_LISTS)
+MUST_SET = (
+    "cluster_name",
+    "max_workers",
+    "upscaling_speed",
+    "idle_timeout_minutes",
+    "provider",
+    "auth",
+    "docker",
+    "available_node_types",
+    "head_node_type",
+    "file_mounts",
+    *COMMAND_LISTS,
+)
 # EC2 instance type -> (vCPUs, NVIDIA GPUs). Add a row when cluster.yaml uses a new type.
 INSTANCES = {
-    "m5.xlarge": (4, 0), "m5.2xlarge": (8, 0), "m5.4xlarge": (16, 0),
-    "g4dn.xlarge": (4, 1), "g4dn.2xlarge": (8, 1), "g4dn.12xlarge": (48, 4),
-    "g5.xlarge": (4, 1), "g5.2xlarge": (8, 1), "g5.4xlarge": (16, 1), "g5.8xlarge": (32, 1),
-    "g5.12xlarge": (48, 4), "g5.16xlarge": (64, 1), "g5.24xlarge": (96, 4), "g5.48xlarge": (192, 8),
-    "g6.xlarge": (4, 1), "g6.2xlarge": (8, 1), "g6.12xlarge": (48, 4),
+    "m5.xlarge": (4, 0),
+    "m5.2xlarge": (8, 0),
+    "m5.4xlarge": (16, 0),
+    "g4dn.xlarge": (4, 1),
+    "g4dn.2xlarge": (8, 1),
+    "g4dn.12xlarge": (48, 4),
+    "g5.xlarge": (4, 1),
+    "g5.2xlarge": (8, 1),
+    "g5.4xlarge": (16, 1),
+    "g5.8xlarge": (32, 1),
+    "g5.12xlarge": (48, 4),
+    "g5.16xlarge": (64, 1),
+    "g5.24xlarge": (96, 4),
+    "g5.48xlarge": (192, 8),
+    "g6.xlarge": (4, 1),
+    "g6.2xlarge": (8, 1),
+    "g6.12xlarge": (48, 4),
 }
 
 
@@ -75,7 +106,7 @@ def _docker_volumes(raw: dict) -> dict[str, str]:
     docker = raw["docker"]
     tokens = [t for opt in docker.get("run_options", []) + docker.get("head_run_options", []) for t in shlex.split(opt)]
     volumes = {}
-    for flag, value in zip(tokens, tokens[1:]):
+    for flag, value in itertools.pairwise(tokens):
         if flag in ("-v", "--volume"):
             host, container = value.split(":")[:2]
             volumes[container] = host
@@ -84,12 +115,13 @@ def _docker_volumes(raw: dict) -> dict[str, str]:
 
 # ---------------------------------------------------------------- Ray's own schema and checks
 
+
 def test_ray_accepts_cluster_yaml(raw):
     prepared = ray_validate(raw)
     assert prepared["provider"] == {**prepared["provider"], "type": "aws", "region": "us-west-2"}
     assert prepared["cluster_name"] == "fracture"
     # setup_commands run on the head too (Ray prepends them to head_setup_commands).
-    assert prepared["head_setup_commands"][:len(raw["setup_commands"])] == raw["setup_commands"]
+    assert prepared["head_setup_commands"][: len(raw["setup_commands"])] == raw["setup_commands"]
 
 
 def _drop(*path):
@@ -98,6 +130,7 @@ def _drop(*path):
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
+
     return mutate
 
 
@@ -107,20 +140,24 @@ def _set(*path, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return mutate
 
 
-@pytest.mark.parametrize("mutate", [
-    pytest.param(_drop("head_node_type"), id="no-head_node_type"),
-    pytest.param(_drop("provider"), id="no-provider"),
-    pytest.param(_drop("available_node_types"), id="no-node-types"),
-    pytest.param(_drop("available_node_types", "gpu_worker", "resources"), id="worker-without-resources"),
-    pytest.param(_drop("available_node_types", "head", "node_config"), id="head-without-node_config"),
-    pytest.param(_set("head_node_type", value="gpu"), id="head_node_type-not-a-type"),
-    pytest.param(_set("max_worker", value=4), id="misspelt-top-level-key"),
-    pytest.param(_set("available_node_types", "gpu_worker", "resources", "GPU", value=0.5), id="fractional-GPU"),
-    pytest.param(_set("available_node_types", "gpu_worker", "min_workers", value=99), id="min-over-global-max"),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(_drop("head_node_type"), id="no-head_node_type"),
+        pytest.param(_drop("provider"), id="no-provider"),
+        pytest.param(_drop("available_node_types"), id="no-node-types"),
+        pytest.param(_drop("available_node_types", "gpu_worker", "resources"), id="worker-without-resources"),
+        pytest.param(_drop("available_node_types", "head", "node_config"), id="head-without-node_config"),
+        pytest.param(_set("head_node_type", value="gpu"), id="head_node_type-not-a-type"),
+        pytest.param(_set("max_worker", value=4), id="misspelt-top-level-key"),
+        pytest.param(_set("available_node_types", "gpu_worker", "resources", "GPU", value=0.5), id="fractional-GPU"),
+        pytest.param(_set("available_node_types", "gpu_worker", "min_workers", value=99), id="min-over-global-max"),
+    ],
+)
 def test_ray_rejects_broken_copy(raw, mutate):
     broken = copy.deepcopy(raw)
     mutate(broken)
@@ -135,6 +172,7 @@ def test_keys_ray_would_default_are_set_here(raw):
 
 # ---------------------------------------------------------------- paths the commands rely on
 
+
 def test_file_mounts_exist_in_repo(raw):
     assert raw["file_mounts"], "the project must be mounted on the nodes"
     for remote, local in raw["file_mounts"].items():
@@ -148,13 +186,14 @@ def test_commands_reference_mounted_and_existing_paths(raw):
     for cmd in _commands(raw):
         for target in re.findall(r"pip install\b[^;&|]*?\s-e\s+(\S+)", cmd):
             target = target.strip("'\"").rstrip("/")
-            assert any(target == m or target.startswith(m + "/") for m in mounts), \
+            assert any(target == m or target.startswith(m + "/") for m in mounts), (
                 f"`pip install -e {target}` is not under a file_mounts path ({sorted(mounts)})"
+            )
             installs.append(target)
-        for token in re.split(r"[\s;&|()'\"=]+", cmd):          # mounted paths map back into the repo
+        for token in re.split(r"[\s;&|()'\"=]+", cmd):  # mounted paths map back into the repo
             for remote, local in mounts.items():
                 if token.startswith(remote + "/"):
-                    assert (local / token[len(remote) + 1:]).exists(), f"{token} (in {cmd!r}) is not in the repo"
+                    assert (local / token[len(remote) + 1 :]).exists(), f"{token} (in {cmd!r}) is not in the repo"
     assert installs, "setup_commands must `pip install -e` the mounted project"
     # Job scripts and studies named anywhere, comments included, must exist.
     for rel in set(re.findall(r"\bjobs/[\w./-]+\.(?:py|yaml)\b", CLUSTER_YAML.read_text())):
@@ -163,13 +202,15 @@ def test_commands_reference_mounted_and_existing_paths(raw):
 
 # ---------------------------------------------------------------- node types
 
+
 def test_head_has_no_gpu_and_workers_do(raw):
     head, workers = _head_and_workers(raw)
     assert head["resources"].get("CPU", 0) > 0, "the head runs the driver and Ray Data tasks: give it CPUs"
     assert head["resources"].get("GPU") == 0, "head must advertise GPU: 0 so training lands on workers"
     assert INSTANCES[head["node_config"]["InstanceType"]][1] == 0, "head instance type has a GPU"
-    assert any("--num-gpus=0" in c for c in raw["head_start_ray_commands"] if "ray start" in c), \
+    assert any("--num-gpus=0" in c for c in raw["head_start_ray_commands"] if "ray start" in c), (
         "the head's `ray start` must pass --num-gpus=0"
+    )
     gpu_types = {name: t for name, t in workers.items() if t["resources"].get("GPU", 0) > 0}
     assert gpu_types, "no worker node type offers GPUs"
     for name, node_type in workers.items():
@@ -205,19 +246,25 @@ def test_no_credentials_in_cluster_yaml():
 
 # ---------------------------------------------------------------- the study that runs on it
 
+
 def test_gpu_cluster_study_loads(study):
     assert study.name == "gpu_cluster"
     assert (study.data.image_size, study.model.weights, study.optim.schedule) == (224, "imagenet", "cosine")
     assert study.cluster.use_gpu and study.search.num_trials == 24
-    assert set(study.search.space) == {"model.dropout", "model.l2", "optim.lr_head", "optim.lr_backbone",
-                                       "model.trainable_blocks"}
+    assert set(study.search.space) == {
+        "model.dropout",
+        "model.l2",
+        "optim.lr_head",
+        "optim.lr_backbone",
+        "model.trainable_blocks",
+    }
 
 
 def test_seed_point_lies_inside_the_space(study):
     for point in study.search.points_to_evaluate:
         assert set(point) == set(study.search.space)
         for dotted, value in point.items():
-            (kind, args), = study.search.space[dotted].items()
+            ((kind, args),) = study.search.space[dotted].items()
             if kind == "choice":
                 assert value in args, f"{dotted}={value} not in {args}"
             else:
@@ -229,8 +276,10 @@ def test_study_fits_the_cluster(raw, study):
     total_gpus = sum(t["resources"].get("GPU", 0) * t.get("max_workers", raw["max_workers"]) for t in workers.values())
     per_trial = study.cluster.num_workers * (1 if study.cluster.use_gpu else 0)
     assert study.search.max_concurrent * per_trial <= total_gpus, "more concurrent GPU trials than cluster GPUs"
-    assert any(study.cluster.cpus_per_worker <= t["resources"].get("CPU", 0) and t["resources"].get("GPU", 0) >= 1
-               for t in workers.values()), "no GPU node type has cluster.cpus_per_worker CPUs"
+    assert any(
+        study.cluster.cpus_per_worker <= t["resources"].get("CPU", 0) and t["resources"].get("GPU", 0) >= 1
+        for t in workers.values()
+    ), "no GPU node type has cluster.cpus_per_worker CPUs"
     # Multi-node: checkpoints on storage every node reaches, data on the shared volume in every container.
     assert "://" in study.cluster.storage_path or study.cluster.storage_shared
     shared = _docker_volumes(raw)
@@ -240,5 +289,6 @@ def test_study_fits_the_cluster(raw, study):
     # The tracking server the study names is the one the head starts.
     uri = urlparse(study.tracking.uri)
     assert uri.scheme == "http" and uri.hostname in ("127.0.0.1", "localhost")
-    assert any(re.search(rf"mlflow server\b.*--port {uri.port}\b", c) for c in raw["head_start_ray_commands"]), \
+    assert any(re.search(rf"mlflow server\b.*--port {uri.port}\b", c) for c in raw["head_start_ray_commands"]), (
         f"head_start_ray_commands start no MLflow server on port {uri.port} (tracking.uri {study.tracking.uri})"
+    )

@@ -1,4 +1,5 @@
 """fracture.config: study files load, round-trip, coerce, and refuse what they cannot be."""
+
 import dataclasses
 from pathlib import Path
 
@@ -51,21 +52,27 @@ def test_override_wins_over_yaml(tmp_path):
     assert cfg.optim.lr_head == pytest.approx(1e-2) and cfg.train.epochs == 7
 
 
-@pytest.mark.parametrize("text, key", [
-    ("nmae: x\n", "nmae"),
-    ("model:\n  dropuot: 0.3\n", "model.dropuot"),
-    ("optim:\n  lr: 0.1\n", "optim.lr"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("nmae: x\n", "nmae"),
+        ("model:\n  dropuot: 0.3\n", "model.dropuot"),
+        ("optim:\n  lr: 0.1\n", "optim.lr"),
+    ],
+)
 def test_unknown_yaml_key_raises_naming_it(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(_write(tmp_path, text))
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.dropuot=0.3", "model.dropuot"),
-    ("modle.dropout=0.3", "modle"),
-    ("seed.x=1", "seed.x"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.dropuot=0.3", "model.dropuot"),
+        ("modle.dropout=0.3", "modle"),
+        ("seed.x=1", "seed.x"),
+    ],
+)
 def test_unknown_override_key_raises_naming_it(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(None, [override])
@@ -76,14 +83,17 @@ def test_override_without_equals_raises():
         load(None, ["model.dropout"])
 
 
-@pytest.mark.parametrize("text, key", [
-    ("train:\n  epochs: abc\n", "train.epochs"),
-    ("train:\n  epochs: 2.5\n", "train.epochs"),
-    ("model:\n  dropout: [1]\n", "model.dropout"),
-    ("model:\n  dropout: true\n", "model.dropout"),
-    ("cluster:\n  use_gpu: maybe\n", "cluster.use_gpu"),
-    ("model: 3\n", "model"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("train:\n  epochs: abc\n", "train.epochs"),
+        ("train:\n  epochs: 2.5\n", "train.epochs"),
+        ("model:\n  dropout: [1]\n", "model.dropout"),
+        ("model:\n  dropout: true\n", "model.dropout"),
+        ("cluster:\n  use_gpu: maybe\n", "cluster.use_gpu"),
+        ("model: 3\n", "model"),
+    ],
+)
 def test_wrong_type_raises_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(_write(tmp_path, text))
@@ -104,10 +114,19 @@ def test_int_field_accepts_exponent_string(tmp_path):
     assert load(_write(tmp_path, "train:\n  shuffle_buffer: 1e3\n")).train.shuffle_buffer == 1000
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("true", True), ("false", False), ("yes", True), ("no", False), ("1", True), ("0", False),
-    ('"True"', True), ('"no"', False),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("true", True),
+        ("false", False),
+        ("yes", True),
+        ("no", False),
+        ("1", True),
+        ("0", False),
+        ('"True"', True),
+        ('"no"', False),
+    ],
+)
 def test_bool_coercion(value, expected):
     assert load(None, [f"cluster.use_gpu={value}"]).cluster.use_gpu is expected
 
@@ -117,24 +136,30 @@ def test_bool_refuses_other_ints():
         load(None, ["cluster.use_gpu=2"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("optim.schedule=linear", "optim.schedule"),
-    ("optim.name=sgd", "optim.name"),
-    ("train.imbalance=focal", "train.imbalance"),
-    ("train.threshold=f1", "train.threshold"),
-    ("search.scheduler=pbt", "search.scheduler"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.schedule=linear", "optim.schedule"),
+        ("optim.name=sgd", "optim.name"),
+        ("train.imbalance=focal", "train.imbalance"),
+        ("train.threshold=f1", "train.threshold"),
+        ("search.scheduler=pbt", "search.scheduler"),
+    ],
+)
 def test_choice_validation(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(None, [override])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.dropout=1.0", "model.dropout"),
-    ("model.trainable_blocks=6", "model.trainable_blocks"),
-    ("data.image_size=16", "data.image_size"),
-    ("train.epochs=0", "train.epochs"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.dropout=1.0", "model.dropout"),
+        ("model.trainable_blocks=6", "model.trainable_blocks"),
+        ("data.image_size=16", "data.image_size"),
+        ("train.epochs=0", "train.epochs"),
+    ],
+)
 def test_range_validation(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(None, [override])
@@ -163,17 +188,24 @@ def test_replace_returns_a_new_config():
 
 def test_resolve_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = resolve_paths(Config.from_dict({"cluster": {"storage_path": "runs"},
-                                          "data": {"root": "data/x", "manifest": ""},
-                                          "model": {"weights": "imagenet"}}))
+    cfg = resolve_paths(
+        Config.from_dict(
+            {
+                "cluster": {"storage_path": "runs"},
+                "data": {"root": "data/x", "manifest": ""},
+                "model": {"weights": "imagenet"},
+            }
+        )
+    )
     assert cfg.cluster.storage_path == str(tmp_path.resolve() / "runs")
     assert Path(cfg.cluster.storage_path).is_absolute()
     assert cfg.data.root == str(tmp_path.resolve() / "data" / "x")
     assert cfg.data.manifest == ""  # "" means "derive it later", not the cwd
     assert cfg.model.weights == "imagenet"
 
-    remote = resolve_paths(Config.from_dict({"cluster": {"storage_path": "s3://bucket/fracture"},
-                                             "model": {"weights": "none"}}))
+    remote = resolve_paths(
+        Config.from_dict({"cluster": {"storage_path": "s3://bucket/fracture"}, "model": {"weights": "none"}})
+    )
     assert remote.cluster.storage_path == "s3://bucket/fracture"
     assert remote.model.weights == "none"
 

@@ -1,4 +1,5 @@
 """fracture.progress: trial names and dirs, the lines a study prints, and the Ray chatter it drops."""
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,11 @@ RAY_CHATTER = [
     "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
     "Wrote the latest version of all result files and experiment state to '/tmp/r/tune' in 0.0102s.",
 ]
-DEPRECATION = ["/venv/ray/data/iterator.py:577: RayDeprecationWarning: Passing a function to "
-               "`iter_torch_batches(collate_fn)` is deprecated in Ray 2.47.", "  warnings.warn("]
+DEPRECATION = [
+    "/venv/ray/data/iterator.py:577: RayDeprecationWarning: Passing a function to "
+    "`iter_torch_batches(collate_fn)` is deprecated in Ray 2.47.",
+    "  warnings.warn(",
+]
 ACTIONABLE = [
     "resuming from epoch 3 (best val_auc 0.8120)",
     "Task was killed due to the node running low on memory.",
@@ -46,46 +50,82 @@ ACTIONABLE = [
 
 
 def _trial(tag: str, trial_id: str = "4bd22202", first: int = 1, config: dict | None = None) -> Trial:
-    return Trial("train_driver_fn", config=config or {}, trial_id=trial_id, experiment_tag=tag, stub=True,
-                 trial_name_creator=functools.partial(progress.trial_name, first=first),
-                 trial_dirname_creator=functools.partial(progress.trial_dirname, first=first))
+    return Trial(
+        "train_driver_fn",
+        config=config or {},
+        trial_id=trial_id,
+        experiment_tag=tag,
+        stub=True,
+        trial_name_creator=functools.partial(progress.trial_name, first=first),
+        trial_dirname_creator=functools.partial(progress.trial_dirname, first=first),
+    )
 
 
 def test_trials_are_named_by_number_and_their_dirs_keep_the_trial_id():
-    searched = _trial("3_config=model=dropout=0.3179,l2=3.9063e-05", first=1)     # a searcher counts from 1
+    searched = _trial("3_config=model=dropout=0.3179,l2=3.9063e-05", first=1)  # a searcher counts from 1
     assert str(searched) == "trial_003" and searched._generate_dirname() == "trial_003_4bd22202"
-    single = _trial("0", trial_id="8ce9f_00000", first=0)                         # the default generator from 0
+    single = _trial("0", trial_id="8ce9f_00000", first=0)  # the default generator from 0
     assert str(single) == "trial_001" and single._generate_dirname() == "trial_001_8ce9f_00000"
 
 
 def test_the_start_line_shows_only_the_searched_values():
-    config = {"config": {"model": {"dropout": 0.317866, "l2": 3.90625e-05, "hidden": 128},
-                         "optim": {"lr_head": 0.000191822, "lr_backbone": 1.25979e-05, "name": "adam"}}}
+    config = {
+        "config": {
+            "model": {"dropout": 0.317866, "l2": 3.90625e-05, "hidden": 128},
+            "optim": {"lr_head": 0.000191822, "lr_backbone": 1.25979e-05, "name": "adam"},
+        }
+    }
     keys = progress.short_keys(["model.dropout", "model.l2", "optim.lr_head", "optim.lr_backbone"])
-    assert progress.searched_values(config["config"], keys) == "dropout=0.32 l2=3.9e-05 lr_head=1.9e-04 lr_backbone=1.3e-05"
-    assert progress.short_keys(["model.lr", "optim.lr", "model.l2"]) == {"model.lr": "model.lr", "optim.lr": "optim.lr",
-                                                                        "model.l2": "l2"}
+    assert (
+        progress.searched_values(config["config"], keys)
+        == "dropout=0.32 l2=3.9e-05 lr_head=1.9e-04 lr_backbone=1.3e-05"
+    )
+    assert progress.short_keys(["model.lr", "optim.lr", "model.l2"]) == {
+        "model.lr": "model.lr",
+        "optim.lr": "optim.lr",
+        "model.l2": "l2",
+    }
 
 
-RESULT = {"epoch": 0, "epochs_done": 1, "train_loss": 0.61301, "val_auc": 0.838776, "val_sensitivity": 0.9,
-          "val_specificity": 0.795918, "train_images_per_s": 12.688, "epoch_s": 24.09, "best_val_auc": 0.838776,
-          "early_stopped": False, "time_total_s": 80.3, "done": False}
+RESULT = {
+    "epoch": 0,
+    "epochs_done": 1,
+    "train_loss": 0.61301,
+    "val_auc": 0.838776,
+    "val_sensitivity": 0.9,
+    "val_specificity": 0.795918,
+    "train_images_per_s": 12.688,
+    "epoch_s": 24.09,
+    "best_val_auc": 0.838776,
+    "early_stopped": False,
+    "time_total_s": 80.3,
+    "done": False,
+}
 
 
 def test_an_epoch_line_has_the_metrics_speed_and_eta():
     assert progress.epoch_line("trial_001", RESULT, epochs=3) == (
-        "trial_001 epoch 1/3  loss 0.6130  val AUROC 0.8388  sens 0.900 spec 0.796  12.7 img/s  24 s/epoch  ETA 48 s")
+        "trial_001 epoch 1/3  loss 0.6130  val AUROC 0.8388  sens 0.900 spec 0.796  12.7 img/s  24 s/epoch  ETA 48 s"
+    )
     last = progress.epoch_line("trial_001", RESULT | {"epochs_done": 3}, epochs=3, workers=2)
     assert "2x12.7 img/s" in last and "ETA" not in last
 
 
-@pytest.mark.parametrize("result, says", [
-    ({"epochs_done": 3, "done": True}, "trial_002 finished 3/3 epochs: best val AUROC 0.8388, 1m20s"),
-    ({"done": True}, "trial_002 stopped by ASHA after 1/3 epochs: val AUROC 0.8388 was below its rung's cutoff, 1m20s"),
-    ({"epochs_done": 2, "early_stopped": True, "done": True},
-     "trial_002 stopped early after 2/3 epochs: no val AUROC gain for 5 epochs (best 0.8388), 1m20s"),
-    ({}, "trial_002 paused after 1/3 epochs (the study was interrupted), 1m20s"),
-])
+@pytest.mark.parametrize(
+    "result, says",
+    [
+        ({"epochs_done": 3, "done": True}, "trial_002 finished 3/3 epochs: best val AUROC 0.8388, 1m20s"),
+        (
+            {"done": True},
+            "trial_002 stopped by ASHA after 1/3 epochs: val AUROC 0.8388 was below its rung's cutoff, 1m20s",
+        ),
+        (
+            {"epochs_done": 2, "early_stopped": True, "done": True},
+            "trial_002 stopped early after 2/3 epochs: no val AUROC gain for 5 epochs (best 0.8388), 1m20s",
+        ),
+        ({}, "trial_002 paused after 1/3 epochs (the study was interrupted), 1m20s"),
+    ],
+)
 def test_the_end_line_says_how_the_trial_ended(result, says):
     assert progress.end_line("trial_002", RESULT | result, epochs=3, patience=5) == says
 
@@ -99,14 +139,24 @@ def test_ray_chatter_is_dropped_and_what_a_user_can_act_on_is_kept():
 
 def test_quiet_ray_filters_the_console_handlers_of_rays_loggers():
     progress.quiet_ray()
-    progress.quiet_ray()                         # idempotent: one filter per handler
-    handlers = [h for name in ("ray", "ray.data") for h in logging.getLogger(name).handlers
-                if isinstance(h, logging.StreamHandler)]
+    progress.quiet_ray()  # idempotent: one filter per handler
+    handlers = [
+        h
+        for name in ("ray", "ray.data")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler)
+    ]
     assert handlers and all(sum(isinstance(f, progress._DropNoise) for f in h.filters) == 1 for h in handlers)
 
     def record(message: str) -> logging.LogRecord:
-        return logging.makeLogRecord({"name": "ray.data._internal.execution.streaming_executor", "msg": message,
-                                      "levelno": logging.INFO, "levelname": "INFO"})
+        return logging.makeLogRecord(
+            {
+                "name": "ray.data._internal.execution.streaming_executor",
+                "msg": message,
+                "levelno": logging.INFO,
+                "levelname": "INFO",
+            }
+        )
 
     for handler in handlers:
         assert not handler.filter(record(RAY_CHATTER[1])) and not handler.filter(record(RAY_CHATTER[-1]))

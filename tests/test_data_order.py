@@ -2,6 +2,7 @@
 
 Real local Ray Data on tiny synthetic images: the same `epoch_batches` the worker calls on its shard.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,11 @@ pytestmark = pytest.mark.timeout(300)
 
 def _epoch(ds, cfg, epoch: int) -> list[str]:
     """The epoch's images, in the order they arrive, as hashes of their pixels."""
-    return [hashlib.md5(image.numpy().tobytes()).hexdigest()
-            for batch in data.epoch_batches(ds, cfg, "train", epoch=epoch) for image in batch[IMAGE]]
+    return [
+        hashlib.md5(image.numpy().tobytes()).hexdigest()
+        for batch in data.epoch_batches(ds, cfg, "train", epoch=epoch)
+        for image in batch[IMAGE]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,8 @@ def ordered(ray_local, synthetic_root, tmp_path_factory):
 def test_train_order_is_new_each_epoch_and_the_same_for_the_same_seed(ordered):
     cfg, ds = ordered
     first, again, second = _epoch(ds, cfg, 0), _epoch(ds, cfg, 0), _epoch(ds, cfg, 1)
-    assert first == again                                   # same seed, same epoch: same batches
-    assert first != second and sorted(first) == sorted(second)   # a different order of the same images
+    assert first == again  # same seed, same epoch: same batches
+    assert first != second and sorted(first) == sorted(second)  # a different order of the same images
     other_seed = cfg.replace(seed=cfg.seed + 1)
     assert _epoch(ds, other_seed, 0) != first
 
@@ -46,7 +50,7 @@ def test_default_buffer_gives_a_full_permutation_each_epoch(ordered):
     loop's full permutation gives); with a 16-row buffer over 8 blocks it stays tightly correlated.
     """
     cfg, ds = ordered
-    ds = ds.repartition(8).materialize()     # blocks of ~8 rows, as a large split's cache is (blocks <= 128 MiB)
+    ds = ds.repartition(8).materialize()  # blocks of ~8 rows, as a large split's cache is (blocks <= 128 MiB)
     stored = {int(r[ROW]): i for i, r in enumerate(ds.iter_rows())}
 
     def rank_correlation(c) -> float:
@@ -56,12 +60,12 @@ def test_default_buffer_gives_a_full_permutation_each_epoch(ordered):
     default = cfg.replace(train={"shuffle_buffer": TrainConfig().shuffle_buffer})
     assert default.train.shuffle_buffer >= ds.count()
     assert abs(rank_correlation(default)) < 0.4
-    assert rank_correlation(cfg) > 0.5       # the fixture's 16-row buffer
+    assert rank_correlation(cfg) > 0.5  # the fixture's 16-row buffer
 
 
 def test_augmentation_is_seeded_by_epoch_and_row(ordered):
     cfg, ds = ordered
-    cfg = cfg.replace(data={"augment": "seed"}, train={"shuffle_buffer": 0})   # stored order: compare per row
+    cfg = cfg.replace(data={"augment": "seed"}, train={"shuffle_buffer": 0})  # stored order: compare per row
     a, b, c = (_epoch(ds, cfg, e) for e in (0, 0, 1))
     assert a == b and a != c
 
@@ -72,5 +76,5 @@ def test_cache_is_stored_in_a_seeded_random_order_not_in_id_order(ordered):
     frame = data.split_frame(cfg, "train")
     assert sorted(rows[ROW]) == list(range(len(frame)))
     stored_labels = rows.sort_values(ROW)[LABEL].to_numpy()
-    assert not np.array_equal(stored_labels, frame[LABEL].to_numpy())   # the manifest's id order is gone
+    assert not np.array_equal(stored_labels, frame[LABEL].to_numpy())  # the manifest's id order is gone
     assert sorted(stored_labels) == sorted(frame[LABEL])

@@ -1,4 +1,5 @@
 """fracture.engine: input conversion, a training epoch that learns, evaluation, optimizers and schedules."""
+
 import copy
 
 import numpy as np
@@ -8,8 +9,15 @@ from batches import fixed_batches
 from torch import nn
 
 from fracture.config import ModelConfig, OptimConfig
-from fracture.engine import (build_optimizer, build_scheduler, evaluate, predict, step_scheduler,
-                             to_model_input, train_one_epoch)
+from fracture.engine import (
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    predict,
+    step_scheduler,
+    to_model_input,
+    train_one_epoch,
+)
 from fracture.model import FractureNet, build_model
 from fracture.presets import IMAGE, LABEL
 
@@ -17,8 +25,18 @@ pytestmark = pytest.mark.timeout(120)
 
 CPU = torch.device("cpu")
 SIZE = 32
-VAL_KEYS = {"val_loss", "val_auc", "val_auprc", "val_sensitivity", "val_specificity",
-            "val_balanced_accuracy", "val_f1", "val_accuracy", "val_threshold", "val_images"}
+VAL_KEYS = {
+    "val_loss",
+    "val_auc",
+    "val_auprc",
+    "val_sensitivity",
+    "val_specificity",
+    "val_balanced_accuracy",
+    "val_f1",
+    "val_accuracy",
+    "val_threshold",
+    "val_images",
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +75,9 @@ def test_train_one_epoch_lowers_the_loss_on_fixed_batches(net):
     batches = _batches()
     losses = []
     for _ in range(15):
-        out = train_one_epoch(net, optimizer, batches, loss_fn=nn.BCEWithLogitsLoss(),
-                              penalty=net.l2_penalty, device=CPU)
+        out = train_one_epoch(
+            net, optimizer, batches, loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CPU
+        )
         losses.append(out["train_loss"])
         assert out["train_images"] == 16.0 and out["train_images_per_s"] > 0
     assert all(np.isfinite(losses))
@@ -71,10 +90,11 @@ def test_train_one_epoch_updates_only_trainable_parameters(net):
     net.set_trainable_blocks(1)
     before = copy.deepcopy(net.state_dict())
     optimizer = build_optimizer(net, OptimConfig(lr_head=1e-3, lr_backbone=1e-3))
-    train_one_epoch(net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(),
-                    penalty=net.l2_penalty, device=CPU)
+    train_one_epoch(
+        net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CPU
+    )
     after = net.state_dict()
-    assert torch.equal(before["features.0.weight"], after["features.0.weight"])   # block 1: frozen
+    assert torch.equal(before["features.0.weight"], after["features.0.weight"])  # block 1: frozen
     assert torch.equal(before["features.21.weight"], after["features.21.weight"])  # block 4: frozen
     assert not torch.equal(before["features.28.weight"], after["features.28.weight"])  # block 5
     assert not torch.equal(before["fc1.weight"], after["fc1.weight"])
@@ -87,8 +107,9 @@ def _fc1_norm_after_training(net, l2):
     net.set_trainable_blocks(0)
     optimizer = build_optimizer(net, OptimConfig(lr_head=1e-2))
     for _ in range(3):
-        train_one_epoch(net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(),
-                        penalty=net.l2_penalty, device=CPU)
+        train_one_epoch(
+            net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CPU
+        )
     return net.fc1.weight.detach().norm().item()
 
 
@@ -112,8 +133,7 @@ def test_train_loss_excludes_the_penalty(net):
     net.dropout.p = 0.0
     net.l2 = 1e6
     optimizer = torch.optim.SGD(net.head_parameters(), lr=0.0)
-    out = train_one_epoch(net, optimizer, batch, loss_fn=nn.BCEWithLogitsLoss(),
-                          penalty=net.l2_penalty, device=CPU)
+    out = train_one_epoch(net, optimizer, batch, loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CPU)
     assert out["train_loss"] == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -122,10 +142,19 @@ def _update_norm(net, grad_clip):
     net.set_trainable_blocks(0)
     before = [p.detach().clone() for p in net.head_parameters()]
     optimizer = torch.optim.SGD(net.head_parameters(), lr=1.0)
-    out = train_one_epoch(net, optimizer, _batches(n_batches=1), loss_fn=nn.BCEWithLogitsLoss(),
-                          penalty=net.l2_penalty, device=CPU, grad_clip=grad_clip)
+    out = train_one_epoch(
+        net,
+        optimizer,
+        _batches(n_batches=1),
+        loss_fn=nn.BCEWithLogitsLoss(),
+        penalty=net.l2_penalty,
+        device=CPU,
+        grad_clip=grad_clip,
+    )
     assert np.isfinite(out["train_loss"])
-    return torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(net.head_parameters(), before))).item()
+    return torch.sqrt(
+        sum(((p.detach() - b) ** 2).sum() for p, b in zip(net.head_parameters(), before, strict=True))
+    ).item()
 
 
 def test_grad_clip_bounds_the_update(base_net):
@@ -147,8 +176,9 @@ def test_evaluate_returns_every_metric(net):
         assert 0.0 <= out[key] <= 1.0, key
     assert not net.training
     labels, probs = predict(net, batches, CPU)
-    expected = nn.functional.binary_cross_entropy(torch.tensor(probs, dtype=torch.float64),
-                                                  torch.tensor(labels, dtype=torch.float64))
+    expected = nn.functional.binary_cross_entropy(
+        torch.tensor(probs, dtype=torch.float64), torch.tensor(labels, dtype=torch.float64)
+    )
     assert out["val_loss"] == pytest.approx(expected.item(), rel=1e-4)
 
 

@@ -4,6 +4,7 @@ guarantee that training never reads the test split.
 An untrained FractureNet in a real checkpoint directory stands in for a trained one: nothing here
 needs the model to be good, only the plumbing to be right.
 """
+
 import json
 import os
 import re
@@ -49,8 +50,12 @@ def untrained(tmp, cfg):
     """(net, checkpoint dir): building VGG16 takes seconds, so the in-process tests share this one."""
     torch.manual_seed(0)
     net, _ = build_model(cfg.model)
-    return net.eval(), checkpoint.save(tmp / "ckpt", net, None, {"epoch": 0, "config": cfg.to_dict(),
-                                                                 "threshold": 0.5, "metrics": {metrics.PRIMARY: 0.5}})
+    return net.eval(), checkpoint.save(
+        tmp / "ckpt",
+        net,
+        None,
+        {"epoch": 0, "config": cfg.to_dict(), "threshold": 0.5, "metrics": {metrics.PRIMARY: 0.5}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +80,10 @@ def jobs(tmp, root, ckpt):
         "evaluate": [sys.executable, "jobs/evaluate.py", "--out", str(tmp / "eval"), *common],
         "predict": [sys.executable, "jobs/predict.py", "--out", str(tmp / "pred" / "predict.csv"), *common],
     }
-    procs = {name: subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True) for name, argv in start.items()}
+    procs = {
+        name: subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, argv in start.items()
+    }
     yield procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -91,6 +98,7 @@ def finished(proc: subprocess.Popen) -> str:
 
 # ------------------------------------------------------------------------------------------ report
 
+
 def test_score_is_a_probability_per_row_and_batch_invariant(scored):
     net, state, frame, probs = scored
     assert probs.shape == (len(frame),) and probs.dtype == np.float32
@@ -103,8 +111,17 @@ def test_report_keys_and_cis_contain_the_point_estimate(scored):
     _, state, frame, probs = scored
     labels = frame["label"].to_numpy()
     rep = evaluate.report(labels, probs, state["threshold"], frame, n_boot=200)
-    assert {"images", "positives", "threshold", "overall", "ci95", "confusion",
-            "by_body_part", "by_hardware", "by_view"} <= set(rep)
+    assert {
+        "images",
+        "positives",
+        "threshold",
+        "overall",
+        "ci95",
+        "confusion",
+        "by_body_part",
+        "by_hardware",
+        "by_view",
+    } <= set(rep)
     assert rep["images"] == len(frame) and rep["positives"] == labels.sum() and rep["threshold"] == 0.5
     assert rep["overall"] == metrics.binary_metrics(labels, probs, 0.5)
     assert set(rep["ci95"]) == {"auc", "sensitivity", "specificity"}
@@ -138,7 +155,7 @@ def test_report_slices_partition_the_rows(scored):
 def test_a_small_slice_gets_no_auc_and_a_flag():
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(4), np.zeros(40), np.ones(10)].astype(int)
-    p = np.r_[np.full(4, 0.9), rng.random(40) * 0.5, rng.random(10)]    # 4 images: a "perfect" slice
+    p = np.r_[np.full(4, 0.9), rng.random(40) * 0.5, rng.random(10)]  # 4 images: a "perfect" slice
     frame = pd.DataFrame({"body_part": ["hip"] * 4 + ["hand"] * 50})
     rep = evaluate.report(y, p, 0.5, frame, n_boot=20)
     hip, hand = rep["by_body_part"]["hip"], rep["by_body_part"]["hand"]
@@ -175,6 +192,7 @@ def test_explain_images_writes_overlays_and_scores_the_pointing_game(scored, roo
 
 # -------------------------------------------------------------------------------------- model/rows
 
+
 def test_load_refuses_what_is_not_a_checkpoint(cfg, tmp):
     with pytest.raises(config.ConfigError, match="not a checkpoint"):
         evaluate.load(str(tmp), cfg)
@@ -205,11 +223,12 @@ def test_frame_for_a_plain_image_folder(cfg, root, tmp):
 
 # ------------------------------------------------------------------------------ test-split hygiene
 
+
 def test_training_never_reads_the_test_split(cfg):
     df = manifest.load(data.ensure_manifest(cfg))
     test_ids = set(df.loc[df["split"] == "test", "image_id"])
     assert test_ids, "the fixture's manifest should have a test split"
-    for split in ("train", "val"):              # what data.build_datasets builds
+    for split in ("train", "val"):  # what data.build_datasets builds
         assert not test_ids & set(data.split_frame(cfg, split)["image_id"]), split
 
 
@@ -224,6 +243,7 @@ def test_only_evaluate_names_the_test_split():
 
 
 # --------------------------------------------------------------------------------------------- jobs
+
 
 @pytest.mark.integration
 def test_evaluate_job_writes_report_plots_overlays_and_an_mlflow_run(jobs, tmp, root):
@@ -279,8 +299,11 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
     tracking.check_reachable(uri)
     client = MlflowClient(uri, uri)
     experiment = client.get_experiment_by_name("fracture")
-    experiment_id = (experiment.experiment_id if experiment else
-                     client.create_experiment("fracture", artifact_location=(tmp / "art").as_uri()))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment("fracture", artifact_location=(tmp / "art").as_uri())
+    )
     run_id = client.create_run(experiment_id).info.run_id
     client.log_artifacts(run_id, str(ckpt), tracking.CHECKPOINT_ARTIFACT)
     client.create_registered_model("fracture")
@@ -289,7 +312,7 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
 
     net, state = evaluate.load("models:/fracture@champion", cfg)
     assert state["threshold"] == 0.5 and state["source"] == "models:/fracture@champion"
-    assert state["resolved"] == f"models:/fracture/{version.version}"   # what was scored, though aliases move
+    assert state["resolved"] == f"models:/fracture/{version.version}"  # what was scored, though aliases move
     saved = torch.load(ckpt / checkpoint.MODEL_FILE, weights_only=True)
     assert torch.equal(net.fc2.weight, saved["fc2.weight"])
     with pytest.raises(tracking.TrackingError, match="models:/fracture@nope"):

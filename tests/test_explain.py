@@ -1,4 +1,5 @@
 """Grad-CAM heatmaps, overlays, YOLO boxes and the pointing game."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +23,8 @@ def test_gradcam_on_fracturenet(net):
     heatmaps = explain.gradcam(net, images)
     assert heatmaps.shape == (3, 32, 32)
     assert np.isfinite(heatmaps).all() and heatmaps.min() >= 0 and heatmaps.max() <= 1
-    assert net.training                                   # mode restored
-    assert not net.features[-2]._forward_hooks            # grad-cam hooks released
+    assert net.training  # mode restored
+    assert not net.features[-2]._forward_hooks  # grad-cam hooks released
 
 
 def test_gradcam_frozen_backbone_under_no_grad(net):
@@ -55,8 +56,8 @@ def test_read_yolo_boxes(tmp_path):
 
 
 def test_pointing_game():
-    heatmap = np.zeros((10, 20))                          # non-square: catches swapped x / y
-    heatmap[2, 15] = 1.0                                  # peak at x = 15.5/20, y = 2.5/10
+    heatmap = np.zeros((10, 20))  # non-square: catches swapped x / y
+    heatmap[2, 15] = 1.0  # peak at x = 15.5/20, y = 2.5/10
     assert explain.pointing_game(heatmap, [(0.75, 0.25, 0.1, 0.2)]) is True
     assert explain.pointing_game(heatmap, [(0.25, 0.75, 0.1, 0.2)]) is False
     assert explain.pointing_game(heatmap, [(0.2, 0.5, 0.1, 0.1), (0.8, 0.3, 0.2, 0.2)]) is True

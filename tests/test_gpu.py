@@ -2,6 +2,7 @@
 
 Skipped without CUDA (like nanochat's GPU tests); run on a GPU machine with `pytest -m gpu`.
 """
+
 import copy
 
 import numpy as np
@@ -15,8 +16,11 @@ from fracture.engine import build_optimizer, predict, to_model_input, train_one_
 from fracture.model import build_model
 from fracture.presets import IMAGE
 
-pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300),
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 SIZE = 64
 CPU = torch.device("cpu")
@@ -39,22 +43,23 @@ def test_to_model_input_on_cuda_is_channels_last_float_in_unit_range():
     x = to_model_input(images, CUDA)
     assert x.is_cuda and x.dtype == torch.float32 and x.shape == (4, 3, SIZE, SIZE)
     assert x.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.cpu(), to_model_input(images, CPU))     # same values as the CPU layout
+    torch.testing.assert_close(x.cpu(), to_model_input(images, CPU))  # same values as the CPU layout
 
 
 def test_bf16_channels_last_training_lowers_the_loss(base_net):
     torch.manual_seed(0)
-    net = copy.deepcopy(base_net).to(CUDA)      # whole backbone trainable: bf16 backward through every conv
+    net = copy.deepcopy(base_net).to(CUDA)  # whole backbone trainable: bf16 backward through every conv
     optimizer = build_optimizer(net, OptimConfig(lr_head=1e-3, lr_backbone=1e-4))
     batches = _batches()
     losses = []
     for _ in range(20):
-        out = train_one_epoch(net, optimizer, batches, loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty,
-                              device=CUDA)
+        out = train_one_epoch(
+            net, optimizer, batches, loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CUDA
+        )
         losses.append(out["train_loss"])
         assert out["train_images"] == 16.0 and out["train_images_per_s"] > 0
     assert all(np.isfinite(losses)), losses
-    assert all(p.dtype == torch.float32 for p in net.parameters())     # autocast casts ops, not weights
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast casts ops, not weights
     assert losses[-1] < losses[0]
     assert min(losses[-3:]) < 0.75 * losses[0], losses
 
@@ -69,8 +74,8 @@ def test_predict_on_cuda_matches_cpu_within_bf16_tolerance(base_net):
         cpu_net.fc2.weight.mul_(100.0)
         cpu_net.fc2.bias.sub_(cpu_net(x).median())
     cuda_net = copy.deepcopy(cpu_net).to(CUDA)
-    labels_cpu, probs_cpu = predict(cpu_net, batches, CPU)                # float32, NCHW
-    labels_gpu, probs_gpu = predict(cuda_net, batches, CUDA)             # bf16 autocast, channels_last
+    labels_cpu, probs_cpu = predict(cpu_net, batches, CPU)  # float32, NCHW
+    labels_gpu, probs_gpu = predict(cuda_net, batches, CUDA)  # bf16 autocast, channels_last
     np.testing.assert_array_equal(labels_cpu, labels_gpu)
     assert probs_gpu.dtype == np.float32 and probs_gpu.shape == probs_cpu.shape == (16,)
     assert np.ptp(probs_cpu) > 0.1, probs_cpu

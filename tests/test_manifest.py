@@ -1,4 +1,5 @@
 """fracture.manifest on tiny synthetic FracAtlas-layout folders (every defect planted on purpose)."""
+
 import hashlib
 import io
 import json
@@ -17,12 +18,25 @@ from fracture import manifest
 from fracture.manifest import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-CSV_COLUMNS = ["image_id", "hand", "leg", "hip", "shoulder", "mixed", "hardware", "multiscan",
-               "fractured", "fracture_count", "frontal", "lateral", "oblique"]
+CSV_COLUMNS = [
+    "image_id",
+    "hand",
+    "leg",
+    "hip",
+    "shoulder",
+    "mixed",
+    "hardware",
+    "multiscan",
+    "fractured",
+    "fracture_count",
+    "frontal",
+    "lateral",
+    "oblique",
+]
 
 
 def jpeg_bytes(seed: int, size=(40, 30), mode="RGB") -> bytes:
-    rng = np.random.default_rng(seed)   # noise: every id gets distinct bytes unless copied on purpose
+    rng = np.random.default_rng(seed)  # noise: every id gets distinct bytes unless copied on purpose
     shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, "JPEG")
@@ -58,23 +72,35 @@ def atlas(tmp_path_factory) -> Path:
         "IMG0000003.jpg": ("Non_fractured", big.getvalue()),
         "IMG0000004.jpg": ("Fractured", truncated[: len(truncated) // 2]),
         "IMG0000005.jpg": ("Non_fractured", b"this is not a JPEG\n"),
-        "IMG0000006.jpg": ("Fractured", ok),                    # byte-identical to 1
-        "IMG0000007.jpg": ("Fractured", jpeg_bytes(7)),         # CSV says not fractured
-        "IMG0000009.jpg": ("Non_fractured", jpeg_bytes(9)),     # no CSV row
+        "IMG0000006.jpg": ("Fractured", ok),  # byte-identical to 1
+        "IMG0000007.jpg": ("Fractured", jpeg_bytes(7)),  # CSV says not fractured
+        "IMG0000009.jpg": ("Non_fractured", jpeg_bytes(9)),  # no CSV row
         "IMG0000010.jpg": ("Non_fractured", padded),
     }
-    rows = [csv_row("IMG0000001.jpg", 1), csv_row("IMG0000002.jpg", 0, "leg", "lateral"),
-            csv_row("IMG0000003.jpg", 0, "hip"), csv_row("IMG0000004.jpg", 1), csv_row("IMG0000005.jpg", 0),
-            csv_row("IMG0000006.jpg", 1), csv_row("IMG0000007.jpg", 0), csv_row("IMG0000008.jpg", 1),
-            csv_row("IMG0000010.jpg", 0) | {"lateral": 1, "mixed": 1}]
+    rows = [
+        csv_row("IMG0000001.jpg", 1),
+        csv_row("IMG0000002.jpg", 0, "leg", "lateral"),
+        csv_row("IMG0000003.jpg", 0, "hip"),
+        csv_row("IMG0000004.jpg", 1),
+        csv_row("IMG0000005.jpg", 0),
+        csv_row("IMG0000006.jpg", 1),
+        csv_row("IMG0000007.jpg", 0),
+        csv_row("IMG0000008.jpg", 1),
+        csv_row("IMG0000010.jpg", 0) | {"lateral": 1, "mixed": 1},
+    ]
     return write_atlas(tmp_path_factory.mktemp("atlas"), files, rows)
 
 
 EXPECTED = {  # image id -> (status, usable)
-    "IMG0000001.jpg": ("ok", True), "IMG0000002.jpg": ("ok", True), "IMG0000003.jpg": ("ok", True),
-    "IMG0000004.jpg": ("truncated", False), "IMG0000005.jpg": ("unreadable", False),
-    "IMG0000006.jpg": ("duplicate", False), "IMG0000007.jpg": ("label_mismatch", True),
-    "IMG0000008.jpg": ("missing_file", False), "IMG0000009.jpg": ("orphan_file", False),
+    "IMG0000001.jpg": ("ok", True),
+    "IMG0000002.jpg": ("ok", True),
+    "IMG0000003.jpg": ("ok", True),
+    "IMG0000004.jpg": ("truncated", False),
+    "IMG0000005.jpg": ("unreadable", False),
+    "IMG0000006.jpg": ("duplicate", False),
+    "IMG0000007.jpg": ("label_mismatch", True),
+    "IMG0000008.jpg": ("missing_file", False),
+    "IMG0000009.jpg": ("orphan_file", False),
     "IMG0000010.jpg": ("ok", True),
 }
 
@@ -93,7 +119,7 @@ def test_every_defect_gets_its_status(scanned):
 def test_schema_and_per_image_facts(scanned, atlas):
     assert list(scanned.columns) == list(manifest.SCHEMA)
     for col, dtype in manifest.SCHEMA.items():
-        assert (pd.api.types.is_string_dtype(scanned[col]) if dtype == "str" else scanned[col].dtype == dtype), col
+        assert pd.api.types.is_string_dtype(scanned[col]) if dtype == "str" else scanned[col].dtype == dtype, col
     one, two, big = (scanned.loc[f"IMG000000{i}.jpg"] for i in (1, 2, 3))
     assert (one.width, one.height, one["mode"], two["mode"]) == (40, 30, "RGB", "L")
     assert (big.width, big.height, big.body_part) == (3000, 2500, "hip")
@@ -130,10 +156,16 @@ def test_progress_is_logged(atlas, caplog):
     assert "scanned 9/9 files" in caplog.text
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"), ("no_csv", "no dataset.csv in"),
-    ("columns", "dataset.csv lacks columns: fractured, image_id"), ("no_images", "no images/Fractured"),
-    ("bad_label", "fractured must be 0 or 1")])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("no_csv", "no dataset.csv in"),
+        ("columns", "dataset.csv lacks columns: fractured, image_id"),
+        ("no_images", "no images/Fractured"),
+        ("bad_label", "fractured must be 0 or 1"),
+    ],
+)
 def test_bad_roots_raise_one_line(tmp_path, case, message):
     root = tmp_path / "root"
     if case != "missing":
@@ -152,6 +184,7 @@ def test_bad_roots_raise_one_line(tmp_path, case, message):
 
 # ------------------------------------------------------------------------------------------ splitting
 
+
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> pd.DataFrame:
     """240 tiny images, 25% fractured, three body parts, plus a handful of duplicate pairs."""
@@ -161,7 +194,7 @@ def many(tmp_path_factory) -> pd.DataFrame:
         image_id, label = f"IMG{i:07d}.jpg", int(rng.random() < 0.25)
         files[image_id] = ("Fractured" if label else "Non_fractured", jpeg_bytes(1000 + i, size=(8, 8)))
         rows.append(csv_row(image_id, label, ("hand", "leg", "hip")[i % 3]))
-    for i in range(5):                      # copies of images 0..4 under new ids
+    for i in range(5):  # copies of images 0..4 under new ids
         image_id = f"IMG{900 + i:07d}.jpg"
         files[image_id] = files[f"IMG{i:07d}.jpg"]
         rows.append(rows[i] | {"image_id": image_id})
@@ -213,6 +246,7 @@ def test_balanced_keeps_all_fractured_and_as_many_normals(many):
 
 # ------------------------------------------------------------------------------ build, load, report
 
+
 def test_build_writes_manifest_and_report(atlas, tmp_path):
     out = tmp_path / "m" / "manifest.parquet"
     built = manifest.build(atlas, out, progress=False)
@@ -225,7 +259,8 @@ def test_build_writes_manifest_and_report(atlas, tmp_path):
     assert defects["truncated"]["ids"] == ["IMG0000004.jpg"] and defects["missing_file"]["count"] == 1
     assert defects["duplicate"]["groups"] == {"IMG0000001.jpg": {"copies": ["IMG0000006.jpg"], "labels_agree": True}}
     assert defects["label_mismatch"]["items"] == [
-        {"image_id": "IMG0000007.jpg", "folder_label": 1, "csv_label": 0, "status": "label_mismatch"}]
+        {"image_id": "IMG0000007.jpg", "folder_label": 1, "csv_label": 0, "status": "label_mismatch"}
+    ]
     assert report["counts"]["usable"] == {"non_fractured": 4, "fractured": 1, "total": 5}
     assert report["trailing_bytes"]["ids"] == ["IMG0000010.jpg"]
     text = md_path.read_text()
@@ -238,6 +273,7 @@ def test_load_missing_manifest_says_how_to_build(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- download
+
 
 @pytest.fixture
 def archive(atlas, tmp_path) -> Path:
@@ -254,7 +290,7 @@ def test_download_verifies_and_unpacks(archive, tmp_path):
     root = manifest.download(archive.as_uri(), tmp_path / "data", sha256=digest)
     assert root == tmp_path / "data" / "FracAtlas" and (root / "images" / "Fractured" / "IMG0000001.jpg").is_file()
     assert not list((tmp_path / "data").glob("*.part"))
-    assert manifest.download("file:///nowhere.zip", tmp_path / "data", sha256=None) == root   # already there
+    assert manifest.download("file:///nowhere.zip", tmp_path / "data", sha256=None) == root  # already there
 
 
 def test_download_refuses_a_bad_checksum(archive, tmp_path):
@@ -265,10 +301,12 @@ def test_download_refuses_a_bad_checksum(archive, tmp_path):
 
 # ---------------------------------------------------------------------------------------- prepare job
 
+
 def run_prepare(*args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "platform"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "jobs/prepare.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "jobs/prepare.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_prepare_job_prints_the_report(atlas, tmp_path):

@@ -1,4 +1,5 @@
 """A manifest knows what it was built from, and a study never trains on another folder's manifest."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,15 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(root: Path, storage: Path, *overrides: str):
-    return load(REPO / "jobs" / "studies" / "demo.yaml",
-                [f"data.root={root}", f"cluster.storage_path={storage}", *overrides])
+    return load(
+        REPO / "jobs" / "studies" / "demo.yaml", [f"data.root={root}", f"cluster.storage_path={storage}", *overrides]
+    )
 
 
 @pytest.fixture(scope="module")
 def two_roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("roots")
-    return (synthetic.generate(base / "a", n=30, seed=0, min_size=32, max_size=40),
-            synthetic.generate(base / "b", n=30, seed=1, min_size=32, max_size=40))
+    return (
+        synthetic.generate(base / "a", n=30, seed=0, min_size=32, max_size=40),
+        synthetic.generate(base / "b", n=30, seed=1, min_size=32, max_size=40),
+    )
 
 
 def test_build_records_root_image_list_and_split_settings(two_roots, tmp_path):
@@ -31,9 +35,10 @@ def test_build_records_root_image_list_and_split_settings(two_roots, tmp_path):
     recorded = manifest.recorded_provenance(tmp_path / "m.parquet")
     assert recorded["root"] == str(a.resolve())
     assert recorded["split"]["seed"] == 3
-    assert recorded == manifest.provenance(a, seed=3, val_fraction=0.15, test_fraction=0.15, balanced=False,
-                                           allow_truncated=False)
-    assert manifest.load(tmp_path / "m.parquet").equals(manifest.load(tmp_path / "m.parquet"))   # still a plain manifest
+    assert recorded == manifest.provenance(
+        a, seed=3, val_fraction=0.15, test_fraction=0.15, balanced=False, allow_truncated=False
+    )
+    assert manifest.load(tmp_path / "m.parquet").equals(manifest.load(tmp_path / "m.parquet"))  # still a plain manifest
     report = (tmp_path / "m.report.json").read_text()
     assert recorded["images"] in report
 
@@ -54,9 +59,9 @@ def test_image_list_hash_sees_an_added_or_relabelled_image(two_roots, tmp_path):
 def test_the_study_manifest_of_other_data_is_rebuilt(two_roots, tmp_path, caplog):
     a, b = two_roots
     cfg_a, cfg_b = _cfg(a, tmp_path, "name=same"), _cfg(b, tmp_path, "name=same")
-    path = data.ensure_manifest(cfg_a)              # e.g. jobs/prepare.py --root A without --config
+    path = data.ensure_manifest(cfg_a)  # e.g. jobs/prepare.py --root A without --config
     assert manifest.recorded_provenance(path)["root"] == str(a.resolve())
-    assert data.ensure_manifest(cfg_b) == path      # the next study of that name uses B
+    assert data.ensure_manifest(cfg_b) == path  # the next study of that name uses B
     assert manifest.recorded_provenance(path)["root"] == str(b.resolve())
     assert "rebuilding" in caplog.text and str(a.resolve()) in caplog.text
     paths = manifest.load(path)["path"]

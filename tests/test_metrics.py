@@ -1,4 +1,5 @@
 """Metric functions against hand-checked values and sklearn."""
+
 import math
 
 import numpy as np
@@ -15,8 +16,16 @@ def test_binary_metrics_hand_checked():
     # AUC: of the 4 (pos, neg) pairs only 0.35 < 0.4 is misordered -> 3/4.
     # AP: ranked 0.8(+) 0.4(-) 0.35(+) 0.1(-) -> 0.5 * 1 + 0.5 * 2/3.
     # At 0.5: tp=1 fn=1 tn=2 fp=0.
-    expected = {"auc": 0.75, "auprc": 5 / 6, "sensitivity": 0.5, "specificity": 1.0,
-                "balanced_accuracy": 0.75, "f1": 2 / 3, "accuracy": 0.75, "threshold": 0.5}
+    expected = {
+        "auc": 0.75,
+        "auprc": 5 / 6,
+        "sensitivity": 0.5,
+        "specificity": 1.0,
+        "balanced_accuracy": 0.75,
+        "f1": 2 / 3,
+        "accuracy": 0.75,
+        "threshold": 0.5,
+    }
     assert m.keys() == expected.keys()
     for k, v in expected.items():
         assert m[k] == pytest.approx(v), k
@@ -81,7 +90,7 @@ def test_weighted_metrics_match_sklearn_on_repeated_items():
     """The vectorised bootstrap core equals binary_metrics on the explicitly resampled set."""
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, 60)
-    probs = np.round(rng.random(60), 1)                  # many ties
+    probs = np.round(rng.random(60), 1)  # many ties
     counts = rng.integers(0, 4, size=(5, 60))
     got = metrics._weighted_metrics(counts, labels, probs, 0.4, metrics.METRIC_NAMES)
     for b in range(5):
@@ -120,6 +129,6 @@ def test_constant_output_loss_is_the_floor_of_a_model_that_learned_nothing():
     assert constant_output_loss(labels, w) == pytest.approx(2 * 0.822 * np.log(2), rel=1e-6)
     loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))
     y = torch.tensor(labels, dtype=torch.float32)
-    for logit in (-1.0, -0.1, 0.0, 0.1, 1.0):              # no constant does better
+    for logit in (-1.0, -0.1, 0.0, 0.1, 1.0):  # no constant does better
         assert loss(torch.full_like(y, logit), y).item() >= constant_output_loss(labels, w) - 1e-6
     assert constant_output_loss(labels) == pytest.approx(-(0.178 * np.log(0.178) + 0.822 * np.log(0.822)))

@@ -1,4 +1,5 @@
 """fracture.model: FractureNet shape, VGG16 backbone, L2 term, parameter groups, freezing, weights."""
+
 import copy
 import urllib.error
 
@@ -82,8 +83,7 @@ def test_l2_penalty_matches_hand_computed_sum(net):
         net.fc2.weight.fill_(100.0)
         net.features[0].weight.fill_(100.0)
     assert net.l2_penalty().item() == pytest.approx(expected.item(), rel=1e-6)
-    grads = torch.autograd.grad(net.l2_penalty(), [net.fc1.weight, net.fc1.bias, net.fc2.weight],
-                                allow_unused=True)
+    grads = torch.autograd.grad(net.l2_penalty(), [net.fc1.weight, net.fc1.bias, net.fc2.weight], allow_unused=True)
     torch.testing.assert_close(grads[0], 2 * 3.5e-3 * net.fc1.weight.detach())
     assert grads[1] is None and grads[2] is None
 
@@ -188,7 +188,7 @@ def test_vgg16_bn_matches_torchvision_and_keeps_five_blocks(tmp_path):
     ours = {k: v.shape for k, v in net.features.state_dict().items()}
     assert ours == {k: v.shape for k, v in reference.features.state_dict().items()}
     blocks = net.backbone_blocks()
-    assert len(blocks) == 5 and [len(b) for b in blocks] == [8, 8, 12, 12, 12]   # conv w, b + BN w, b per layer
+    assert len(blocks) == 5 and [len(b) for b in blocks] == [8, 8, 12, 12, 12]  # conv w, b + BN w, b per layer
     groups = param_groups(net, lr_head=1e-3, lr_backbone=1e-4)
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in net.parameters()}
     net.set_trainable_blocks(1)
@@ -199,7 +199,7 @@ def test_vgg16_bn_matches_torchvision_and_keeps_five_blocks(tmp_path):
     loaded, source = build_model(ModelConfig(arch="vgg16_bn", weights=str(path)))
     assert source.startswith("file:")
     assert torch.equal(loaded.features[1].running_var, reference.features[1].running_var)
-    plain = tmp_path / "plain.pth"                      # VGG16 without BN: the layers do not line up
+    plain = tmp_path / "plain.pth"  # VGG16 without BN: the layers do not line up
     torch.save(torchvision.models.vgg16(weights=None).state_dict(), plain)
     with pytest.raises(WeightsError, match="VGG16_BN"):
         build_model(ModelConfig(arch="vgg16_bn", weights=str(plain)))
@@ -209,7 +209,7 @@ def test_frozen_batch_norm_keeps_its_statistics_in_train_mode():
     torch.manual_seed(0)
     net, _ = build_model(ModelConfig(arch="vgg16_bn"))
     net.set_trainable_blocks(1)
-    frozen_bn, trained_bn = net.features[1], net.features[-3]      # first block's BN, last block's BN
+    frozen_bn, trained_bn = net.features[1], net.features[-3]  # first block's BN, last block's BN
     before = frozen_bn.running_mean.clone(), trained_bn.running_mean.clone()
     net.train()
     net(torch.rand(4, 3, 32, 32))

@@ -1,4 +1,5 @@
 """Evaluation plots and training curves are written as readable PNGs."""
+
 import numpy as np
 from PIL import Image
 
@@ -24,8 +25,10 @@ def test_save_evaluation_plots(tmp_path):
 
 
 def test_save_training_curves(tmp_path):
-    history = [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_loss": 0.72 - 0.08 * e,
-                "val_auc": 0.6 + 0.05 * e} for e in range(4)]
+    history = [
+        {"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_loss": 0.72 - 0.08 * e, "val_auc": 0.6 + 0.05 * e}
+        for e in range(4)
+    ]
     _check_png(plots.save_training_curves(history, tmp_path / "curves.png"))
 
 
@@ -37,4 +40,4 @@ def test_training_curves_tolerate_missing_keys(tmp_path):
 def test_calibration_bins_follow_the_scores_when_they_crowd_one_bin():
     rng = np.random.default_rng(0)
     assert plots.calibration_bins(rng.random(500)) == "uniform"
-    assert plots.calibration_bins(0.4 + 0.05 * rng.random(500)) == "quantile"   # all in [0.4, 0.45)
+    assert plots.calibration_bins(0.4 + 0.05 * rng.random(500)) == "quantile"  # all in [0.4, 0.45)

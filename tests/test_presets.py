@@ -1,4 +1,5 @@
 """fracture.presets: decode to uint8 (S, S, 3) and augment deterministically for a given generator."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -69,8 +70,11 @@ def test_decode_is_deterministic(large_jpeg):
 
 
 def test_decode_batch_drops_path_and_adds_image(grey_jpeg, rgb_png, large_jpeg):
-    batch = {PATH: np.array([str(grey_jpeg), str(rgb_png), str(large_jpeg)]),
-             LABEL: np.array([1, 0, 1]), "image_id": np.array(["a", "b", "c"])}
+    batch = {
+        PATH: np.array([str(grey_jpeg), str(rgb_png), str(large_jpeg)]),
+        LABEL: np.array([1, 0, 1]),
+        "image_id": np.array(["a", "b", "c"]),
+    }
     out = decode_batch(batch, size=SIZE)
     assert PATH not in out
     assert set(out) == {IMAGE, LABEL, "image_id"}
@@ -87,7 +91,7 @@ def test_augment_keeps_shape_and_dtype_and_changes_pixels():
     assert out.shape == images.shape and out.dtype == np.uint8
     assert out is not images
     assert not np.array_equal(out, images)
-    for before, after in zip(images, out):
+    for before, after in zip(images, out, strict=True):
         assert not np.array_equal(before, after)
 
 
@@ -124,8 +128,12 @@ def test_augment_with_per_image_seeds_depends_only_on_each_seed(strength):
     images = _images(n=4)
     seeds = [[17, 0, row] for row in range(4)]
     whole = augment(images, strength=strength, seeds=seeds)
-    halves = np.concatenate([augment(images[:2], strength=strength, seeds=seeds[:2]),
-                             augment(images[2:], strength=strength, seeds=seeds[2:])])
+    halves = np.concatenate(
+        [
+            augment(images[:2], strength=strength, seeds=seeds[:2]),
+            augment(images[2:], strength=strength, seeds=seeds[2:]),
+        ]
+    )
     assert np.array_equal(whole, halves)
     next_epoch = augment(images, strength=strength, seeds=[[17, 1, row] for row in range(4)])
     assert not np.array_equal(whole, next_epoch)
@@ -135,7 +143,7 @@ def test_light_augment_only_flips_and_shifts():
     images = _images(n=3)
     out = augment(images, strength="light", rng=np.random.default_rng(0))
     # a flip and a cyclic shift move pixels but keep every value: the histogram is unchanged
-    for before, after in zip(images, out):
+    for before, after in zip(images, out, strict=True):
         assert np.array_equal(np.sort(before, axis=None), np.sort(after, axis=None))
     assert np.array_equal(augment(images, strength="none", rng=np.random.default_rng(0)), images)
 

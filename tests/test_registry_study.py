@@ -3,6 +3,7 @@
 Tune's trial results are built as real `ray.tune.Result`s (what a ResultGrid yields), without
 running Ray; MLflow is a real sqlite store.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,13 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def cfg(tmp_path):
-    return load(ROOT / "jobs" / "studies" / "demo.yaml", [
-        f"cluster.storage_path={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "tracking.experiment=test", "train.epochs=3"])
+    return load(
+        ROOT / "jobs" / "studies" / "demo.yaml",
+        [
+            f"cluster.storage_path={tmp_path / 'runs'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking.experiment=test",
+            "train.epochs=3",
+        ],
+    )
 
 
-def _result(cfg, trial_id: str, aucs: list[float], *, error: Exception | None = None, early_stopped=False,
-            **searched) -> ray.tune.Result:
+def _result(
+    cfg, trial_id: str, aucs: list[float], *, error: Exception | None = None, early_stopped=False, **searched
+) -> ray.tune.Result:
     """One trial as Tune returns it: last reported metrics (with the trial's config) and its per-epoch frame."""
     config = cfg.to_dict()
     for dotted, value in searched.items():
@@ -35,19 +43,35 @@ def _result(cfg, trial_id: str, aucs: list[float], *, error: Exception | None = 
         config[section][key] = value
     last = {"trial_id": trial_id, "config": {"config": config}}
     if aucs:
-        last |= {"val_auc": aucs[-1], "best_val_auc": max(aucs), "epochs_done": len(aucs),
-                 "epoch": len(aucs) - 1, "early_stopped": early_stopped}
+        last |= {
+            "val_auc": aucs[-1],
+            "best_val_auc": max(aucs),
+            "epochs_done": len(aucs),
+            "epoch": len(aucs) - 1,
+            "early_stopped": early_stopped,
+        }
     frame = pd.DataFrame({"val_auc": aucs, "epoch": range(len(aucs))}) if aucs else None
-    return ray.tune.Result(metrics=last, checkpoint=None, error=error, path=f"/nowhere/{trial_id}",
-                           metrics_dataframe=frame)
+    return ray.tune.Result(
+        metrics=last, checkpoint=None, error=error, path=f"/nowhere/{trial_id}", metrics_dataframe=frame
+    )
 
 
 def _study(cfg) -> list[ray.tune.Result]:
     return [
-        _result(cfg, "a", [0.6, 0.7, 0.65], model__dropout=0.5, model__l2=1e-3, optim__lr_head=1e-3, optim__lr_backbone=1e-4),
+        _result(
+            cfg, "a", [0.6, 0.7, 0.65], model__dropout=0.5, model__l2=1e-3, optim__lr_head=1e-3, optim__lr_backbone=1e-4
+        ),
         _result(cfg, "b", [0.55], model__dropout=0.3, model__l2=1e-5, optim__lr_head=2e-4, optim__lr_backbone=3e-5),
-        _result(cfg, "c", [0.5, 0.52], early_stopped=True, model__dropout=0.4, model__l2=1e-4,
-                optim__lr_head=5e-4, optim__lr_backbone=2e-5),
+        _result(
+            cfg,
+            "c",
+            [0.5, 0.52],
+            early_stopped=True,
+            model__dropout=0.4,
+            model__l2=1e-4,
+            optim__lr_head=5e-4,
+            optim__lr_backbone=2e-5,
+        ),
         _result(cfg, "d", [], error=RuntimeError("worker died")),
     ]
 
@@ -66,17 +90,26 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
     uri, parent = tracking.start_study(cfg, str(tmp_path / "study"))
     client = tracking._client(uri)
     experiment = client.get_experiment_by_name("test")
-    trial_run = client.create_run(experiment.experiment_id, tags={"mlflow.parentRunId": parent, tracking.TRIAL_TAG: "a"})
+    trial_run = client.create_run(
+        experiment.experiment_id, tags={"mlflow.parentRunId": parent, tracking.TRIAL_TAG: "a"}
+    )
 
     tracking.log_study_results(_study(cfg), cfg, uri, parent)
 
     params = client.get_run(parent).data.params
     assert params["space.model.l2"] == "loguniform[1e-06, 0.001]"
     assert params["space.optim.lr_head"] == "loguniform[0.0001, 0.003]" and params["search.num_trials"] == "4"
-    local = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=tracking.STUDY_ARTIFACT,
-                                                     dst_path=str(tmp_path / "got"), tracking_uri=uri))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent, artifact_path=tracking.STUDY_ARTIFACT, dst_path=str(tmp_path / "got"), tracking_uri=uri
+        )
+    )
     assert {p.name for p in local.iterdir()} == {
-        "trials.csv", "optuna_optimization_history.png", "optuna_param_importances.png", "optuna_parallel_coordinate.png"}
+        "trials.csv",
+        "optuna_optimization_history.png",
+        "optuna_param_importances.png",
+        "optuna_parallel_coordinate.png",
+    }
     table = pd.read_csv(local / "trials.csv")
     assert table.set_index("trial_id").loc["a", "run_id"] == trial_run.info.run_id
     assert all((local / name).stat().st_size > 10_000 for name in (p.name for p in local.glob("*.png")))
@@ -85,7 +118,7 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
 def test_optuna_study_takes_every_trial_that_reported_and_importances_need_two(cfg, tmp_path, caplog):
     table = tracking.trials_table(_study(cfg), cfg, {})
     study = tracking.optuna_study(table, cfg)
-    assert [t.value for t in study.trials] == [0.7, 0.55, 0.52]     # the errored one has nothing to show
+    assert [t.value for t in study.trials] == [0.7, 0.55, 0.52]  # the errored one has nothing to show
     assert study.best_trial.user_attrs["trial_id"] == "a"
 
     with caplog.at_level(logging.INFO, logger="fracture.tracking"):
@@ -105,7 +138,7 @@ def test_optuna_plots_leave_matplotlib_style_as_it_was(cfg, tmp_path):
 def test_experiment_opens_on_runs_new_or_existing(cfg, tmp_path):
     uri = cfg.tracking.uri
     client = tracking._client(uri)
-    client.create_experiment("older")                     # made before the tag existed: no kind
+    client.create_experiment("older")  # made before the tag existed: no kind
     tracking.start_study(cfg.replace(tracking={"experiment": "older"}), str(tmp_path / "s1"))
     tracking.start_study(cfg, str(tmp_path / "s2"))
     for name in ("older", "test"):

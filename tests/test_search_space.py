@@ -1,4 +1,5 @@
 """fracture.search: study search spaces become Tune domains (no Ray cluster is started here)."""
+
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,15 @@ def _cfg(space, points=()):
 
 
 def test_each_distribution_gives_its_tune_domain():
-    cfg = _cfg({
-        "model.dropout": {"uniform": [0.2, 0.6]},
-        "optim.lr_head": {"loguniform": [1.0e-5, 1.0e-3]},
-        "model.hidden": {"quniform": [32, 256, 32]},
-        "model.trainable_blocks": {"randint": [0, 6]},
-        "optim.name": {"choice": ["adam", "adamw"]},
-    })
+    cfg = _cfg(
+        {
+            "model.dropout": {"uniform": [0.2, 0.6]},
+            "optim.lr_head": {"loguniform": [1.0e-5, 1.0e-3]},
+            "model.hidden": {"quniform": [32, 256, 32]},
+            "model.trainable_blocks": {"randint": [0, 6]},
+            "optim.name": {"choice": ["adam", "adamw"]},
+        }
+    )
     space = search_space(cfg)
 
     dropout = space["model"]["dropout"]
@@ -50,8 +53,9 @@ def test_untouched_keys_keep_their_values():
     assert set(space) == set(raw)
     for section, values in raw.items():
         if section == "model":
-            assert {k: v for k, v in space["model"].items() if k != "dropout"} == \
-                   {k: v for k, v in values.items() if k != "dropout"}
+            assert {k: v for k, v in space["model"].items() if k != "dropout"} == {
+                k: v for k, v in values.items() if k != "dropout"
+            }
         else:
             assert space[section] == values, section
     assert cfg.to_dict() == raw  # the config itself is not modified
@@ -82,15 +86,17 @@ def test_unknown_distribution_raises_naming_it():
     assert "model.dropout" in str(info.value)
 
 
-@pytest.mark.parametrize("spec", [{"uniform": [0.1]}, {"loguniform": [0, 1]}, [0.1, 0.5],
-                                  {"uniform": [0, 1], "choice": [1]}])
+@pytest.mark.parametrize(
+    "spec", [{"uniform": [0.1]}, {"loguniform": [0, 1]}, [0.1, 0.5], {"uniform": [0, 1], "choice": [1]}]
+)
 def test_bad_distribution_arguments_raise(spec):
     with pytest.raises(ConfigError, match=r"model\.dropout"):
         search_space(_cfg({"model.dropout": spec}))
 
 
-@pytest.mark.parametrize("dotted", ["data.image_size", "cluster.num_workers", "search.num_trials",
-                                    "tracking.experiment"])
+@pytest.mark.parametrize(
+    "dotted", ["data.image_size", "cluster.num_workers", "search.num_trials", "tracking.experiment"]
+)
 def test_infrastructure_keys_cannot_be_searched(dotted):
     with pytest.raises(ConfigError, match=dotted.replace(".", r"\.")):
         search_space(_cfg({dotted: {"choice": [1, 2]}}))
@@ -103,14 +109,22 @@ def test_search_space_key_must_be_section_dot_key(dotted):
 
 
 def test_points_to_evaluate_are_flat_and_completed_with_defaults():
-    cfg = Config.from_dict({
-        "model": {"dropout": 0.4, "l2": 1.0e-4},
-        "search": {"space": {"model.dropout": {"uniform": [0.2, 0.6]},
-                             "model.l2": {"loguniform": [1.0e-6, 1.0e-2]},
-                             "optim.lr_head": {"loguniform": [1.0e-5, 1.0e-3]}},
-                   "points_to_evaluate": [{"model.dropout": 0.5},
-                                          {"model.dropout": 0.3, "model.l2": 1.0e-3, "optim.lr_head": 2.0e-4}]},
-    })
+    cfg = Config.from_dict(
+        {
+            "model": {"dropout": 0.4, "l2": 1.0e-4},
+            "search": {
+                "space": {
+                    "model.dropout": {"uniform": [0.2, 0.6]},
+                    "model.l2": {"loguniform": [1.0e-6, 1.0e-2]},
+                    "optim.lr_head": {"loguniform": [1.0e-5, 1.0e-3]},
+                },
+                "points_to_evaluate": [
+                    {"model.dropout": 0.5},
+                    {"model.dropout": 0.3, "model.l2": 1.0e-3, "optim.lr_head": 2.0e-4},
+                ],
+            },
+        }
+    )
     points = points_to_evaluate(cfg)
     assert points == [
         {"config/model/dropout": 0.5, "config/model/l2": 1.0e-4, "config/optim/lr_head": 1.0e-4},

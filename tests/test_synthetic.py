@@ -1,4 +1,5 @@
 """fracture.synthetic: a FracAtlas-layout dataset, deterministic for its seed."""
+
 import csv
 
 import numpy as np

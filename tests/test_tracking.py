@@ -1,4 +1,5 @@
 """tracking's process-wide MLflow state: a study must leave MLflow as it found it."""
+
 from __future__ import annotations
 
 import os

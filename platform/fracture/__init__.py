@@ -2,4 +2,5 @@
 
 Importing the package does nothing: each module imports its heavy dependencies itself.
 """
+
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@
 
 A checkpoint is self-describing: `load_model(path)` rebuilds the exact model from state.json alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ STATE_FILE = "state.json"
 ORDER_FILE = "train_order.npz"
 
 
-def save(directory: str | Path, net: FractureNet, optimizer: torch.optim.Optimizer | None,
-         state: dict[str, Any], scheduler=None, train_order: list[np.ndarray] | None = None) -> Path:
+def save(
+    directory: str | Path,
+    net: FractureNet,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    scheduler=None,
+    train_order: list[np.ndarray] | None = None,
+) -> Path:
     """Write a checkpoint into `directory`.
 
     Args:
@@ -38,17 +45,27 @@ def save(directory: str | Path, net: FractureNet, optimizer: torch.optim.Optimiz
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), directory / MODEL_FILE)
     if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None},
-                   directory / OPTIMIZER_FILE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            },
+            directory / OPTIMIZER_FILE,
+        )
     if train_order is not None:
         np.savez_compressed(directory / ORDER_FILE, **{f"epoch_{i}": rows for i, rows in enumerate(train_order)})
     (directory / STATE_FILE).write_text(json.dumps(state, indent=2, default=float))
     return directory
 
 
-def to_ray(directory: str | Path, net: FractureNet, optimizer, state: dict[str, Any], scheduler=None,
-           train_order: list[np.ndarray] | None = None):
+def to_ray(
+    directory: str | Path,
+    net: FractureNet,
+    optimizer,
+    state: dict[str, Any],
+    scheduler=None,
+    train_order: list[np.ndarray] | None = None,
+):
     """save() then wrap as a ray.train.Checkpoint for ray.train.report."""
     import ray.train
 

@@ -7,6 +7,7 @@ job with one clear line and exit status 2, not a traceback.
 Nothing heavy is imported here (no ray, torch, mlflow or pandas), so `jobs/*.py --help` answers at
 once: jobs import the rest after parsing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from fracture.config import Config, ConfigError, load
 
@@ -25,17 +26,23 @@ DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "jobs" / "studies" / "demo
 
 def parser(description: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=None,
-                   help=f"study YAML (default: {DEFAULT_STUDY.relative_to(DEFAULT_STUDY.parents[2])})")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"study YAML (default: {DEFAULT_STUDY.relative_to(DEFAULT_STUDY.parents[2])})",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--verbose", action="store_true",
-                   help="also print Ray's, Tune's and MLflow's own progress messages and tables")
+    p.add_argument(
+        "--verbose", action="store_true", help="also print Ray's, Tune's and MLflow's own progress messages and tables"
+    )
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. model.dropout=0.3 train.epochs=2")
     return p
 
 
-def parse(argv: Sequence[str] | None = None, *, description: str = "",
-          p: argparse.ArgumentParser | None = None) -> tuple[Config, argparse.Namespace]:
+def parse(
+    argv: Sequence[str] | None = None, *, description: str = "", p: argparse.ArgumentParser | None = None
+) -> tuple[Config, argparse.Namespace]:
     """Parse argv into (Config, the argparse namespace for job-specific flags)."""
     p = p or parser(description)
     args = p.parse_args(argv)
@@ -53,7 +60,7 @@ def parse(argv: Sequence[str] | None = None, *, description: str = "",
 
 def _job_working_dir() -> Path | None:
     """The uploaded copy of the project this driver runs in, under `ray job submit --working-dir`."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")   # set by Ray's job supervisor for the entrypoint
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the entrypoint
     try:
         uploaded = raw and json.loads(raw).get("runtime_env", {}).get("working_dir")
     except (ValueError, AttributeError):
@@ -70,11 +77,16 @@ def check_job_paths(cfg: Config) -> None:
     copy = _job_working_dir()
     if copy is None:
         return
-    hint = ("this job runs in the copy of the project that --working-dir uploaded ({copy}), which holds "
-            "no .gitignored files and is deleted with the Ray session: pass {key}=<absolute path>")
+    hint = (
+        "this job runs in the copy of the project that --working-dir uploaded ({copy}), which holds "
+        "no .gitignored files and is deleted with the Ray session: pass {key}=<absolute path>"
+    )
     if "://" not in cfg.cluster.storage_path and Path(cfg.cluster.storage_path).is_relative_to(copy):
-        raise ConfigError(f"cluster.storage_path={cfg.cluster.storage_path}: "
-                          + hint.format(copy=copy, key="cluster.storage_path") + " (or s3://..., gs://...)")
+        raise ConfigError(
+            f"cluster.storage_path={cfg.cluster.storage_path}: "
+            + hint.format(copy=copy, key="cluster.storage_path")
+            + " (or s3://..., gs://...)"
+        )
     root = Path(cfg.data.root)
     if root.is_relative_to(copy) and not root.exists():
         raise ConfigError(f"data.root={root} does not exist: " + hint.format(copy=copy, key="data.root"))
@@ -103,8 +115,11 @@ def setup_logging(verbose: bool = False) -> None:
     Ray's own loggers are quieted by init_ray (they exist only once ray is imported).
     """
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-                         if verbose else _Formatter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        if verbose
+        else _Formatter()
+    )
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
@@ -185,9 +200,16 @@ def _init_local(cfg: Config, runtime_env: dict) -> None:
     # one-machine cluster never is. It logs a core error line at every start, and a traceback
     # when ASHA stops its trial while it polls.
     runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get(
-        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(address="local", num_cpus=max(int(need + 0.5), os.cpu_count() or 1), include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=runtime_env)
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"
+    )
+    ray.init(
+        address="local",
+        num_cpus=max(int(need + 0.5), os.cpu_count() or 1),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        runtime_env=runtime_env,
+    )
 
 
 def free_port() -> int:

@@ -4,14 +4,16 @@ Every knob has exactly one default, here. YAML is parsed with PyYAML, which read
 string, so every field is coerced to its annotated type and a value that cannot be coerced is an
 error naming the key. Unknown keys are errors too (typos must not silently fall back to defaults).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fracture.presets import AUGMENTS
 
@@ -22,81 +24,83 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = "data/synthetic"      # a FracAtlas-layout folder: images/{Fractured,Non_fractured}, dataset.csv
-    manifest: str = ""                # manifest Parquet; "" = <storage_path>/<name>/manifest.parquet, built on demand
-    image_size: int = 224             # square side in pixels after resize
+    root: str = "data/synthetic"  # a FracAtlas-layout folder: images/{Fractured,Non_fractured}, dataset.csv
+    manifest: str = ""  # manifest Parquet; "" = <storage_path>/<name>/manifest.parquet, built on demand
+    image_size: int = 224  # square side in pixels after resize
     split_seed: int = 17
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    balanced: bool = False            # the seed notebook's subset: all fractured + as many non-fractured
-    allow_truncated: bool = False     # load truncated JPEGs with PIL's LOAD_TRUNCATED_IMAGES instead of excluding
-    augment: str = "light"            # per-epoch train augmentation: light (flips + 5% shifts) | seed (the notebook's) | none
-    cache_dir: str = ""               # decoded-image cache; "" = <storage_path>/cache
+    balanced: bool = False  # the seed notebook's subset: all fractured + as many non-fractured
+    allow_truncated: bool = False  # load truncated JPEGs with PIL's LOAD_TRUNCATED_IMAGES instead of excluding
+    augment: str = "light"  # per-epoch train augmentation: light (flips + 5% shifts) | seed (the notebook's) | none
+    cache_dir: str = ""  # decoded-image cache; "" = <storage_path>/cache
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "vgg16"               # vgg16 (the seed recipe) | vgg16_bn (batch norm: steadier from scratch)
-    weights: str = "none"             # "imagenet" (torchvision download), a local .pth path, or "none"
-    hidden: int = 128                 # width of the Dense layer of the seed head
+    arch: str = "vgg16"  # vgg16 (the seed recipe) | vgg16_bn (batch norm: steadier from scratch)
+    weights: str = "none"  # "imagenet" (torchvision download), a local .pth path, or "none"
+    hidden: int = 128  # width of the Dense layer of the seed head
     dropout: float = 0.5
-    l2: float = 1.0e-3                # Keras-style kernel_regularizer on the Dense-128 kernel: l2 * sum(w^2)
-    trainable_blocks: int = 5         # VGG16 conv blocks (of 5, counted from the top) trained after warm-up
+    l2: float = 1.0e-3  # Keras-style kernel_regularizer on the Dense-128 kernel: l2 * sum(w^2)
+    trainable_blocks: int = 5  # VGG16 conv blocks (of 5, counted from the top) trained after warm-up
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adam"                # adam | adamw
+    name: str = "adam"  # adam | adamw
     lr_head: float = 1.0e-4
     lr_backbone: float = 1.0e-5
-    weight_decay: float = 0.0         # decoupled decay for adamw; the seed's L2 is model.l2, not this
-    schedule: str = "none"            # none | cosine | plateau
-    grad_clip: float = 0.0            # max global grad norm; 0 disables
+    weight_decay: float = 0.0  # decoupled decay for adamw; the seed's L2 is model.l2, not this
+    schedule: str = "none"  # none | cosine | plateau
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
-    batch_size_per_worker: int = 32   # per DDP rank; VGG16 at 224 px, bf16: well inside a 24 GB GPU (estimate, no GPU measured yet)
-    warmup_epochs: int = 0            # head-only epochs with the backbone frozen
-    imbalance: str = "pos_weight"     # pos_weight | none
-    patience: int = 5                 # epochs without val AUROC gain before stopping; 0 disables
-    threshold: str = "youden"         # how the decision threshold is chosen on val: youden | sensitivity
-    target_sensitivity: float = 0.9   # used when threshold == "sensitivity"
+    batch_size_per_worker: int = (
+        32  # per DDP rank; VGG16 at 224 px, bf16: well inside a 24 GB GPU (estimate, no GPU measured yet)
+    )
+    warmup_epochs: int = 0  # head-only epochs with the backbone frozen
+    imbalance: str = "pos_weight"  # pos_weight | none
+    patience: int = 5  # epochs without val AUROC gain before stopping; 0 disables
+    threshold: str = "youden"  # how the decision threshold is chosen on val: youden | sensitivity
+    target_sensitivity: float = 0.9  # used when threshold == "sensitivity"
     # Rows in each worker's local shuffle buffer, seeded per (seed, epoch, rank); 0 = stored order.
     # At least a shard's rows means a full permutation every epoch, as a plain loop's sampler gives.
     # A smaller one mixes only the block(s) it holds, so over a cache of many blocks (224 px, or any
     # split over 128 MiB) the stored order recurs epoch after epoch (benchmarks/shuffle_order.py).
     # FracAtlas' train split is ~2.5k rows (380 MB at 224 px, 17 MB at 48 px).
     shuffle_buffer: int = 4096
-    compile: bool = False             # torch.compile the training model (worth it on GPU for long runs)
+    compile: bool = False  # torch.compile the training model (worth it on GPU for long runs)
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     num_trials: int = 1
-    max_concurrent: int = 1           # trials at once: cluster GPUs (or CPUs) // resources per trial
-    scheduler: str = "asha"           # asha | none
-    grace_epochs: int = 1             # ASHA: epochs every trial gets before it can be stopped
-    space: dict = field(default_factory=dict)              # "section.key" -> {distribution: [args]}
+    max_concurrent: int = 1  # trials at once: cluster GPUs (or CPUs) // resources per trial
+    scheduler: str = "asha"  # asha | none
+    grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    space: dict = field(default_factory=dict)  # "section.key" -> {distribution: [args]}
     points_to_evaluate: list = field(default_factory=list)  # first trials: [{"section.key": value}]
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    num_workers: int = 1              # Ray Train workers (DDP ranks) per trial
+    num_workers: int = 1  # Ray Train workers (DDP ranks) per trial
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    storage_path: str = "runs"        # local dir for one node; shared FS or s3:// / gs:// on many
-    storage_shared: bool = False      # true when storage_path is a mount that every node sees (NFS, EFS)
-    max_failures: int = 0             # worker-group restarts from the last checkpoint
+    storage_path: str = "runs"  # local dir for one node; shared FS or s3:// / gs:// on many
+    storage_shared: bool = False  # true when storage_path is a mount that every node sees (NFS, EFS)
+    max_failures: int = 0  # worker-group restarts from the last checkpoint
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str = ""                     # "" = $MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<storage_path>/mlflow.db
     experiment: str = "fracture"
-    model_name: str = "fracture"      # registered model; the best version gets the @champion alias
+    model_name: str = "fracture"  # registered model; the best version gets the @champion alias
 
 
 @dataclass(frozen=True)
@@ -115,10 +119,10 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
         return _build(cls, raw, prefix="")
 
-    def replace(self, **sections: Any) -> "Config":
+    def replace(self, **sections: Any) -> Config:
         """Copy with whole fields or sections replaced, e.g. `cfg.replace(train={"epochs": 1})`."""
         raw = self.to_dict()
         for key, value in sections.items():
@@ -153,9 +157,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             if typ is float:
                 return float(value)
             if isinstance(value, str):
-                value = float(value)          # "1e3" (a string to PyYAML) -> 1000.0
+                value = float(value)  # "1e3" (a string to PyYAML) -> 1000.0
             if isinstance(value, float) and not value.is_integer():
-                raise ValueError              # 1.5, "1.5", inf, nan
+                raise ValueError  # 1.5, "1.5", inf, nan
             return int(value)
         except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
@@ -189,8 +193,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if isinstance(typ, types.GenericAlias):
             typ = typing.get_origin(typ)
         key = f"{prefix}{name}"
-        kwargs[name] = (_build(typ, raw[name], key + ".") if dataclasses.is_dataclass(typ)
-                        else _coerce(raw[name], typ, key))
+        kwargs[name] = (
+            _build(typ, raw[name], key + ".") if dataclasses.is_dataclass(typ) else _coerce(raw[name], typ, key)
+        )
     return cls(**kwargs)
 
 
@@ -212,13 +217,13 @@ def set_path(raw: dict, dotted: str, value: Any) -> None:
     for depth, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
-            raise ConfigError(f"unknown config key {'.'.join(parts[:depth + 1])}")
+            raise ConfigError(f"unknown config key {'.'.join(parts[: depth + 1])}")
         hint = typing.get_type_hints(cls)[part]
         if depth == len(parts) - 1:
             node[part] = value
             return
         if not dataclasses.is_dataclass(hint):
-            raise ConfigError(f"unknown config key {dotted} ({'.'.join(parts[:depth + 1])} is not a section)")
+            raise ConfigError(f"unknown config key {dotted} ({'.'.join(parts[: depth + 1])} is not a section)")
         node = node.setdefault(part, {})
         cls = hint
 
@@ -261,14 +266,23 @@ def resolve_paths(cfg: Config) -> Config:
     Tune runs each trial in its own working directory, so a relative "runs" would land in a
     different place per trial; the driver resolves paths once and trials inherit them.
     """
+
     def absolute(path: str) -> str:
         return path if not path or "://" in path else str(Path(path).expanduser().resolve())
 
     return cfg.replace(
-        data={"root": absolute(cfg.data.root), "manifest": absolute(cfg.data.manifest),
-              "cache_dir": absolute(cfg.data.cache_dir)},
+        data={
+            "root": absolute(cfg.data.root),
+            "manifest": absolute(cfg.data.manifest),
+            "cache_dir": absolute(cfg.data.cache_dir),
+        },
         cluster={"storage_path": absolute(cfg.cluster.storage_path)},
-        model={"weights": cfg.model.weights if cfg.model.weights in ("none", "imagenet", "") else absolute(cfg.model.weights)})
+        model={
+            "weights": cfg.model.weights
+            if cfg.model.weights in ("none", "imagenet", "")
+            else absolute(cfg.model.weights)
+        },
+    )
 
 
 _CHOICES = {

@@ -14,6 +14,7 @@ batch is collated, with one generator per image seeded by (study seed, epoch, RO
 gives the same batches and the same views, whatever the batching or the number of workers.
 Only "train" and "val" are ever built here: the test split is for jobs/evaluate.py alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,13 @@ def manifest_path(cfg: Config) -> Path:
 def split_settings(cfg: Config) -> dict:
     """cfg.data's split and defect settings, as manifest.build and manifest.provenance take them."""
     d = cfg.data
-    return dict(seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                balanced=d.balanced, allow_truncated=d.allow_truncated)
+    return dict(
+        seed=d.split_seed,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        balanced=d.balanced,
+        allow_truncated=d.allow_truncated,
+    )
 
 
 def build_manifest(cfg: Config, root: str | Path, out: str | Path, *, progress: bool = True) -> pd.DataFrame:
@@ -52,7 +58,7 @@ def build_manifest(cfg: Config, root: str | Path, out: str | Path, *, progress: 
     return manifest.build(root, out, progress=progress, **split_settings(cfg))
 
 
-_checked: set[tuple] = set()   # (manifest, its mtime, root, split settings) that matched once in this process
+_checked: set[tuple] = set()  # (manifest, its mtime, root, split settings) that matched once in this process
 
 
 def ensure_manifest(cfg: Config) -> Path:
@@ -68,7 +74,7 @@ def ensure_manifest(cfg: Config) -> Path:
     own = not cfg.data.manifest
     root = Path(cfg.data.root).expanduser().resolve()
 
-    def key() -> tuple:   # after a rebuild the file's mtime is new
+    def key() -> tuple:  # after a rebuild the file's mtime is new
         return str(path), path.stat().st_mtime_ns, str(root), tuple(sorted(split_settings(cfg).items()))
 
     if path.is_file() and key() in _checked:
@@ -84,9 +90,11 @@ def ensure_manifest(cfg: Config) -> Path:
             log.warning("%s does not record the data it was built from: cannot check it against data.root", path)
     elif reason := manifest.provenance_mismatch(recorded, manifest.provenance(root, **split_settings(cfg))):
         if not own:
-            raise manifest.DataError(f"data.manifest={path}: {reason}; rebuild it with: python jobs/prepare.py "
-                                     f"--root {cfg.data.root} --out {path}, or set data.root to the data it was "
-                                     "built from")
+            raise manifest.DataError(
+                f"data.manifest={path}: {reason}; rebuild it with: python jobs/prepare.py "
+                f"--root {cfg.data.root} --out {path}, or set data.root to the data it was "
+                "built from"
+            )
         log.warning("%s: %s: rebuilding it", path, reason)
         build_manifest(cfg, cfg.data.root, path)
     _checked.add(key())
@@ -111,8 +119,16 @@ def pos_weight(cfg: Config) -> float:
 
 def _cache_key(frame: pd.DataFrame, cfg: Config) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"size": cfg.data.image_size, "truncated": cfg.data.allow_truncated,
-                              "order_seed": cfg.data.split_seed, "v": 2}).encode())
+    digest.update(
+        json.dumps(
+            {
+                "size": cfg.data.image_size,
+                "truncated": cfg.data.allow_truncated,
+                "order_seed": cfg.data.split_seed,
+                "v": 2,
+            }
+        ).encode()
+    )
     digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
     return digest.hexdigest()[:16]
 
@@ -135,16 +151,24 @@ def decoded(cfg: Config, split: str):
     frame[ROW] = frame.index.astype("int64")
     if frame[LABEL].nunique() < 2:
         # AUROC, the metric every trial is judged by, is undefined on one class.
-        raise manifest.DataError(f"split {split!r} of {manifest_path(cfg)} needs both classes but has "
-                                 f"{len(frame)} images with labels {sorted(frame[LABEL].unique().tolist())}")
+        raise manifest.DataError(
+            f"split {split!r} of {manifest_path(cfg)} needs both classes but has "
+            f"{len(frame)} images with labels {sorted(frame[LABEL].unique().tolist())}"
+        )
     target = cache_dir(cfg) / f"{split}-{cfg.data.image_size}px-{_cache_key(frame, cfg)}"
     if not target.is_dir():
         log.info("decoding %d %s images at %d px into %s", len(frame), split, cfg.data.image_size, target)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-        (ray.data.from_pandas(frame)
-         .map_batches(decode_batch, batch_size=DECODE_BATCH, batch_format="numpy",
-                      fn_kwargs={"size": cfg.data.image_size, "allow_truncated": cfg.data.allow_truncated})
-         .write_parquet(str(tmp)))
+        (
+            ray.data.from_pandas(frame)
+            .map_batches(
+                decode_batch,
+                batch_size=DECODE_BATCH,
+                batch_format="numpy",
+                fn_kwargs={"size": cfg.data.image_size, "allow_truncated": cfg.data.allow_truncated},
+            )
+            .write_parquet(str(tmp))
+        )
         try:
             os.replace(tmp, target)
         except OSError:  # another trial published it first; theirs is identical
@@ -194,11 +218,15 @@ class Collate:
 
         images = batch[IMAGE]
         if self.strength != "none":
-            images = augment(images, strength=self.strength,
-                             seeds=[[self.seed, self.epoch, int(r)] for r in batch[ROW]])
+            images = augment(
+                images, strength=self.strength, seeds=[[self.seed, self.epoch, int(r)] for r in batch[ROW]]
+            )
         # ROW rides along so that anyone can see which images a batch held (benchmarks/shuffle_order.py)
-        out = {IMAGE: torch.from_numpy(_writable(images)), LABEL: torch.from_numpy(_writable(batch[LABEL])),
-               ROW: torch.from_numpy(_writable(batch[ROW]))}
+        out = {
+            IMAGE: torch.from_numpy(_writable(images)),
+            LABEL: torch.from_numpy(_writable(batch[LABEL])),
+            ROW: torch.from_numpy(_writable(batch[ROW])),
+        }
         return {k: v.pin_memory() for k, v in out.items()} if self.pin_memory else out
 
 
@@ -219,8 +247,12 @@ def epoch_batches(source, cfg: Config, split: str, *, epoch: int, rank: int = 0)
     """
     train = split == "train"
     return source.iter_torch_batches(
-        batch_size=cfg.train.batch_size_per_worker, drop_last=False, prefetch_batches=2,
+        batch_size=cfg.train.batch_size_per_worker,
+        drop_last=False,
+        prefetch_batches=2,
         local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
         local_shuffle_seed=epoch_seed(cfg.seed, epoch, rank) if train and cfg.train.shuffle_buffer else None,
-        collate_fn=Collate(strength=cfg.data.augment if train else "none", seed=cfg.seed, epoch=epoch,
-                           pin_memory=cfg.cluster.use_gpu))
+        collate_fn=Collate(
+            strength=cfg.data.augment if train else "none", seed=cfg.seed, epoch=epoch, pin_memory=cfg.cluster.use_gpu
+        ),
+    )

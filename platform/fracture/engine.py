@@ -3,11 +3,12 @@
 Batches hold uint8 images (N, H, W, 3) as Ray Data yields them; `to_model_input` turns them into the
 float (N, 3, H, W) in [0, 1] that FractureNet normalises itself. No Ray, no MLflow, no files here.
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -59,9 +60,17 @@ def step_scheduler(scheduler, val_auc: float) -> None:
         scheduler.step()
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], *,
-                    loss_fn: nn.Module, penalty: Callable[[], torch.Tensor], device: torch.device,
-                    grad_clip: float = 0.0, seen_rows: list | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    *,
+    loss_fn: nn.Module,
+    penalty: Callable[[], torch.Tensor],
+    device: torch.device,
+    grad_clip: float = 0.0,
+    seen_rows: list | None = None,
+) -> dict[str, float]:
     """One pass over `batches`.
 
     Args:
@@ -93,8 +102,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches:
         total += data_loss.item() * len(y)
         count += len(y)
     seconds = time.perf_counter() - start
-    return {"train_loss": total / max(count, 1), "train_images": float(count),
-            "train_images_per_s": count / seconds if seconds > 0 else 0.0}
+    return {
+        "train_loss": total / max(count, 1),
+        "train_images": float(count),
+        "train_images_per_s": count / seconds if seconds > 0 else 0.0,
+    }
 
 
 @torch.no_grad()
@@ -112,8 +124,14 @@ def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) ->
     return np.concatenate(labels).astype(np.int64), np.concatenate(probs)
 
 
-def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device,
-             threshold: str = "youden", target_sensitivity: float = 0.9) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    device: torch.device,
+    threshold: str = "youden",
+    target_sensitivity: float = 0.9,
+) -> dict[str, float]:
     """Validation metrics over all of `batches`, with the decision threshold chosen on them.
 
     Returns:

@@ -6,6 +6,7 @@ checkpoint was trained at, and the model normalises them itself, so scores here 
 validation path. No MLflow here and no choice of output paths: jobs/evaluate.py and jobs/predict.py
 pass the directory to write into.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,19 +31,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT = "test"
 CI_METRICS = ("auc", "sensitivity", "specificity")
-SLICE_COLUMNS = ("body_part", "hardware", "view")   # report["by_<column>"]
+SLICE_COLUMNS = ("body_part", "hardware", "view")  # report["by_<column>"]
 HARDWARE_NAMES = {1: "hardware", 0: "no_hardware", -1: "unknown"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # A slice below these sizes gets no AUC (4 images can score 1.000) and is flagged as small: its
 # sensitivity and specificity are shown, but each rests on a handful of images.
 SMALL_SLICE_IMAGES = 20
 SMALL_SLICE_PER_CLASS = 5
-DISPLAY_PX = 224          # overlays are drawn at least this big, whatever the model's input size
-GRADCAM_BATCH = 16        # images per Grad-CAM backward pass (bounds activation memory)
+DISPLAY_PX = 224  # overlays are drawn at least this big, whatever the model's input size
+GRADCAM_BATCH = 16  # images per Grad-CAM backward pass (bounds activation memory)
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>[^@/]+)$")
 
 
 # ------------------------------------------------------------------------------------------- model
+
 
 def champion_uri(cfg: Config) -> str:
     """The default model to evaluate: models:/<tracking.model_name>@champion."""
@@ -76,8 +78,10 @@ def resolve(source: str, cfg: Config) -> tuple[Path, str]:
         raise ConfigError(f"--model {source}: expected models:/<name>@<alias>, e.g. models:/fracture@champion")
     directory = Path(source).expanduser()
     if not (directory / checkpoint.STATE_FILE).is_file() or not (directory / checkpoint.MODEL_FILE).is_file():
-        raise ConfigError(f"--model {source}: not a checkpoint directory (needs {checkpoint.MODEL_FILE} and "
-                          f"{checkpoint.STATE_FILE}), nor a models:/<name>@<alias> URI")
+        raise ConfigError(
+            f"--model {source}: not a checkpoint directory (needs {checkpoint.MODEL_FILE} and "
+            f"{checkpoint.STATE_FILE}), nor a models:/<name>@<alias> URI"
+        )
     return directory.resolve(), str(directory.resolve())
 
 
@@ -106,6 +110,7 @@ def device() -> torch.device:
 
 
 # -------------------------------------------------------------------------------------------- rows
+
 
 def frame_for(cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None = None) -> pd.DataFrame:
     """The rows to evaluate: usable images of one split of the study's manifest, or of any folder.
@@ -143,27 +148,42 @@ def frame_for(cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None
 def _unlabelled(folder: Path) -> pd.DataFrame:
     if not folder.is_dir():
         raise manifest.DataError(f"--folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not p.name.startswith("."))
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
     if not paths:
         raise manifest.DataError(f"{folder} has neither dataset.csv nor any {'/'.join(IMAGE_SUFFIXES)} image")
-    ids = [str(p.relative_to(folder)) for p in paths]     # unique even when names repeat in subfolders
-    return pd.DataFrame({ID: ids, PATH: [str(p.resolve()) for p in paths], LABEL: -1, "body_part": "unknown",
-                         "hardware": -1, "view": "unknown", "split": ""})
+    ids = [str(p.relative_to(folder)) for p in paths]  # unique even when names repeat in subfolders
+    return pd.DataFrame(
+        {
+            ID: ids,
+            PATH: [str(p.resolve()) for p in paths],
+            LABEL: -1,
+            "body_part": "unknown",
+            "hardware": -1,
+            "view": "unknown",
+            "split": "",
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------- scoring
 
+
 def _decode_all(paths, size: int, *, allow_truncated: bool = False) -> np.ndarray:
     """uint8 (N, size, size, 3); threads suffice (PIL's decoder releases the GIL)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return np.stack(list(pool.map(lambda p: presets.decode_resize(p, size, allow_truncated=allow_truncated),
-                                      paths)))
+        return np.stack(
+            list(pool.map(lambda p: presets.decode_resize(p, size, allow_truncated=allow_truncated), paths))
+        )
 
 
 @torch.no_grad()
-def score(net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size: int = 64,
-          allow_truncated: bool = False) -> np.ndarray:
+def score(
+    net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size: int = 64, allow_truncated: bool = False
+) -> np.ndarray:
     """Fracture probabilities of every row of `frame`, in order, on the GPU when there is one.
 
     Args:
@@ -178,32 +198,42 @@ def score(net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size:
     out = []
     paths = frame[PATH].tolist()
     for start in range(0, len(paths), batch_size):
-        images = torch.from_numpy(_decode_all(paths[start:start + batch_size], image_size,
-                                              allow_truncated=allow_truncated))   # (B, S, S, 3) uint8
+        images = torch.from_numpy(
+            _decode_all(paths[start : start + batch_size], image_size, allow_truncated=allow_truncated)
+        )  # (B, S, S, 3) uint8
         with engine.autocast(dev):
-            logits = net(engine.to_model_input(images, dev))                       # (B, 1)
+            logits = net(engine.to_model_input(images, dev))  # (B, 1)
         out.append(torch.sigmoid(logits.float()).view(-1).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
 # ----------------------------------------------------------------------------------------- report
 
+
 def _slice_row(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     m = metrics.binary_metrics(y, p, threshold)
     positives = int(y.sum())
     small = y.size < SMALL_SLICE_IMAGES or min(positives, y.size - positives) < SMALL_SLICE_PER_CLASS
-    return {"n": int(y.size), "positives": positives, "auc": float("nan") if small else m["auc"],
-            "sensitivity": m["sensitivity"], "specificity": m["specificity"], "small": small}
+    return {
+        "n": int(y.size),
+        "positives": positives,
+        "auc": float("nan") if small else m["auc"],
+        "sensitivity": m["sensitivity"],
+        "specificity": m["specificity"],
+        "small": small,
+    }
 
 
 def _slices(values: pd.Series, y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, dict]:
     keys = values.to_numpy()
-    return {str(name): _slice_row(y[keys == name], p[keys == name], threshold)
-            for name in sorted(pd.unique(keys), key=str)}
+    return {
+        str(name): _slice_row(y[keys == name], p[keys == name], threshold) for name in sorted(pd.unique(keys), key=str)
+    }
 
 
-def report(labels, probs, threshold: float, frame: pd.DataFrame, *, n_boot: int = 1000,
-           seed: int = 0) -> dict[str, Any]:
+def report(
+    labels, probs, threshold: float, frame: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """The evaluation report of one prediction set at the checkpoint's operating threshold.
 
     Args:
@@ -226,16 +256,22 @@ def report(labels, probs, threshold: float, frame: pd.DataFrame, *, n_boot: int 
     pred = p >= threshold
     ci = metrics.bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed, metrics=CI_METRICS)
     out: dict[str, Any] = {
-        "images": int(y.size), "positives": int(y.sum()), "threshold": float(threshold),
+        "images": int(y.size),
+        "positives": int(y.sum()),
+        "threshold": float(threshold),
         "overall": metrics.binary_metrics(y, p, threshold),
         "ci95": {k: [lo, hi] for k, (lo, hi) in ci.items()},
-        "confusion": {"tp": int((pred & (y == 1)).sum()), "fn": int((~pred & (y == 1)).sum()),
-                      "tn": int((~pred & (y == 0)).sum()), "fp": int((pred & (y == 0)).sum())},
+        "confusion": {
+            "tp": int((pred & (y == 1)).sum()),
+            "fn": int((~pred & (y == 1)).sum()),
+            "tn": int((~pred & (y == 0)).sum()),
+            "fp": int((pred & (y == 0)).sum()),
+        },
     }
     for column in SLICE_COLUMNS:
         if column in frame:
             values = frame[column].reset_index(drop=True)
-            if column == "hardware":      # implants are a known shortcut: show how each group fares
+            if column == "hardware":  # implants are a known shortcut: show how each group fares
                 values = values.map(lambda v: HARDWARE_NAMES.get(int(v), str(v)))
             out[f"by_{column}"] = _slices(values, y, p, threshold)
     return out
@@ -248,8 +284,11 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 def format_table(rep: dict[str, Any]) -> str:
     """The report as a readable text table (overall with CIs, confusion, slices, Grad-CAM check)."""
     o, c = rep["overall"], rep["confusion"]
-    lines = [f"{rep['images']} images ({rep['positives']} fractured), threshold {rep['threshold']:.3f}", "",
-             f"{'metric':<20}{'value':>8}   95% CI"]
+    lines = [
+        f"{rep['images']} images ({rep['positives']} fractured), threshold {rep['threshold']:.3f}",
+        "",
+        f"{'metric':<20}{'value':>8}   95% CI",
+    ]
     for name in metrics.METRIC_NAMES:
         ci = rep["ci95"].get(name)
         band = f"   [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
@@ -261,12 +300,17 @@ def format_table(rep: dict[str, Any]) -> str:
         head = key.removeprefix("by_").replace("_", " ")
         lines += ["", f"{head:<18}{'n':>6}{'pos':>6}{'auc':>8}{'sens':>8}{'spec':>8}"]
         for name, row in rep[key].items():
-            lines.append(f"{name:<18}{row['n']:>6}{row['positives']:>6}{_fmt(row['auc']):>8}"
-                         f"{_fmt(row['sensitivity']):>8}{_fmt(row['specificity']):>8}"
-                         + ("   * small" if row.get("small") else ""))
+            lines.append(
+                f"{name:<18}{row['n']:>6}{row['positives']:>6}{_fmt(row['auc']):>8}"
+                f"{_fmt(row['sensitivity']):>8}{_fmt(row['specificity']):>8}"
+                + ("   * small" if row.get("small") else "")
+            )
     if any(row.get("small") for key in ("by_body_part", "by_hardware", "by_view") for row in rep.get(key, {}).values()):
-        lines += ["", f"* small slice (< {SMALL_SLICE_IMAGES} images or < {SMALL_SLICE_PER_CLASS} of a class): "
-                      "no AUC, and its sensitivity / specificity rest on a few images"]
+        lines += [
+            "",
+            f"* small slice (< {SMALL_SLICE_IMAGES} images or < {SMALL_SLICE_PER_CLASS} of a class): "
+            "no AUC, and its sensitivity / specificity rest on a few images",
+        ]
     if "explain" in rep:
         lines += ["", pointing_summary(rep["explain"])]
     return "\n".join(lines)
@@ -276,11 +320,15 @@ def pointing_summary(result: dict[str, Any]) -> str:
     """One line on the Grad-CAM pointing game of explain_images' result."""
     game = result["pointing_game"]
     if not game["images"]:
-        return (f"Grad-CAM: {result['explained']} images explained; none is a fractured image with a "
-                "YOLO box, so no pointing-game score")
-    return (f"Grad-CAM pointing game: {game['hits']}/{game['images']} fractured images have their heatmap peak "
-            f"inside a fracture box (hit rate {game['hit_rate']:.2f}); low rates mean the model looks elsewhere "
-            "(e.g. at implants)")
+        return (
+            f"Grad-CAM: {result['explained']} images explained; none is a fractured image with a "
+            "YOLO box, so no pointing-game score"
+        )
+    return (
+        f"Grad-CAM pointing game: {game['hits']}/{game['images']} fractured images have their heatmap peak "
+        f"inside a fracture box (hit rate {game['hit_rate']:.2f}); low rates mean the model looks elsewhere "
+        "(e.g. at implants)"
+    )
 
 
 def flat_metrics(rep: dict[str, Any]) -> dict[str, float]:
@@ -312,6 +360,7 @@ def _jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------------------- Grad-CAM
 
+
 def _choose(probs: np.ndarray, k: int, seed: int) -> list[tuple[int, str]]:
     """Row indices of the k highest probabilities, then k random others (seeded)."""
     order = np.argsort(-probs, kind="stable")
@@ -327,13 +376,26 @@ def _draw_boxes(image: np.ndarray, boxes: list[explain.Box]) -> np.ndarray:
     draw = ImageDraw.Draw(img)
     w, h = img.size
     for xc, yc, bw, bh in boxes:
-        draw.rectangle([(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h],
-                       outline=(0, 255, 0), width=max(1, w // 150))
+        draw.rectangle(
+            [(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h],
+            outline=(0, 255, 0),
+            width=max(1, w // 150),
+        )
     return np.asarray(img)
 
 
-def explain_images(net: FractureNet, frame: pd.DataFrame, probs, image_size: int, data_root: str | Path | None,
-                   out_dir: str | Path, k: int, *, seed: int = 0, allow_truncated: bool = False) -> dict[str, Any]:
+def explain_images(
+    net: FractureNet,
+    frame: pd.DataFrame,
+    probs,
+    image_size: int,
+    data_root: str | Path | None,
+    out_dir: str | Path,
+    k: int,
+    *,
+    seed: int = 0,
+    allow_truncated: bool = False,
+) -> dict[str, Any]:
     """Grad-CAM for the k most confident fracture calls plus k random other images, with a pointing game.
 
     Heatmaps are computed at the model's input size; overlays are drawn on the image decoded at
@@ -359,12 +421,16 @@ def explain_images(net: FractureNet, frame: pd.DataFrame, probs, image_size: int
     net.to(dev)
     rows = frame.iloc[[i for i, _ in chosen]].reset_index(drop=True)
     images = torch.from_numpy(_decode_all(rows[PATH], image_size, allow_truncated=allow_truncated))
-    heatmaps = np.concatenate([explain.gradcam(net, engine.to_model_input(images[j:j + GRADCAM_BATCH], dev))
-                               for j in range(0, len(images), GRADCAM_BATCH)])          # (K, S, S)
+    heatmaps = np.concatenate(
+        [
+            explain.gradcam(net, engine.to_model_input(images[j : j + GRADCAM_BATCH], dev))
+            for j in range(0, len(images), GRADCAM_BATCH)
+        ]
+    )  # (K, S, S)
     shown = _decode_all(rows[PATH], max(image_size, DISPLAY_PX), allow_truncated=allow_truncated)
     yolo = Path(data_root) / "annotations" / "yolo" if data_root else None
     items, overlays, titles = [], [], []
-    for rank, ((i, reason), row) in enumerate(zip(chosen, rows.itertuples(index=False))):
+    for rank, ((i, reason), row) in enumerate(zip(chosen, rows.itertuples(index=False), strict=True)):
         row = row._asdict()
         label = int(row.get(LABEL, -1))
         box_file = yolo / f"{Path(row[ID]).stem}.txt" if yolo else None
@@ -377,21 +443,46 @@ def explain_images(net: FractureNet, frame: pd.DataFrame, probs, image_size: int
         mark = {True: " hit", False: " miss", None: ""}[hit]
         titles.append(f"{reason} p={probs[i]:.3f} y={label if label >= 0 else '?'}{mark}{implant}")
         overlays.append(image)
-        items.append({"image_id": row[ID], "reason": reason, "probability": float(probs[i]), "label": label,
-                      "boxes": len(boxes), "hit": hit, "overlay": str(path)})
+        items.append(
+            {
+                "image_id": row[ID],
+                "reason": reason,
+                "probability": float(probs[i]),
+                "label": label,
+                "boxes": len(boxes),
+                "hit": hit,
+                "overlay": str(path),
+            }
+        )
     grid = explain.save_grid(overlays, titles, out_dir / "grid.png") if overlays else None
     scored = [it["hit"] for it in items if it["hit"] is not None]
-    return {"explained": len(items),
-            "pointing_game": {"images": len(scored), "hits": int(sum(scored)),
-                              "hit_rate": sum(scored) / len(scored) if scored else None},
-            "items": items, "grid": str(grid) if grid else None}
+    return {
+        "explained": len(items),
+        "pointing_game": {
+            "images": len(scored),
+            "hits": int(sum(scored)),
+            "hit_rate": sum(scored) / len(scored) if scored else None,
+        },
+        "items": items,
+        "grid": str(grid) if grid else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------ run
 
-def run(net: FractureNet, state: dict[str, Any], frame: pd.DataFrame, out_dir: str | Path, *,
-        explain_k: int = 0, data_root: str | Path | None = None, title: str = "",
-        allow_truncated: bool = False, seed: int = 0) -> tuple[dict[str, Any], list[Path]]:
+
+def run(
+    net: FractureNet,
+    state: dict[str, Any],
+    frame: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    explain_k: int = 0,
+    data_root: str | Path | None = None,
+    title: str = "",
+    allow_truncated: bool = False,
+    seed: int = 0,
+) -> tuple[dict[str, Any], list[Path]]:
     """Score `frame`, build the report, and write it into `out_dir`.
 
     Writes metrics.json (the report; nan as null), predictions.csv (image_id, label, probability,
@@ -407,9 +498,13 @@ def run(net: FractureNet, state: dict[str, Any], frame: pd.DataFrame, out_dir: s
     probs = score(net, frame, size, allow_truncated=allow_truncated)
     labels = frame[LABEL].to_numpy()
     rep = report(labels, probs, threshold, frame, seed=seed)
-    rep["model"] = {"source": state.get("source", ""), "resolved": state.get("resolved", ""),
-                    "epoch": state.get("epoch"), "image_size": size,
-                    "val_auc": state.get("metrics", {}).get(metrics.PRIMARY)}
+    rep["model"] = {
+        "source": state.get("source", ""),
+        "resolved": state.get("resolved", ""),
+        "epoch": state.get("epoch"),
+        "image_size": size,
+        "val_auc": state.get("metrics", {}).get(metrics.PRIMARY),
+    }
     files = []
     predictions = frame.drop(columns=[PATH]).assign(probability=probs, predicted=(probs >= threshold).astype(int))
     predictions.to_csv(out_dir / "predictions.csv", index=False)
@@ -419,8 +514,17 @@ def run(net: FractureNet, state: dict[str, Any], frame: pd.DataFrame, out_dir: s
     else:
         log.warning("only one class among the %d images: no ROC / PR / calibration plots", len(labels))
     if explain_k > 0:
-        rep["explain"] = explain_images(net, frame, probs, size, data_root, out_dir / "gradcam", explain_k,
-                                        seed=seed, allow_truncated=allow_truncated)
+        rep["explain"] = explain_images(
+            net,
+            frame,
+            probs,
+            size,
+            data_root,
+            out_dir / "gradcam",
+            explain_k,
+            seed=seed,
+            allow_truncated=allow_truncated,
+        )
         files += [Path(it["overlay"]) for it in rep["explain"]["items"]] + [Path(rep["explain"]["grid"])]
     (out_dir / "metrics.json").write_text(json.dumps(_jsonable(rep), indent=2) + "\n")
     files.insert(0, out_dir / "metrics.json")

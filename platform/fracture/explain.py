@@ -4,6 +4,7 @@ FracAtlas YOLO fracture boxes (pointing game).
 grad-cam pulls in cv2, scipy and matplotlib, so it is imported inside functions: importing
 this module stays cheap.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Box = tuple[float, float, float, float]   # (x_center, y_center, width, height), relative to image size
+Box = tuple[float, float, float, float]  # (x_center, y_center, width, height), relative to image size
 
 
 def gradcam(net: nn.Module, images: torch.Tensor) -> np.ndarray:
@@ -43,7 +44,7 @@ def gradcam(net: nn.Module, images: torch.Tensor) -> np.ndarray:
     # Input requiring grad keeps the graph alive up to the target layer even when the backbone is
     # frozen (set_trainable_blocks(0)), and enable_grad overrides a caller's no_grad context.
     x = images.detach().float().requires_grad_(True)
-    cam = GradCAM(model=net, target_layers=[target_layer])   # also puts net in eval mode
+    cam = GradCAM(model=net, target_layers=[target_layer])  # also puts net in eval mode
     try:
         with torch.enable_grad():
             # Column 0 of the (N, 1) logits is the fracture logit (sigmoid > 0.5 = fracture).
@@ -72,7 +73,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
     if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)      # grayscale X-ray -> (H, W, 3)
+        img = np.repeat(img[..., None], 3, axis=2)  # grayscale X-ray -> (H, W, 3)
     mask = np.asarray(heatmap, dtype=np.float32)
     if mask.shape != img.shape[:2]:
         mask = cv2.resize(mask, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -107,12 +108,11 @@ def pointing_game(heatmap: np.ndarray, boxes: Sequence[Box]) -> bool | None:
         return None
     h, w = heatmap.shape
     row, col = np.unravel_index(int(np.argmax(heatmap)), (h, w))
-    x, y = (col + 0.5) / w, (row + 0.5) / h      # pixel centre, relative coordinates
+    x, y = (col + 0.5) / w, (row + 0.5) / h  # pixel centre, relative coordinates
     return any(abs(x - xc) <= bw / 2 and abs(y - yc) <= bh / 2 for xc, yc, bw, bh in boxes)
 
 
-def save_grid(overlays: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, *,
-              cols: int = 4) -> Path:
+def save_grid(overlays: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, *, cols: int = 4) -> Path:
     """Write images (e.g. overlay() results) as a titled PNG grid.
 
     Args:
@@ -131,7 +131,7 @@ def save_grid(overlays: Sequence[np.ndarray], titles: Sequence[str], path: str |
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, img, title in zip(axes, overlays, titles):
+    for ax, img, title in zip(axes, overlays, titles, strict=False):
         ax.imshow(img)
         ax.set_title(title, fontsize=9)
     path = Path(path)

@@ -5,6 +5,7 @@ image id one status (see STATUSES). `assign_splits` splits the usable rows by du
 stratified by label x body part. `build` writes the manifest (Parquet) and the data report
 (JSON + Markdown) beside it. Plain pandas / PIL / numpy: no Ray, torch or MLflow here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,13 +30,27 @@ log = logging.getLogger(__name__)
 STATUSES = ("ok", "missing_file", "orphan_file", "unreadable", "truncated", "duplicate", "label_mismatch")
 SPLITS = ("train", "val", "test")
 SCHEMA = {  # column -> dtype of the written manifest; "str" columns never hold NaN ("" instead)
-    "image_id": "str", "path": "str", "label": "int8", "folder_label": "int8", "body_part": "str",
-    "view": "str", "hardware": "int8", "multiscan": "int8", "width": "int32", "height": "int32",
-    "mode": "str", "sha256": "str", "status": "str", "duplicate_of": "str", "usable": "bool",
-    "split": "str", "group": "str", "trailing_bytes": "int32",
+    "image_id": "str",
+    "path": "str",
+    "label": "int8",
+    "folder_label": "int8",
+    "body_part": "str",
+    "view": "str",
+    "hardware": "int8",
+    "multiscan": "int8",
+    "width": "int32",
+    "height": "int32",
+    "mode": "str",
+    "sha256": "str",
+    "status": "str",
+    "duplicate_of": "str",
+    "usable": "bool",
+    "split": "str",
+    "group": "str",
+    "trailing_bytes": "int32",
 }
-FOLDERS = {"Fractured": 1, "Non_fractured": 0}      # images/<folder> -> folder label
-BODY_PARTS = ("hand", "leg", "hip", "shoulder")     # plus the CSV's own "mixed" flag
+FOLDERS = {"Fractured": 1, "Non_fractured": 0}  # images/<folder> -> folder label
+BODY_PARTS = ("hand", "leg", "hip", "shoulder")  # plus the CSV's own "mixed" flag
 VIEWS = ("frontal", "lateral", "oblique")
 REQUIRED = ("image_id", "fractured")
 DECISIONS = {
@@ -55,6 +70,7 @@ class DataError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- scan
 
+
 def scan(root: str | Path, *, allow_truncated: bool = False, progress: bool = True) -> pd.DataFrame:
     """Audit a FracAtlas-layout folder: one row per image id found in the CSV or on disk.
 
@@ -69,8 +85,10 @@ def scan(root: str | Path, *, allow_truncated: bool = False, progress: bool = Tr
     csv = _read_csv(root)
     files = _list_files(root)
     facts = _inspect_all(list(files.values()), progress=progress)
-    rows = [_row(image_id, csv.get(image_id), files.get(image_id), facts.get(image_id))
-            for image_id in sorted(set(csv) | set(files))]
+    rows = [
+        _row(image_id, csv.get(image_id), files.get(image_id), facts.get(image_id))
+        for image_id in sorted(set(csv) | set(files))
+    ]
     df = pd.DataFrame(rows, columns=[c for c in SCHEMA if c != "split"])
     df = _mark_duplicates(df)
     df["usable"] = df["status"].isin(["ok", "label_mismatch"] + (["truncated"] if allow_truncated else []))
@@ -111,7 +129,7 @@ def _list_files(root: Path) -> dict[str, tuple[Path, int]]:
         for path in sorted((images / folder).glob("*")) if (images / folder).is_dir() else []:
             if not path.is_file() or path.name.startswith("."):
                 continue
-            if path.name in files:   # same id in both folders: keep the first, say so
+            if path.name in files:  # same id in both folders: keep the first, say so
                 log.warning("%s is in both image folders; using %s", path.name, files[path.name][0])
                 continue
             files[path.name] = (path, folder_label)
@@ -122,7 +140,7 @@ def _inspect_all(files: list[tuple[Path, int]], *, progress: bool) -> dict[str, 
     # Threads suffice: hashlib and PIL's decoder release the GIL; ~1 s for FracAtlas on 2 cores.
     paths, facts = [path for path, _ in files], {}
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
-        for done, (path, fact) in enumerate(zip(paths, pool.map(_inspect, paths)), 1):
+        for done, (path, fact) in enumerate(zip(paths, pool.map(_inspect, paths), strict=True), 1):
             facts[path.name] = fact
             if progress and (done % 500 == 0 or done == len(files)):
                 log.info("scanned %d/%d files", done, len(files))
@@ -134,19 +152,25 @@ def _inspect(path: Path) -> dict:
     from PIL import Image
 
     data = path.read_bytes()
-    fact = {"sha256": hashlib.sha256(data).hexdigest(), "width": 0, "height": 0, "mode": "", "defect": "",
-            "trailing_bytes": 0}
+    fact = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": 0,
+        "height": 0,
+        "mode": "",
+        "defect": "",
+        "trailing_bytes": 0,
+    }
     try:
         image = Image.open(io.BytesIO(data))
-    except Exception:                # not an image at all (text, HTML error page, empty file, ...)
+    except Exception:  # not an image at all (text, HTML error page, empty file, ...)
         return fact | {"defect": "unreadable"}
     with image:
         fact.update(width=image.width, height=image.height, mode=image.mode)
         try:
             if image.format == "JPEG":
-                image.draft(image.mode, (1, 1))   # DCT 1/8 scale: still reads every scan byte, far cheaper
+                image.draft(image.mode, (1, 1))  # DCT 1/8 scale: still reads every scan byte, far cheaper
             image.load()
-        except Exception:            # PIL stops before the image is complete
+        except Exception:  # PIL stops before the image is complete
             return fact | {"defect": "truncated"}
     if image.format == "JPEG":
         fact["trailing_bytes"] = _bytes_after_eoi(data)
@@ -164,7 +188,7 @@ def _bytes_after_eoi(jpeg: bytes) -> int:
     trimmed = jpeg.rstrip(b"\x00\r\n\t ")
     if trimmed.endswith(_EOI):
         return 0
-    eoi = jpeg.rfind(_EOI, max(jpeg.find(b"\xff\xda"), 0))   # an EOI after the first start-of-scan
+    eoi = jpeg.rfind(_EOI, max(jpeg.find(b"\xff\xda"), 0))  # an EOI after the first start-of-scan
     return len(jpeg) - eoi - 2 if eoi > 0 else -1
 
 
@@ -180,11 +204,22 @@ def _row(image_id: str, rec: dict | None, file: tuple[Path, int] | None, fact: d
         status = fact["defect"] or ("label_mismatch" if folder_label != label else "ok")
     rec = rec or {}
     return {
-        "image_id": image_id, "path": str(path), "label": label, "folder_label": folder_label,
-        "body_part": _body_part(rec), "view": "+".join(v for v in VIEWS if _flag(rec, v)) or "unknown",
-        "hardware": _flag(rec, "hardware", -1), "multiscan": _flag(rec, "multiscan", -1),
-        "width": fact["width"], "height": fact["height"], "mode": fact["mode"], "sha256": fact["sha256"],
-        "status": status, "duplicate_of": "", "group": image_id, "trailing_bytes": fact["trailing_bytes"],
+        "image_id": image_id,
+        "path": str(path),
+        "label": label,
+        "folder_label": folder_label,
+        "body_part": _body_part(rec),
+        "view": "+".join(v for v in VIEWS if _flag(rec, v)) or "unknown",
+        "hardware": _flag(rec, "hardware", -1),
+        "multiscan": _flag(rec, "multiscan", -1),
+        "width": fact["width"],
+        "height": fact["height"],
+        "mode": fact["mode"],
+        "sha256": fact["sha256"],
+        "status": status,
+        "duplicate_of": "",
+        "group": image_id,
+        "trailing_bytes": fact["trailing_bytes"],
     }
 
 
@@ -219,8 +254,10 @@ def _mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------- split
 
-def assign_splits(df: pd.DataFrame, *, seed: int, val_fraction: float, test_fraction: float,
-                  balanced: bool = False) -> pd.DataFrame:
+
+def assign_splits(
+    df: pd.DataFrame, *, seed: int, val_fraction: float, test_fraction: float, balanced: bool = False
+) -> pd.DataFrame:
     """Seeded split of the usable rows into train/val/test, by group, stratified by label x body part.
 
     Each stratum is shuffled and cut at round(n * fraction); a stratum too small to give val and
@@ -251,8 +288,8 @@ def assign_splits(df: pd.DataFrame, *, seed: int, val_fraction: float, test_frac
         if n_test + n_val >= n:
             n_test = n_val = 0
         split_of.update(dict.fromkeys(ids[:n_test], "test"))
-        split_of.update(dict.fromkeys(ids[n_test:n_test + n_val], "val"))
-        split_of.update(dict.fromkeys(ids[n_test + n_val:], "train"))
+        split_of.update(dict.fromkeys(ids[n_test : n_test + n_val], "val"))
+        split_of.update(dict.fromkeys(ids[n_test + n_val :], "train"))
     out.loc[out["usable"], "split"] = usable["group"].map(split_of).fillna("")
     return out.astype({"split": "str"})
 
@@ -266,13 +303,22 @@ def _balance(groups: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------------------- report
 
+
 def _by_label(frame: pd.DataFrame) -> dict[str, int]:
     counts = frame["label"].value_counts()
     return {"non_fractured": int(counts.get(0, 0)), "fractured": int(counts.get(1, 0)), "total": len(frame)}
 
 
-def summarize(df: pd.DataFrame, *, root: str | Path, seed: int, val_fraction: float = 0.15,
-              test_fraction: float = 0.15, balanced: bool = False, allow_truncated: bool = False) -> dict:
+def summarize(
+    df: pd.DataFrame,
+    *,
+    root: str | Path,
+    seed: int,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    balanced: bool = False,
+    allow_truncated: bool = False,
+) -> dict:
     """The data report as a JSON-able dict: counts, splits and every defect with its decision."""
     usable = df[df["usable"]]
     with_file = df[df["path"] != ""]
@@ -285,39 +331,57 @@ def summarize(df: pd.DataFrame, *, root: str | Path, seed: int, val_fraction: fl
         defects[status] = {"count": len(ids), "ids": ids, "decision": decision}
     copies = df[df["status"] == "duplicate"]
     defects["duplicate"]["groups"] = {
-        kept: {"copies": sorted(grp["image_id"]),
-               "labels_agree": bool(df.loc[df["group"] == kept, "label"].nunique() == 1)}
-        for kept, grp in copies.groupby("duplicate_of")}
+        kept: {
+            "copies": sorted(grp["image_id"]),
+            "labels_agree": bool(df.loc[df["group"] == kept, "label"].nunique() == 1),
+        }
+        for kept, grp in copies.groupby("duplicate_of")
+    }
     # Folder and CSV disagree even where another status (duplicate, truncated) wins: list them all.
     mismatch = df[(df["folder_label"] >= 0) & (df["status"] != "orphan_file") & (df["folder_label"] != df["label"])]
     defects["label_mismatch"]["items"] = [
         {"image_id": r.image_id, "folder_label": int(r.folder_label), "csv_label": int(r.label), "status": r.status}
-        for r in mismatch.itertuples()]
+        for r in mismatch.itertuples()
+    ]
     splits = {s: _by_label(usable[usable["split"] == s]) for s in SPLITS}
     for counts in splits.values():
         counts["fractured_ratio"] = round(counts["fractured"] / counts["total"], 4) if counts["total"] else 0.0
     return {
-        "root": str(root), "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-        "balanced": balanced, "allow_truncated": allow_truncated,
+        "root": str(root),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "balanced": balanced,
+        "allow_truncated": allow_truncated,
         "counts": {"rows": _by_label(df), "files": _by_label(with_file), "usable": _by_label(usable)},
         "status": {s: int((df["status"] == s).sum()) for s in STATUSES},
         "body_part": {p: _by_label(g) for p, g in usable.groupby("body_part")},
         "splits": splits,
         "left_out_by_balancing": int((usable["split"] == "").sum()),
         "modes": {m: int(n) for m, n in with_file["mode"].value_counts().items() if m},
-        "size_px": {k: [int(with_file[k][with_file[k] > 0].min()), int(with_file[k].max())]
-                    for k in ("width", "height")} if (with_file["width"] > 0).any() else {},
-        "hardware": {name: int((usable.loc[usable["label"] == label, "hardware"] == 1).sum())
-                     for name, label in (("non_fractured", 0), ("fractured", 1))},
+        "size_px": {
+            k: [int(with_file[k][with_file[k] > 0].min()), int(with_file[k].max())] for k in ("width", "height")
+        }
+        if (with_file["width"] > 0).any()
+        else {},
+        "hardware": {
+            name: int((usable.loc[usable["label"] == label, "hardware"] == 1).sum())
+            for name, label in (("non_fractured", 0), ("fractured", 1))
+        },
         "defects": defects,
-        "trailing_bytes": {"ids": df.loc[df["trailing_bytes"] > 0, "image_id"].tolist(),
-                           "decision": "kept: stale bytes after the JPEG end marker; the image decodes fully"},
+        "trailing_bytes": {
+            "ids": df.loc[df["trailing_bytes"] > 0, "image_id"].tolist(),
+            "decision": "kept: stale bytes after the JPEG end marker; the image decodes fully",
+        },
     }
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+    return (
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        + [""]
+    )
 
 
 def _ids(ids: list[str], limit: int = 20) -> str:
@@ -327,43 +391,62 @@ def _ids(ids: list[str], limit: int = 20) -> str:
 def render_markdown(report: dict) -> str:
     """The report from `summarize` as readable Markdown tables."""
     cols = ["non_fractured", "fractured", "total"]
-    lines = ["# FracAtlas data report", "",
-             f"root `{report['root']}`, split seed {report['seed']}, val {report['val_fraction']}, "
-             f"test {report['test_fraction']}, balanced {report['balanced']}, "
-             f"allow_truncated {report['allow_truncated']}", "", "## Counts", ""]
+    lines = [
+        "# FracAtlas data report",
+        "",
+        f"root `{report['root']}`, split seed {report['seed']}, val {report['val_fraction']}, "
+        f"test {report['test_fraction']}, balanced {report['balanced']}, "
+        f"allow_truncated {report['allow_truncated']}",
+        "",
+        "## Counts",
+        "",
+    ]
     lines += _table(["", *cols], [[k, *(v[c] for c in cols)] for k, v in report["counts"].items()])
     lines += ["## Usable images by body part", ""]
     lines += _table(["body part", *cols], [[k, *(v[c] for c in cols)] for k, v in report["body_part"].items()])
     lines += ["## Splits", ""]
-    lines += _table(["split", *cols, "fractured ratio"],
-                    [[k, *(v[c] for c in cols), v["fractured_ratio"]] for k, v in report["splits"].items()])
+    lines += _table(
+        ["split", *cols, "fractured ratio"],
+        [[k, *(v[c] for c in cols), v["fractured_ratio"]] for k, v in report["splits"].items()],
+    )
     if report["left_out_by_balancing"]:
         lines += [f"Left out by balancing: {report['left_out_by_balancing']} usable images.", ""]
-    lines += [f"Modes: {report['modes']}; width, height ranges (px): {report['size_px']}; "
-              f"usable images with hardware: {report['hardware']} (a shortcut a model can learn).", ""]
+    lines += [
+        f"Modes: {report['modes']}; width, height ranges (px): {report['size_px']}; "
+        f"usable images with hardware: {report['hardware']} (a shortcut a model can learn).",
+        "",
+    ]
     lines += ["## Defects", ""]
-    lines += _table(["status", "count", "decision"],
-                    [[k, v["count"], v["decision"]] for k, v in report["defects"].items()])
+    lines += _table(
+        ["status", "count", "decision"], [[k, v["count"], v["decision"]] for k, v in report["defects"].items()]
+    )
     for status, info in report["defects"].items():
         if info["count"] and status != "duplicate":
             lines += [f"**{status}**: {_ids(info['ids'])}", ""]
     dup = report["defects"]["duplicate"]["groups"]
     if dup:
         lines += ["### Duplicate groups", ""]
-        lines += _table(["kept", "copies", "labels agree"],
-                        [[k, ", ".join(v["copies"]), v["labels_agree"]] for k, v in dup.items()])
+        lines += _table(
+            ["kept", "copies", "labels agree"], [[k, ", ".join(v["copies"]), v["labels_agree"]] for k, v in dup.items()]
+        )
     if report["trailing_bytes"]["ids"]:
-        lines += [f"**trailing bytes after EOI** ({report['trailing_bytes']['decision']}): "
-                  f"{_ids(report['trailing_bytes']['ids'])}", ""]
+        lines += [
+            f"**trailing bytes after EOI** ({report['trailing_bytes']['decision']}): "
+            f"{_ids(report['trailing_bytes']['ids'])}",
+            "",
+        ]
     items = report["defects"]["label_mismatch"]["items"]
     if items:
         lines += ["### Folder vs CSV label", ""]
-        lines += _table(["image_id", "folder", "csv", "status"],
-                        [[i["image_id"], i["folder_label"], i["csv_label"], i["status"]] for i in items])
+        lines += _table(
+            ["image_id", "folder", "csv", "status"],
+            [[i["image_id"], i["folder_label"], i["csv_label"], i["status"]] for i in items],
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------- build / load
+
 
 def report_paths(out_path: str | Path) -> tuple[Path, Path]:
     """Where `build` writes the report for a manifest: `<stem>.report.json` and `.md` beside it."""
@@ -371,9 +454,17 @@ def report_paths(out_path: str | Path) -> tuple[Path, Path]:
     return out_path.with_name(f"{out_path.stem}.report.json"), out_path.with_name(f"{out_path.stem}.report.md")
 
 
-def build(root: str | Path, out_path: str | Path, *, seed: int = 17, val_fraction: float = 0.15,
-          test_fraction: float = 0.15, balanced: bool = False, allow_truncated: bool = False,
-          progress: bool = True) -> pd.DataFrame:
+def build(
+    root: str | Path,
+    out_path: str | Path,
+    *,
+    seed: int = 17,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    balanced: bool = False,
+    allow_truncated: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Scan, split, and write the manifest (Parquet) plus its report (see `report_paths`).
 
     The Parquet file also records its provenance (see `provenance`), so a later job can tell a
@@ -385,18 +476,29 @@ def build(root: str | Path, out_path: str | Path, *, seed: int = 17, val_fractio
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    settings = dict(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, balanced=balanced,
-                    allow_truncated=allow_truncated)
-    df = assign_splits(scan(root, allow_truncated=allow_truncated, progress=progress), seed=seed,
-                       val_fraction=val_fraction, test_fraction=test_fraction, balanced=balanced)
+    settings = dict(
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        balanced=balanced,
+        allow_truncated=allow_truncated,
+    )
+    df = assign_splits(
+        scan(root, allow_truncated=allow_truncated, progress=progress),
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        balanced=balanced,
+    )
     origin = provenance(root, **settings)
     report = summarize(df, root=Path(root).expanduser().resolve(), **settings) | {"provenance": origin}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = report_paths(out_path)
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           PROVENANCE_KEY: json.dumps(origin).encode()})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), PROVENANCE_KEY: json.dumps(origin).encode()}
+    )
     # Write beside, then rename: a loader on another node never sees a half-written manifest.
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     pq.write_table(table, tmp)
@@ -411,13 +513,22 @@ def build(root: str | Path, out_path: str | Path, *, seed: int = 17, val_fractio
 PROVENANCE_KEY = b"fracture.provenance"
 
 
-def provenance(root: str | Path, *, seed: int, val_fraction: float, test_fraction: float, balanced: bool,
-               allow_truncated: bool) -> dict:
+def provenance(
+    root: str | Path, *, seed: int, val_fraction: float, test_fraction: float, balanced: bool, allow_truncated: bool
+) -> dict:
     """What a manifest is made from: the data root, a hash of its image list, the split settings."""
     root = Path(root).expanduser().resolve()
-    return {"root": str(root), "images": image_list_hash(root),
-            "split": {"seed": int(seed), "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
-                      "balanced": bool(balanced), "allow_truncated": bool(allow_truncated)}}
+    return {
+        "root": str(root),
+        "images": image_list_hash(root),
+        "split": {
+            "seed": int(seed),
+            "val_fraction": float(val_fraction),
+            "test_fraction": float(test_fraction),
+            "balanced": bool(balanced),
+            "allow_truncated": bool(allow_truncated),
+        },
+    }
 
 
 def image_list_hash(root: str | Path) -> str:
@@ -427,7 +538,7 @@ def image_list_hash(root: str | Path) -> str:
     keeps it cheap enough to check before every job (~10 ms for FracAtlas).
     """
     root = Path(root).expanduser().resolve()
-    _read_csv(root)                                   # the same one-line errors as a scan
+    _read_csv(root)  # the same one-line errors as a scan
     digest = hashlib.sha256((root / "dataset.csv").read_bytes())
     for name, (path, folder_label) in sorted(_list_files(root).items()):
         digest.update(f"{folder_label}/{name}:{path.stat().st_size}\n".encode())
@@ -446,13 +557,18 @@ def provenance_mismatch(recorded: dict, expected: dict) -> str | None:
     """Why a manifest built with `recorded` provenance is not the one `expected` asks for (None: it is)."""
     if recorded["root"] != expected["root"]:
         return f"it was built from {recorded['root']}, not from data.root={expected['root']}"
-    changed = [f"{key} {recorded['split'].get(key)} -> {value}" for key, value in expected["split"].items()
-               if recorded["split"].get(key) != value]
+    changed = [
+        f"{key} {recorded['split'].get(key)} -> {value}"
+        for key, value in expected["split"].items()
+        if recorded["split"].get(key) != value
+    ]
     if changed:
         return f"its split settings differ ({', '.join(changed)})"
     if recorded["images"] != expected["images"]:
-        return (f"the images under {expected['root']} changed since it was built "
-                "(files added, removed or re-saved, or dataset.csv edited)")
+        return (
+            f"the images under {expected['root']} changed since it was built "
+            "(files added, removed or re-saved, or dataset.csv edited)"
+        )
     return None
 
 
@@ -497,10 +613,10 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None) -> Path:
         raise DataError(f"checksum mismatch for {url}: expected {sha256}, got {digest}")
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest)          # zipfile strips absolute paths and ".." itself
+            zf.extractall(dest)  # zipfile strips absolute paths and ".." itself
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")   # refuses links and paths outside dest
+            tf.extractall(dest, filter="data")  # refuses links and paths outside dest
     else:
         os.replace(archive, dest / (Path(urllib.parse.urlparse(url).path).name or "download"))
     archive.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ Every component that selects a model (checkpoint keeping, Tune, registry) uses P
 A prediction is positive when `prob >= threshold`, the same rule as sklearn's roc_curve, so a
 threshold taken from choose_threshold reproduces the ROC point it was chosen at.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,14 +14,14 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 
 PRIMARY = "val_auc"
 MODE = "max"
-EPOCHS_DONE = "epochs_done"   # reported with every epoch; ASHA counts its rungs in it
+EPOCHS_DONE = "epochs_done"  # reported with every epoch; ASHA counts its rungs in it
 
 # The keys binary_metrics returns besides "threshold"; bootstrap_ci accepts any of them.
 METRIC_NAMES = ("auc", "auprc", "sensitivity", "specificity", "balanced_accuracy", "f1", "accuracy")
 
 
 def _as_arrays(labels, probs) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(labels).ravel().astype(np.int64)   # accepts (N,), (N, 1), floats 0.0/1.0
+    y = np.asarray(labels).ravel().astype(np.int64)  # accepts (N,), (N, 1), floats 0.0/1.0
     p = np.asarray(probs, dtype=np.float64).ravel()
     if y.shape != p.shape:
         raise ValueError(f"labels and probs differ in length: {y.size} vs {p.size}")
@@ -39,9 +40,14 @@ def _from_counts(tp, fn, tn, fp) -> dict[str, np.ndarray]:
     """Threshold metrics from confusion counts (scalars or arrays); nan where undefined."""
     sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
     f1 = _div(2 * tp, 2 * tp + fp + fn)
-    return {"sensitivity": sens, "specificity": spec, "balanced_accuracy": (sens + spec) / 2,
-            # f1 follows sklearn's zero_division=0: no positives predicted nor present -> 0.
-            "f1": np.nan_to_num(f1, nan=0.0), "accuracy": _div(tp + tn, tp + fn + tn + fp)}
+    return {
+        "sensitivity": sens,
+        "specificity": spec,
+        "balanced_accuracy": (sens + spec) / 2,
+        # f1 follows sklearn's zero_division=0: no positives predicted nor present -> 0.
+        "f1": np.nan_to_num(f1, nan=0.0),
+        "accuracy": _div(tp + tn, tp + fn + tn + fp),
+    }
 
 
 def binary_metrics(labels, probs, threshold: float) -> dict[str, float]:
@@ -59,8 +65,10 @@ def binary_metrics(labels, probs, threshold: float) -> dict[str, float]:
     y, p = _as_arrays(labels, probs)
     both = np.unique(y).size == 2
     tn, fp, fn, tp = confusion_matrix(y, p >= threshold, labels=[0, 1]).ravel()
-    out = {"auc": float(roc_auc_score(y, p)) if both else float("nan"),
-           "auprc": float(average_precision_score(y, p)) if both else float("nan")}
+    out = {
+        "auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "auprc": float(average_precision_score(y, p)) if both else float("nan"),
+    }
     out |= {k: float(v) for k, v in _from_counts(tp, fn, tn, fp).items()}
     return out | {"threshold": float(threshold)}
 
@@ -80,18 +88,19 @@ def choose_threshold(labels, probs, *, method: str = "youden", target_sensitivit
         return 0.5
     # drop_intermediate=False: the first point reaching the target sensitivity can sit on a
     # vertical ROC segment, which the default would drop.
-    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)   # thresholds decreasing
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)  # thresholds decreasing
     if method == "youden":
-        i = int(np.argmax(tpr - fpr))                  # ties: the first, i.e. highest threshold
+        i = int(np.argmax(tpr - fpr))  # ties: the first, i.e. highest threshold
     elif method == "sensitivity":
         i = int(np.argmax(tpr >= target_sensitivity - 1e-12))  # tpr ends at 1, so always found
     else:
         raise ValueError(f"unknown threshold method {method!r} (youden | sensitivity)")
-    return float(np.clip(thresholds[i], 0.0, 1.0))     # thresholds[0] is inf
+    return float(np.clip(thresholds[i], 0.0, 1.0))  # thresholds[0] is inf
 
 
-def _weighted_metrics(counts: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: float,
-                      names: Sequence[str]) -> dict[str, np.ndarray]:
+def _weighted_metrics(
+    counts: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: float, names: Sequence[str]
+) -> dict[str, np.ndarray]:
     """Metrics of B resamples given as item counts (B, N) over the original items.
 
     A bootstrap resample is the original set with each item repeated counts[b, i] times, so
@@ -101,17 +110,16 @@ def _weighted_metrics(counts: np.ndarray, y: np.ndarray, p: np.ndarray, threshol
     out: dict[str, np.ndarray] = {}
     pos_item, pred = y.astype(bool), p >= threshold
 
-    def cell(mask: np.ndarray) -> np.ndarray:            # (B,) weighted count of one confusion cell
+    def cell(mask: np.ndarray) -> np.ndarray:  # (B,) weighted count of one confusion cell
         return counts @ mask.astype(np.int64)
 
-    out |= _from_counts(cell(pos_item & pred), cell(pos_item & ~pred),
-                        cell(~pos_item & ~pred), cell(~pos_item & pred))
+    out |= _from_counts(cell(pos_item & pred), cell(pos_item & ~pred), cell(~pos_item & ~pred), cell(~pos_item & pred))
     if {"auc", "auprc"} & set(names):
-        order = np.argsort(-p, kind="stable")                       # descending score
+        order = np.argsort(-p, kind="stable")  # descending score
         starts = np.flatnonzero(np.r_[True, np.diff(p[order]) != 0])  # one group per distinct score
         w = counts[:, order]
-        pos = np.add.reduceat(w * y[order], starts, axis=1)          # (B, G) positives per group
-        neg = np.add.reduceat(w * (1 - y[order]), starts, axis=1)    # (B, G) negatives per group
+        pos = np.add.reduceat(w * y[order], starts, axis=1)  # (B, G) positives per group
+        neg = np.add.reduceat(w * (1 - y[order]), starts, axis=1)  # (B, G) negatives per group
         n_pos, n_neg = pos.sum(1), neg.sum(1)
         # AUC: each positive beats the negatives in lower groups, and ties count half.
         neg_below = n_neg[:, None] - np.cumsum(neg, axis=1)
@@ -125,9 +133,16 @@ def _weighted_metrics(counts: np.ndarray, y: np.ndarray, p: np.ndarray, threshol
     return {k: out[k] for k in names}
 
 
-def bootstrap_ci(labels, probs, threshold: float, *, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, metrics: Sequence[str] = ("auc", "sensitivity", "specificity"),
-                 ) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    labels,
+    probs,
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    metrics: Sequence[str] = ("auc", "sensitivity", "specificity"),
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals, resampling items with replacement.
 
     Resamples where a metric is undefined (e.g. one class only, for auc) are skipped for that
@@ -142,7 +157,7 @@ def bootstrap_ci(labels, probs, threshold: float, *, n_boot: int = 1000, seed: i
     y, p = _as_arrays(labels, probs)
     n, rng = y.size, np.random.default_rng(seed)
     values: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
-    chunk = max(1, 2**21 // max(n, 1))             # bound memory at ~2M counts per block
+    chunk = max(1, 2**21 // max(n, 1))  # bound memory at ~2M counts per block
     for start in range(0, n_boot, chunk):
         # Multinomial counts are exactly "draw n items with replacement", as (B, N) weights.
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, n_boot - start))
@@ -172,5 +187,5 @@ def constant_output_loss(labels, pos_weight: float = 1.0) -> float:
     pi = float(y.mean())
     if pi in (0.0, 1.0):
         return 0.0
-    p = pos_weight * pi / (pos_weight * pi + 1 - pi)      # argmin of the expected weighted BCE
+    p = pos_weight * pi / (pos_weight * pi + 1 - pi)  # argmin of the expected weighted BCE
     return float(-(pos_weight * pi * np.log(p) + (1 - pi) * np.log(1 - p)))

@@ -6,6 +6,7 @@ Keras' L2 kernel regulariser is reproduced exactly as an added loss term `l2 * s
 on the Dense kernel only: optimizer weight decay would also shrink biases and the backbone, and for
 Adam it is not even equivalent (it is scaled by the adaptive step).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,16 +59,16 @@ class FractureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
-        x = self.features(x)                       # (N, 512, H/32, W/32)
-        x = self.pool(x).flatten(1)                # (N, 512)
+        x = self.features(x)  # (N, 512, H/32, W/32)
+        x = self.pool(x).flatten(1)  # (N, 512)
         x = self.dropout(torch.relu(self.fc1(x)))  # (N, hidden)
-        return self.fc2(x)                         # (N, 1) logits
+        return self.fc2(x)  # (N, 1) logits
 
-    def train(self, mode: bool = True) -> "FractureNet":
+    def train(self, mode: bool = True) -> FractureNet:
         super().train(mode)
         for m in self.features:
             if mode and isinstance(m, nn.BatchNorm2d) and not m.weight.requires_grad:
-                m.eval()   # a frozen block keeps its (pretrained) batch statistics, not just its weights
+                m.eval()  # a frozen block keeps its (pretrained) batch statistics, not just its weights
         return self
 
     def l2_penalty(self) -> torch.Tensor:
@@ -122,7 +123,9 @@ def _load_pretrained(net: FractureNet, weights: str) -> str:
     try:
         missing, _ = net.features.load_state_dict(features, strict=False)
     except RuntimeError as exc:  # shape mismatch: not VGG16 weights
-        raise WeightsError(f"model.weights: {source} does not fit {net.arch.upper()} features ({str(exc).splitlines()[-1].strip()})") from None
+        raise WeightsError(
+            f"model.weights: {source} does not fit {net.arch.upper()} features ({str(exc).splitlines()[-1].strip()})"
+        ) from None
     if missing:
         raise WeightsError(f"model.weights: {source} lacks {net.arch.upper()} feature weights such as {missing[0]}")
     return source
@@ -146,5 +149,7 @@ def param_groups(net: FractureNet, *, lr_head: float, lr_backbone: float) -> lis
     needs no new optimizer (frozen ones simply get no gradient and no update).
     """
     backbone = [p for block in net.backbone_blocks() for p in block]
-    return [{"params": net.head_parameters(), "lr": lr_head, "name": "head"},
-            {"params": backbone, "lr": lr_backbone, "name": "backbone"}]
+    return [
+        {"params": net.head_parameters(), "lr": lr_head, "name": "head"},
+        {"params": backbone, "lr": lr_backbone, "name": "backbone"},
+    ]

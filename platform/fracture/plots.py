@@ -5,6 +5,7 @@ changes (no `matplotlib.use`, no pyplot figure registry), so this is safe in hea
 threads and notebooks alike. matplotlib is imported inside functions: `import fracture.plots`
 costs nothing.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, *,
-                          title: str = "") -> dict[str, Path]:
+def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
     """ROC, precision-recall, confusion-matrix and calibration plots of one prediction set.
 
     Args:
@@ -65,10 +65,22 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     fpr, tpr, _ = roc_curve(y, p)
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {m['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
-    ax.plot(1 - m["specificity"], m["sensitivity"], "o", c="red", ms=8,
-            label=f"{op}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}")
-    ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
-           title=f"{head}ROC curve", xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
+    ax.plot(
+        1 - m["specificity"],
+        m["sensitivity"],
+        "o",
+        c="red",
+        ms=8,
+        label=f"{op}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}",
+    )
+    ax.set(
+        xlabel="False positive rate (1 - specificity)",
+        ylabel="True positive rate (sensitivity)",
+        title=f"{head}ROC curve",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        aspect="equal",
+    )
     ax.legend(loc="lower right", fontsize=8)
     paths["roc"] = _save(fig, out_dir / "roc.png")
 
@@ -79,23 +91,36 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     ax.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence ({y.mean():.2f})")
     tp = int(((p >= threshold) & (y == 1)).sum())
     n_pred = int((p >= threshold).sum())
-    if n_pred:                                    # precision is undefined with no positive calls
+    if n_pred:  # precision is undefined with no positive calls
         ax.plot(m["sensitivity"], tp / n_pred, "o", c="red", ms=8, label=op)
-    ax.set(xlabel="Recall (sensitivity)", ylabel="Precision", title=f"{head}Precision-recall curve",
-           xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        xlabel="Recall (sensitivity)",
+        ylabel="Precision",
+        title=f"{head}Precision-recall curve",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="lower left", fontsize=8)
     paths["pr"] = _save(fig, out_dir / "pr.png")
 
     fig = figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    cm = np.zeros((2, 2), dtype=int)              # rows: actual, cols: predicted
+    cm = np.zeros((2, 2), dtype=int)  # rows: actual, cols: predicted
     np.add.at(cm, (y, (p >= threshold).astype(int)), 1)
     ax.imshow(cm, cmap="Blues")
     for (i, j), count in np.ndenumerate(cm):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=14,
-                color="white" if count > cm.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-           xlabel="Predicted", ylabel="Actual", title=f"{head}Confusion matrix ({op})")
+        ax.text(
+            j, i, str(count), ha="center", va="center", fontsize=14, color="white" if count > cm.max() / 2 else "black"
+        )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=CLASS_NAMES,
+        yticklabels=CLASS_NAMES,
+        xlabel="Predicted",
+        ylabel="Actual",
+        title=f"{head}Confusion matrix ({op})",
+    )
     paths["confusion"] = _save(fig, out_dir / "confusion.png")
 
     fig = figure(figsize=(5, 6))
@@ -105,8 +130,7 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
     bins = "deciles of scores" if strategy == "quantile" else "10 equal bins"
     ax.plot(prob_pred, prob_true, "o-", lw=2, label=f"model ({bins})")
-    ax.set(ylabel="Observed fracture fraction", title=f"{head}Calibration (reliability)",
-           xlim=(0, 1), ylim=(0, 1))
+    ax.set(ylabel="Observed fracture fraction", title=f"{head}Calibration (reliability)", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     hist.hist([p[y == 0], p[y == 1]], bins=20, range=(0, 1), stacked=True, label=CLASS_NAMES)
     hist.axvline(threshold, c="red", lw=1)
@@ -117,7 +141,7 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
 
 
 def calibration_bins(probs: np.ndarray, n_bins: int = 10) -> str:
-    """"uniform" bins, or "quantile" when over half the scores share one uniform bin.
+    """ "uniform" bins, or "quantile" when over half the scores share one uniform bin.
 
     Models trained with pos_weight on rare positives often put most scores in a narrow band: equal-
     width bins would then show one crowded point and several from a handful of images each.
@@ -134,8 +158,11 @@ def save_training_curves(history: Sequence[dict], out_path: str | Path) -> Path:
             row has one, else 1..len(history). Metrics missing from a row plot as gaps.
         out_path: PNG file to write.
     """
-    epochs = ([h["epoch"] for h in history] if history and all("epoch" in h for h in history)
-              else list(range(1, len(history) + 1)))
+    epochs = (
+        [h["epoch"] for h in history]
+        if history and all("epoch" in h for h in history)
+        else list(range(1, len(history) + 1))
+    )
 
     def series(key: str) -> list[float]:
         return [float(h.get(key, math.nan)) for h in history]
@@ -148,11 +175,11 @@ def save_training_curves(history: Sequence[dict], out_path: str | Path) -> Path:
         if any(key in h for h in history):
             loss_ax.plot(epochs, series(key), "o-", label=key)
     loss_ax.set(ylabel="Loss", title="Training curves")
-    if loss_ax.lines:                            # legend() warns when nothing was plotted
+    if loss_ax.lines:  # legend() warns when nothing was plotted
         loss_ax.legend(fontsize=8)
     if any(metrics.PRIMARY in h for h in history):
         auc_ax.plot(epochs, series(metrics.PRIMARY), "o-", c="tab:green", label=metrics.PRIMARY)
         auc_ax.legend(fontsize=8)
     auc_ax.set(xlabel="Epoch", ylabel="ROC AUC")
-    auc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no 0.5-epoch ticks
+    auc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 0.5-epoch ticks
     return _save(fig, Path(out_path))

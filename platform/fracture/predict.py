@@ -4,6 +4,7 @@ Each actor loads the checkpoint once and decodes with presets.decode_batch at th
 was trained at (the same decode_resize as training); the model normalises its own input. The
 decision rule is the checkpoint's: predicted = probability >= state["threshold"].
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 PROBABILITY = "probability"
 PREDICTED = "predicted"
 BATCH_SIZE = 64
-ROWS_PER_BLOCK = 4 * BATCH_SIZE    # several blocks, so two actors (or GPUs) can share the work
+ROWS_PER_BLOCK = 4 * BATCH_SIZE  # several blocks, so two actors (or GPUs) can share the work
 
 
 class Predictor:
@@ -45,9 +46,9 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = presets.decode_batch(batch, size=self.size, allow_truncated=self.allow_truncated)
-        x = engine.to_model_input(torch.from_numpy(batch[IMAGE]), self.device)   # (B, 3, S, S) in [0, 1]
+        x = engine.to_model_input(torch.from_numpy(batch[IMAGE]), self.device)  # (B, 3, S, S) in [0, 1]
         with engine.autocast(self.device):
-            logits = self.net(x)                                                   # (B, 1)
+            logits = self.net(x)  # (B, 1)
         probs = torch.sigmoid(logits.float()).view(-1).cpu().numpy()
         return {ID: batch[ID], PROBABILITY: probs, PREDICTED: (probs >= self.threshold).astype(np.int8)}
 
@@ -77,12 +78,19 @@ def predict_paths(ckpt_dir: str | Path, frame: pd.DataFrame, *, batch_size: int 
     import ray.data
 
     rows = frame[[ID, PATH]].reset_index(drop=True)
-    blocks = [rows.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(rows), ROWS_PER_BLOCK)]
+    blocks = [rows.iloc[i : i + ROWS_PER_BLOCK] for i in range(0, len(rows), ROWS_PER_BLOCK)]
     resources = _actor_resources()
     log.info("predicting %d images with %s", len(rows), {k: v for k, v in resources.items() if k != "compute"})
-    out = (ray.data.from_pandas(blocks)
-           .map_batches(Predictor, fn_constructor_kwargs={"ckpt_dir": str(ckpt_dir)}, batch_size=batch_size,
-                        batch_format="numpy", **resources)
-           .to_pandas())
+    out = (
+        ray.data.from_pandas(blocks)
+        .map_batches(
+            Predictor,
+            fn_constructor_kwargs={"ckpt_dir": str(ckpt_dir)},
+            batch_size=batch_size,
+            batch_format="numpy",
+            **resources,
+        )
+        .to_pandas()
+    )
     # Actors finish blocks in any order: restore the frame's.
     return rows[[ID]].merge(out, on=ID, how="left", validate="one_to_one")

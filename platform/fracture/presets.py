@@ -3,6 +3,7 @@
 Images travel through Ray Data as uint8 (N, S, S, 3): four times smaller than float32, and the
 model owns normalisation, so nothing here can drift from what the model expects.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ IMAGE = "image"
 LABEL = "label"
 ID = "image_id"
 PATH = "path"
-ROW = "row"          # a train/val row's position in its decoded cache: seeds its augmentation
+ROW = "row"  # a train/val row's position in its decoded cache: seeds its augmentation
 
 # The seed notebook's Keras ImageDataGenerator settings.
 ROTATION_DEG = 20.0
@@ -59,8 +60,9 @@ def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     c = cx - a * (cx + tx) - b * (cy + ty)
     f = cy - d * (cx + tx) - e * (cy + ty)
     # Keras' default fill_mode is "nearest"; black fill is closer to an X-ray's background.
-    out = Image.fromarray(image).transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f),
-                                           resample=Image.Resampling.BILINEAR)
+    out = Image.fromarray(image).transform(
+        (w, h), Image.Transform.AFFINE, (a, b, c, d, e, f), resample=Image.Resampling.BILINEAR
+    )
     return np.asarray(out)
 
 
@@ -76,8 +78,13 @@ def _light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.roll(image, (int(dy), int(dx)), axis=(0, 1))
 
 
-def augment(images: np.ndarray, *, rng: np.random.Generator | None = None, strength: str = "seed",
-            seeds: np.ndarray | None = None) -> np.ndarray:
+def augment(
+    images: np.ndarray,
+    *,
+    rng: np.random.Generator | None = None,
+    strength: str = "seed",
+    seeds: np.ndarray | None = None,
+) -> np.ndarray:
     """Random train-time views of a batch.
 
     strength "seed" is the notebook's ImageDataGenerator: rotation ±20°, shift ±10%, zoom 0.9–1.1,

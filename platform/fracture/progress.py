@@ -15,13 +15,14 @@ Ray Train's worker-group start-up and per-report lines, a core error line about 
 watcher, deprecations inside Ray. `quiet_ray` and `quiet_worker_logs` drop it from the driver's
 console (Ray's log files keep all of it); `--verbose` skips both.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import ray.tune
 
@@ -30,27 +31,40 @@ from fracture.config import Config
 
 log = logging.getLogger(__name__)
 
-NOISE = re.compile("|".join([
-    # Ray Data: each epoch streams train and val through a new Dataset execution, 3-4 lines each
-    r"Starting execution of Dataset", r"Execution plan of Dataset", r"Dataset \S+ execution (finished|failed)",
-    r"Data sink \S+ finished", r"Progress bars disabled",
-    # Ray Train: worker-group start-up, and a line per report and checkpoint (with the whole metrics dict)
-    r"^Requesting resources: ", r"^Attempting to start training worker group", r"^Setting up process group for",
-    r"^Started training worker group of size", r"^- \(ip=\S+, pid=\d+\) world_rank=", r"^Moving model to device",
-    r"^Checkpoint successfully created at", r"^Reporting training result \d+",
-    # Train's cleaner removing the placement group of a trial that ended or that ASHA stopped: as designed
-    r"Detected that the Ray Train controller actor \S+ is dead. Cleaning up placement group",
-    # Ray core logs at error level that Train's PreemptionWatcher actor has its arguments in the object store
-    r"Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store",
-    # for whoever upgrades Ray, not for whoever runs a study
-    r"RayDeprecationWarning",
-    # driver: the token-auth notice of every local cluster; Tune's final state write; Tune's restore hint
-    # (the job prints its own --resume command); Tune's GPU check, which cannot see that Train's workers
-    # (not the trial's driver fn) hold the GPUs
-    r"Token authentication is enabled for this Ray cluster", r"Wrote the latest version of all result files",
-    r"Experiment has been interrupted, but the most recent state was saved",
-    r"Tune detects GPUs, but no trials are using GPUs",
-]))
+NOISE = re.compile(
+    "|".join(
+        [
+            # Ray Data: each epoch streams train and val through a new Dataset execution, 3-4 lines each
+            r"Starting execution of Dataset",
+            r"Execution plan of Dataset",
+            r"Dataset \S+ execution (finished|failed)",
+            r"Data sink \S+ finished",
+            r"Progress bars disabled",
+            # Ray Train: worker-group start-up, and a line per report and checkpoint (with the whole metrics dict)
+            r"^Requesting resources: ",
+            r"^Attempting to start training worker group",
+            r"^Setting up process group for",
+            r"^Started training worker group of size",
+            r"^- \(ip=\S+, pid=\d+\) world_rank=",
+            r"^Moving model to device",
+            r"^Checkpoint successfully created at",
+            r"^Reporting training result \d+",
+            # Train's cleaner removing the placement group of a trial that ended or that ASHA stopped: as designed
+            r"Detected that the Ray Train controller actor \S+ is dead. Cleaning up placement group",
+            # Ray core logs at error level that Train's PreemptionWatcher actor has its arguments in the object store
+            r"Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store",
+            # for whoever upgrades Ray, not for whoever runs a study
+            r"RayDeprecationWarning",
+            # driver: the token-auth notice of every local cluster; Tune's final state write; Tune's restore hint
+            # (the job prints its own --resume command); Tune's GPU check, which cannot see that Train's workers
+            # (not the trial's driver fn) hold the GPUs
+            r"Token authentication is enabled for this Ray cluster",
+            r"Wrote the latest version of all result files",
+            r"Experiment has been interrupted, but the most recent state was saved",
+            r"Tune detects GPUs, but no trials are using GPUs",
+        ]
+    )
+)
 
 
 class _DropNoise(logging.Filter):
@@ -64,7 +78,9 @@ def quiet_ray() -> None:
 
     for name in ("ray", "ray.data"):
         for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _DropNoise) for f in handler.filters):
+            if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _DropNoise) for f in handler.filters
+            ):
                 handler.addFilter(_DropNoise())
 
 
@@ -78,7 +94,7 @@ def quiet_worker_logs() -> None:
     """
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    printer = dict(dispatcher.handlers).get("ray_print_logs")   # absent with log_to_driver=False
+    printer = dict(dispatcher.handlers).get("ray_print_logs")  # absent with log_to_driver=False
     if printer is None or isinstance(printer, functools.partial) and printer.func is _print_without_noise:
         return
     dispatcher.remove_handler("ray_print_logs")
@@ -95,7 +111,7 @@ def without_noise(lines: Sequence[str]) -> list[str]:
     """The lines that are not NOISE; a dropped warning takes its indented source line with it."""
     kept, in_warning = [], False
     for line in lines:
-        if in_warning and line[:1].isspace():   # warnings.warn prints "file:line: Category: message" + the source line
+        if in_warning and line[:1].isspace():  # warnings.warn prints "file:line: Category: message" + the source line
             continue
         noise = NOISE.search(line)
         in_warning = bool(noise) and "Warning: " in line
@@ -105,6 +121,7 @@ def without_noise(lines: Sequence[str]) -> list[str]:
 
 
 # --- trial names ---
+
 
 def trial_number(trial, *, first: int = 1) -> int:
     """1, 2, ... in creation order, from Tune's experiment tag ("3_config=..." or "0").
@@ -127,10 +144,11 @@ def trial_dirname(trial, *, first: int = 1) -> str:
 
 # --- the console ---
 
+
 def short_keys(dotted: Sequence[str]) -> dict[str, str]:
     """{"model.dropout": "dropout", ...}; a key whose last part is not unique keeps its section."""
     last = [d.split(".")[-1] for d in dotted]
-    return {d: s if last.count(s) == 1 else d for d, s in zip(dotted, last)}
+    return {d: s if last.count(s) == 1 else d for d, s in zip(dotted, last, strict=True)}
 
 
 def format_value(value) -> str:
@@ -141,7 +159,7 @@ def format_value(value) -> str:
 
 
 def searched_values(config: dict, keys: dict[str, str]) -> str:
-    """"dropout=0.31 l2=2.1e-05 ..." for a trial's nested config and short_keys()."""
+    """ "dropout=0.31 l2=2.1e-05 ..." for a trial's nested config and short_keys()."""
     parts = []
     for dotted, short in keys.items():
         section, key = dotted.split(".", 1)
@@ -161,15 +179,18 @@ def duration(seconds: float) -> str:
 def epoch_line(name: str, result: dict, epochs: int, workers: int = 1) -> str:
     """One epoch of one trial, from the worker's report (see worker.train_fn_per_worker)."""
     done = int(result.get(metrics.EPOCHS_DONE, result.get("epoch", -1) + 1))
-    rate = result.get("train_images_per_s", 0.0)   # rank 0's: shards are equal, so each worker's
+    rate = result.get("train_images_per_s", 0.0)  # rank 0's: shards are equal, so each worker's
     speed = f"{rate:.1f} img/s" if workers == 1 else f"{workers}x{rate:.1f} img/s"
     epoch_s = result.get("epoch_s", 0.0)
-    line = (f"{name} epoch {done}/{epochs}  loss {result.get('train_loss', float('nan')):.4f}  "
-            f"val AUROC {result.get(metrics.PRIMARY, float('nan')):.4f}  "
-            f"sens {result.get('val_sensitivity', float('nan')):.3f} spec {result.get('val_specificity', float('nan')):.3f}  "
-            f"{speed}  {duration(epoch_s)}/epoch")
+    line = (
+        f"{name} epoch {done}/{epochs}  loss {result.get('train_loss', float('nan')):.4f}  "
+        f"val AUROC {result.get(metrics.PRIMARY, float('nan')):.4f}  "
+        f"sens {result.get('val_sensitivity', float('nan')):.3f} "
+        f"spec {result.get('val_specificity', float('nan')):.3f}  "
+        f"{speed}  {duration(epoch_s)}/epoch"
+    )
     if done < epochs and not result.get("early_stopped"):
-        line += f"  ETA {duration((epochs - done) * epoch_s)}"   # to max epochs: ASHA may stop it sooner
+        line += f"  ETA {duration((epochs - done) * epoch_s)}"  # to max epochs: ASHA may stop it sooner
     return line
 
 
@@ -184,9 +205,13 @@ def end_line(name: str, result: dict, epochs: int, patience: int) -> str:
     if done >= epochs:
         return f"{name} finished {done}/{epochs} epochs: best val AUROC {best:.4f}, {took}"
     if result.get("early_stopped"):
-        return (f"{name} stopped early after {done}/{epochs} epochs: no val AUROC gain for {patience} epochs "
-                f"(best {best:.4f}), {took}")
-    return f"{name} stopped by ASHA after {done}/{epochs} epochs: val AUROC {auc:.4f} was below its rung's cutoff, {took}"
+        return (
+            f"{name} stopped early after {done}/{epochs} epochs: no val AUROC gain for {patience} epochs "
+            f"(best {best:.4f}), {took}"
+        )
+    return (
+        f"{name} stopped by ASHA after {done}/{epochs} epochs: val AUROC {auc:.4f} was below its rung's cutoff, {took}"
+    )
 
 
 def _last_error_line(trial) -> str:
@@ -232,5 +257,6 @@ class TrialProgress(ray.tune.Callback):
 
 def trial_progress(cfg: Config) -> TrialProgress:
     """The study's console callback: the values of search.space printed at each trial's start."""
-    return TrialProgress(list(cfg.search.space), epochs=cfg.train.epochs, patience=cfg.train.patience,
-                         workers=cfg.cluster.num_workers)
+    return TrialProgress(
+        list(cfg.search.space), epochs=cfg.train.epochs, patience=cfg.train.patience, workers=cfg.cluster.num_workers
+    )

@@ -5,6 +5,7 @@ domain, so every trial carries its whole resolved config. Metric and mode are se
 TuneConfig (Tune raises if the searcher or scheduler gets them too). Trials are named and printed
 by fracture.progress; Tune's own console stays silent unless verbose.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,9 +37,11 @@ TUNE_DIR = "tune"
 def _domain(dotted: str, spec: Any):
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"search.space.{dotted}: expected one distribution, e.g. {{loguniform: [1.0e-5, 1.0e-3]}}")
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"search.space.{dotted}: unknown distribution {kind!r} (use one of {', '.join(DISTRIBUTIONS)})")
+        raise ConfigError(
+            f"search.space.{dotted}: unknown distribution {kind!r} (use one of {', '.join(DISTRIBUTIONS)})"
+        )
     args = args if isinstance(args, list) else [args]
     try:
         return DISTRIBUTIONS[kind](*[float(a) if kind != "choice" and isinstance(a, str) else a for a in args])
@@ -74,8 +77,8 @@ def points_to_evaluate(cfg: Config) -> list[dict[str, Any]]:
     return points
 
 
-DRIVER_CPU = 0.01   # each trial's driver fn: it only orchestrates, and Tune refuses an empty request
-DATA_CPU = 1.0      # Ray Data's read/augment tasks (1 CPU each) beside the training workers
+DRIVER_CPU = 0.01  # each trial's driver fn: it only orchestrates, and Tune refuses an empty request
+DATA_CPU = 1.0  # Ray Data's read/augment tasks (1 CPU each) beside the training workers
 
 
 def check_resources(cfg: Config) -> None:
@@ -91,22 +94,25 @@ def check_resources(cfg: Config) -> None:
     need_cpu = workers * cpus + DRIVER_CPU + DATA_CPU
     need_gpu = workers if cfg.cluster.use_gpu else 0
     have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
-    shape = (f"cluster.num_workers={workers}, cpus_per_worker={cpus:g}, use_gpu={cfg.cluster.use_gpu}")
+    shape = f"cluster.num_workers={workers}, cpus_per_worker={cpus:g}, use_gpu={cfg.cluster.use_gpu}"
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise ConfigError(
             f"one trial needs {need_cpu:g} CPU ({workers} x {cpus:g} for its workers, {DATA_CPU:g} for Ray Data, "
             f"{DRIVER_CPU:g} for its driver) and {need_gpu} GPU ({shape}), but the cluster has {have_cpu:g} CPU "
-            f"and {have_gpu:g} GPU in all: lower cluster.*, add nodes, or give `ray start` more --num-cpus")
+            f"and {have_gpu:g} GPU in all: lower cluster.*, add nodes, or give `ray start` more --num-cpus"
+        )
     gpu_each = 1 if cfg.cluster.use_gpu else 0
     if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpu_each for n in nodes):
         biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         raise ConfigError(
             f"one training worker needs {cpus:g} CPU and {gpu_each} GPU on a single node ({shape}), but the "
-            f"largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU")
+            f"largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU"
+        )
 
 
-def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = True,
-                verbose: bool = False) -> ray.tune.Tuner:
+def build_tuner(
+    cfg: Config, *, callbacks: list | None = None, search: bool = True, verbose: bool = False
+) -> ray.tune.Tuner:
     """A Tuner over train_driver_fn for this study.
 
     Args:
@@ -127,14 +133,22 @@ def build_tuner(cfg: Config, *, callbacks: list | None = None, search: bool = Tr
     callbacks.append(progress.trial_progress(cfg))
     # Tune numbers a searcher's trials from 1, and its default generator's from 0.
     first = 1 if searcher is not None else 0
-    tune_config = ray.tune.TuneConfig(metric=metrics.PRIMARY, mode=metrics.MODE,
-                                      num_samples=cfg.search.num_trials if search else 1,
-                                      max_concurrent_trials=cfg.search.max_concurrent if search else 1,
-                                      search_alg=searcher, scheduler=scheduler,
-                                      trial_name_creator=functools.partial(progress.trial_name, first=first),
-                                      trial_dirname_creator=functools.partial(progress.trial_dirname, first=first))
-    return ray.tune.Tuner(trainable, param_space={"config": space}, tune_config=tune_config,
-                          run_config=_run_config(cfg, callbacks, verbose))
+    tune_config = ray.tune.TuneConfig(
+        metric=metrics.PRIMARY,
+        mode=metrics.MODE,
+        num_samples=cfg.search.num_trials if search else 1,
+        max_concurrent_trials=cfg.search.max_concurrent if search else 1,
+        search_alg=searcher,
+        scheduler=scheduler,
+        trial_name_creator=functools.partial(progress.trial_name, first=first),
+        trial_dirname_creator=functools.partial(progress.trial_dirname, first=first),
+    )
+    return ray.tune.Tuner(
+        trainable,
+        param_space={"config": space},
+        tune_config=tune_config,
+        run_config=_run_config(cfg, callbacks, verbose),
+    )
 
 
 def asha(cfg: Config) -> ASHAScheduler | None:
@@ -145,8 +159,12 @@ def asha(cfg: Config) -> ASHAScheduler | None:
     """
     if cfg.train.epochs <= cfg.search.grace_epochs:
         return None
-    return ASHAScheduler(time_attr=metrics.EPOCHS_DONE, max_t=cfg.train.epochs,
-                         grace_period=max(1, cfg.search.grace_epochs), reduction_factor=2)
+    return ASHAScheduler(
+        time_attr=metrics.EPOCHS_DONE,
+        max_t=cfg.train.epochs,
+        grace_period=max(1, cfg.search.grace_epochs),
+        reduction_factor=2,
+    )
 
 
 class SchedulerState(ray.tune.Callback):
@@ -162,12 +180,16 @@ class SchedulerState(ray.tune.Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict:
-        return {"rungs": [[(milestone, dict(recorded)) for milestone, recorded in bracket._rungs]
-                          for bracket in self.scheduler._brackets],
-                "num_stopped": self.scheduler._num_stopped}
+        return {
+            "rungs": [
+                [(milestone, dict(recorded)) for milestone, recorded in bracket._rungs]
+                for bracket in self.scheduler._brackets
+            ],
+            "num_stopped": self.scheduler._num_stopped,
+        }
 
     def set_state(self, state: dict) -> None:
-        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"]):
+        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"], strict=True):
             saved = dict(rungs)
             for milestone, recorded in bracket._rungs:
                 recorded.update(saved.get(milestone, {}))
@@ -184,13 +206,17 @@ def _trainable(cfg: Config):
 
 
 def _tune_verbosity(verbose: bool) -> int | None:
-    return None if verbose else 0   # None: Tune's default, every table; 0: silent
+    return None if verbose else 0  # None: Tune's default, every table; 0: silent
 
 
 def _run_config(cfg: Config, callbacks: list | None, verbose: bool) -> ray.tune.RunConfig:
-    return ray.tune.RunConfig(name=TUNE_DIR, storage_path=storage_uri(cfg), callbacks=callbacks or [],
-                              failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures),
-                              verbose=_tune_verbosity(verbose))
+    return ray.tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=storage_uri(cfg),
+        callbacks=callbacks or [],
+        failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures),
+        verbose=_tune_verbosity(verbose),
+    )
 
 
 def study_path(cfg: Config) -> str:
@@ -210,8 +236,10 @@ def resume_path(path: str | Path) -> str:
     if (candidate / TUNE_DIR).is_dir():
         candidate = candidate / TUNE_DIR
     if not ray.tune.Tuner.can_restore(str(candidate)):
-        raise ConfigError(f"--resume {path}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
-                          "from an earlier jobs/tune.py run)")
+        raise ConfigError(
+            f"--resume {path}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
+            "from an earlier jobs/tune.py run)"
+        )
     return str(candidate)
 
 

@@ -6,12 +6,13 @@ debug run and a study share one code path and one MLflow layout.
 A study stores its resolved config beside its Tune experiment (`<storage>/<name>/config.yaml`), so
 `jobs/tune.py --resume DIR` needs nothing else to continue it (resume_config).
 """
+
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -28,7 +29,7 @@ def preflight(cfg: Config) -> None:
 
     Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
     """
-    search.search_space(cfg)                 # unknown distributions / bad arguments: before Ray starts
+    search.search_space(cfg)  # unknown distributions / bad arguments: before Ray starts
     data.ensure_manifest(cfg)
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
@@ -46,7 +47,8 @@ def check_cluster(cfg: Config) -> None:
         raise ConfigError(
             f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
             f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
-            "a shared mount with cluster.storage_shared=true")
+            "a shared mount with cluster.storage_shared=true"
+        )
 
 
 CONFIG_FILE = "config.yaml"
@@ -93,8 +95,9 @@ def save_config(cfg: Config, location: str | None = None) -> str:
     return location
 
 
-def resume_config(study: str | Path, *, config: str | Path | None = None,
-                  overrides: Sequence[str] = ()) -> Config | None:
+def resume_config(
+    study: str | Path, *, config: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Config | None:
     """The config to continue the study in `study` with: the one stored with it.
 
     A resumed study keeps its config: its trials carry theirs in Tune's saved state, and ASHA and
@@ -116,8 +119,11 @@ def resume_config(study: str | Path, *, config: str | Path | None = None,
     text = _read_text(location)
     if text is None:
         if not (config or overrides):
-            log.warning("%s not found (a study from before configs were stored with it): resuming with the "
-                        "default study's config; pass the study's --config and overrides if it had others", location)
+            log.warning(
+                "%s not found (a study from before configs were stored with it): resuming with the "
+                "default study's config; pass the study's --config and overrides if it had others",
+                location,
+            )
         return None
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp, CONFIG_FILE)
@@ -127,9 +133,11 @@ def resume_config(study: str | Path, *, config: str | Path | None = None,
     ours, theirs = flat(stored.to_dict()), flat(given.to_dict())
     differ = [f"{k}={theirs[k]!r} (the study has {ours[k]!r})" for k in ours if ours[k] != theirs[k]]
     if differ:
-        raise ConfigError(f"--resume {study}: a resumed study keeps the config it was started with ({location}), "
-                          f"but the command line changes {'; '.join(differ)}: drop those to continue the study, "
-                          "or start a new one with another name=")
+        raise ConfigError(
+            f"--resume {study}: a resumed study keeps the config it was started with ({location}), "
+            f"but the command line changes {'; '.join(differ)}: drop those to continue the study, "
+            "or start a new one with another name="
+        )
     return stored
 
 
@@ -142,18 +150,19 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     Returns:
         the summary from tracking.register_best, plus "trials": per-trial final metrics.
     """
-    resume = search.resume_path(resume) if resume else None   # a wrong --resume must not open MLflow runs
+    resume = search.resume_path(resume) if resume else None  # a wrong --resume must not open MLflow runs
     check_cluster(cfg)
     study_dir = resume or search.study_path(cfg)
     if not resume:
         save_config(cfg)
     elif _read_text(_config_location(resume)) is None:
-        save_config(cfg, _config_location(resume))   # an older study: from now on it has one
+        save_config(cfg, _config_location(resume))  # an older study: from now on it has one
     _announce(cfg, study_dir, resume=bool(resume), search_space=search_space)
     uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume))
     try:
-        summary = _fit_and_register(cfg, uri, parent, study_dir, resume=resume, search_space=search_space,
-                                    verbose=verbose)
+        summary = _fit_and_register(
+            cfg, uri, parent, study_dir, resume=resume, search_space=search_space, verbose=verbose
+        )
     except KeyboardInterrupt:
         tracking.end_study(uri, parent, "KILLED")
         raise
@@ -171,19 +180,30 @@ def _announce(cfg: Config, study_dir: str, *, resume: bool, search_space: bool) 
         return
     trials = cfg.search.num_trials if search_space else 1
     how = f", searching {', '.join(cfg.search.space)}" if search_space and cfg.search.space else ""
-    log.info("study %s: %d trial%s x %d epochs%s; files in %s", cfg.name, trials, "s" * (trials != 1),
-             cfg.train.epochs, how, storage_uri(cfg))
+    log.info(
+        "study %s: %d trial%s x %d epochs%s; files in %s",
+        cfg.name,
+        trials,
+        "s" * (trials != 1),
+        cfg.train.epochs,
+        how,
+        storage_uri(cfg),
+    )
 
 
-def _fit_and_register(cfg: Config, uri: str, parent: str, study_dir: str, *, resume: str | None,
-                      search_space: bool, verbose: bool) -> dict:
+def _fit_and_register(
+    cfg: Config, uri: str, parent: str, study_dir: str, *, resume: str | None, search_space: bool, verbose: bool
+) -> dict:
     report = list(manifest.report_paths(data.manifest_path(cfg)))
     tracking.log_data_report(uri, parent, report)
     if resume:
-        tuner = search.restore_tuner(resume, cfg, verbose=verbose)   # its trial logger comes back with it, on this parent run
+        tuner = search.restore_tuner(
+            resume, cfg, verbose=verbose
+        )  # its trial logger comes back with it, on this parent run
     else:
-        tuner = search.build_tuner(cfg, callbacks=[tracking.trial_logger(cfg, uri, parent)], search=search_space,
-                                   verbose=verbose)
+        tuner = search.build_tuner(
+            cfg, callbacks=[tracking.trial_logger(cfg, uri, parent)], search=search_space, verbose=verbose
+        )
     results = tuner.fit()
     # Ctrl-C / SIGINT: Tune saved the study and returned early; a partial study registers nothing.
     # (Tune marks every trial TERMINATED on the way out, but only a finished or stopped trial's
@@ -195,15 +215,24 @@ def _fit_and_register(cfg: Config, uri: str, parent: str, study_dir: str, *, res
     if len(errors) == len(results):
         raise RuntimeError(f"every trial failed; first error: {errors[0].error}")
     summary = tracking.register_best(results, cfg, uri, parent, report)
-    summary["trials"] = [{"trial_id": r.metrics.get("trial_id"), "epochs": r.metrics.get("epoch", -1) + 1,
-                          "val_auc": r.metrics.get("val_auc"), "error": bool(r.error)} for r in results]
+    summary["trials"] = [
+        {
+            "trial_id": r.metrics.get("trial_id"),
+            "epochs": r.metrics.get("epoch", -1) + 1,
+            "val_auc": r.metrics.get("val_auc"),
+            "error": bool(r.error),
+        }
+        for r in results
+    ]
     return summary
 
 
 def print_summary(summary: dict) -> None:
     print("\n=== best trial ===")
-    print(f"trial {summary['trial_id']}  epoch {summary['epoch']}  val_auc {summary['val_auc']:.4f}  "
-          f"threshold {summary['threshold']:.3f}")
+    print(
+        f"trial {summary['trial_id']}  epoch {summary['epoch']}  val_auc {summary['val_auc']:.4f}  "
+        f"threshold {summary['threshold']:.3f}"
+    )
     for key, value in sorted(summary["params"].items()):
         print(f"  {key:24s} {value:.6g}" if isinstance(value, float) else f"  {key:24s} {value}")
     shown = ("val_sensitivity", "val_specificity", "val_auprc", "val_balanced_accuracy", "val_loss")
@@ -213,7 +242,7 @@ def print_summary(summary: dict) -> None:
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"study dir:  {summary['study_dir']}   (resume: python jobs/tune.py --resume {summary['study_dir']})")
     uri = summary["tracking_uri"]
-    route = summary.get("ui_route", "")   # MLflow 3.17 opens experiments on GenAI pages without its query
+    route = summary.get("ui_route", "")  # MLflow 3.17 opens experiments on GenAI pages without its query
     if uri.startswith("sqlite"):
         print(f"MLflow:     mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000{route}")
     else:

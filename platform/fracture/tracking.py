@@ -12,6 +12,7 @@ The registered model loads two ways: `mlflow.pytorch.load_model` gives the torch
 any batch size), `mlflow.pyfunc.load_model` gives P(fracture) and the decision at the model's
 threshold (this module is its loader).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import ray.tune
 
@@ -38,10 +40,10 @@ TRIAL_TAG = "fracture.trial_id"
 STUDY_TAG = "fracture.study"
 STUDY_DIR_TAG = "fracture.study_dir"
 CHECKPOINT_ARTIFACT = "checkpoint"
-STUDY_ARTIFACT = "study"                       # the parent run's trials.csv and Optuna plots
+STUDY_ARTIFACT = "study"  # the parent run's trials.csv and Optuna plots
 SELECTED_EPOCH_TAG = "fracture.selected_epoch"
 SELECTED_AUC_TAG = "fracture.selected_val_auc"
-REGISTERED_TAG = "fracture.registered_version"        # "<model name>/<version>"
+REGISTERED_TAG = "fracture.registered_version"  # "<model name>/<version>"
 REGISTERED_URI_TAG = "fracture.registered_model_uri"  # "models:/<model name>/<version>"
 BEST = "best_" + metrics.PRIMARY
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview, not on its runs.
@@ -50,7 +52,7 @@ CUSTOM_MODEL_KIND = "custom_model_development"
 # MLflow 3.17's UI ignores that tag: its sidebar switch (saved in the browser, GenAI by default)
 # decides, and this query parameter on a page's URL overrides it with "Model training".
 UI_QUERY = "?workflowType=machine_learning"
-RUN_NOTE_TAG = "mlflow.note.content"           # what the UI shows as a run's description
+RUN_NOTE_TAG = "mlflow.note.content"  # what the UI shows as a run's description
 
 
 class TrackingError(RuntimeError):
@@ -72,10 +74,12 @@ def _retry(fn: Callable, *args, tries: int = 4, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # MlflowException wraps both; only the message tells them apart
-            transient = any(s in str(exc).lower() for s in ("locked", "timeout", "temporarily", "connection", "503", "502"))
+            transient = any(
+                s in str(exc).lower() for s in ("locked", "timeout", "temporarily", "connection", "503", "502")
+            )
             if not transient or attempt == tries - 1:
                 raise
-            time.sleep(0.5 * 2 ** attempt)
+            time.sleep(0.5 * 2**attempt)
 
 
 @contextlib.contextmanager
@@ -119,8 +123,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
         except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
-                                "start one with `make mlflow` or set tracking.uri / MLFLOW_TRACKING_URI") from None
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+                "start one with `make mlflow` or set tracking.uri / MLFLOW_TRACKING_URI"
+            ) from None
     elif uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif "://" not in uri and not uri.startswith("databricks"):
@@ -142,13 +148,19 @@ def start_study(cfg: Config, study_dir: str, *, resume: bool = False) -> tuple[s
     client = _client(uri)
     experiment_id = _experiment_id(client, cfg, uri)
     if resume:
-        runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{STUDY_DIR_TAG}` = '{study_dir}'",
-                      order_by=["attributes.start_time ASC"], max_results=1)
+        runs = _retry(
+            client.search_runs,
+            [experiment_id],
+            filter_string=f"tags.`{STUDY_DIR_TAG}` = '{study_dir}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
         if runs:
             _retry(client.update_run, runs[0].info.run_id, status="RUNNING")
             return uri, runs[0].info.run_id
-    run = _retry(client.create_run, experiment_id, run_name=cfg.name,
-                 tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir})
+    run = _retry(
+        client.create_run, experiment_id, run_name=cfg.name, tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir}
+    )
     _retry(client.log_batch, run.info.run_id, params=_params(study_params(cfg)))
     _retry(client.log_dict, run.info.run_id, cfg.to_dict(), "config.json")
     return uri, run.info.run_id
@@ -173,8 +185,11 @@ def log_data_report(uri: str, run_id: str, report_files: list[Path]) -> None:
 
 
 def _numeric(result: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in result.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
 
 
 class TrialLogger(ray.tune.Callback):
@@ -202,14 +217,25 @@ class TrialLogger(ray.tune.Callback):
             if existing:
                 self._runs[trial.trial_id] = existing
                 return existing
-            run = _retry(self.client.create_run, experiment_id, run_name=f"trial_{trial.trial_id}",
-                         tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id})
+            run = _retry(
+                self.client.create_run,
+                experiment_id,
+                run_name=f"trial_{trial.trial_id}",
+                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id},
+            )
             run_id = run.info.run_id
             cfg = trial.config["config"]
             values = flat(cfg)
             params = {k: values[k] for k in self.searched} | {
-                k: values[k] for k in ("model.weights", "data.image_size", "train.epochs",
-                                     "train.batch_size_per_worker", "cluster.num_workers")}
+                k: values[k]
+                for k in (
+                    "model.weights",
+                    "data.image_size",
+                    "train.epochs",
+                    "train.batch_size_per_worker",
+                    "cluster.num_workers",
+                )
+            }
             _retry(self.client.log_batch, run_id, params=_params(params))
             _retry(self.client.log_dict, run_id, cfg, "config.json")
             self._runs[trial.trial_id] = run_id
@@ -223,8 +249,11 @@ class TrialLogger(ray.tune.Callback):
 
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, step) for k, v in _numeric(result).items()
-                 if not k.startswith(("time_", "timestamp", "pid", "training_iteration"))]
+        batch = [
+            Metric(k, v, now, step)
+            for k, v in _numeric(result).items()
+            if not k.startswith(("time_", "timestamp", "pid", "training_iteration"))
+        ]
         _retry(self.client.log_batch, self._run_for(trial), metrics=batch)
 
     def _finish(self, trial, status: str):
@@ -291,8 +320,12 @@ def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_repor
     summary["model_uri"] = f"models:/{cfg.tracking.model_name}/{summary['version']}"
     summary["ui_route"] = ui_route(_experiment_id(client, cfg, uri))
     summary |= _promote(client, cfg, summary["version"], summary["val_auc"])
-    _retry(client.update_model_version, cfg.tracking.model_name, summary["version"],
-           description=version_description(summary))
+    _retry(
+        client.update_model_version,
+        cfg.tracking.model_name,
+        summary["version"],
+        description=version_description(summary),
+    )
     _link_version(client, cfg, summary, [summary["run_id"], parent_run_id])
     table = log_study_results(results, cfg, uri, parent_run_id)
     _retry(client.set_tag, parent_run_id, RUN_NOTE_TAG, study_note(summary, table))
@@ -314,9 +347,12 @@ def champion_runs(uri: str, experiment: str, name: str = "fracture", alias: str 
     version = _retry(client.get_model_version_by_alias, name, alias)
     trial = _retry(client.get_run, version.run_id)
     found = _retry(client.get_experiment_by_name, experiment)
-    return {"experiment_id": found.experiment_id if found else trial.info.experiment_id,
-            "version": str(version.version), "trial_run_id": trial.info.run_id,
-            "study_run_id": trial.data.tags.get("mlflow.parentRunId", trial.info.run_id)}
+    return {
+        "experiment_id": found.experiment_id if found else trial.info.experiment_id,
+        "version": str(version.version),
+        "trial_run_id": trial.info.run_id,
+        "study_run_id": trial.data.tags.get("mlflow.parentRunId", trial.info.run_id),
+    }
 
 
 def _selection(client, cfg: Config, uri: str, best, row: dict, state: dict, parent_run_id: str) -> dict:
@@ -327,14 +363,20 @@ def _selection(client, cfg: Config, uri: str, best, row: dict, state: dict, pare
     return {
         "trial_id": trial_id,
         "run_id": _find_trial_run(client, _experiment_id(client, cfg, uri), trial_id) or parent_run_id,
-        "checkpoint": row["checkpoint_path"], "epoch": int(row["epoch"]),
-        "val_auc": float(row[metrics.PRIMARY]), "threshold": float(state["threshold"]),
-        "image_size": trained.data.image_size, "arch": trained.model.arch,
+        "checkpoint": row["checkpoint_path"],
+        "epoch": int(row["epoch"]),
+        "val_auc": float(row[metrics.PRIMARY]),
+        "threshold": float(state["threshold"]),
+        "image_size": trained.data.image_size,
+        "arch": trained.model.arch,
         "threshold_rule": _threshold_rule(trained),
         "params": {k: v for k, v in flat(state["config"]).items() if k in cfg.search.space},
         "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
-        "study": {"name": cfg.name, "parent_run_id": parent_run_id,
-                  "study_dir": parent.data.tags.get(STUDY_DIR_TAG, "")},
+        "study": {
+            "name": cfg.name,
+            "parent_run_id": parent_run_id,
+            "study_dir": parent.data.tags.get(STUDY_DIR_TAG, ""),
+        },
     }
 
 
@@ -354,10 +396,15 @@ def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) ->
 
     run_id = summary["run_id"]
     _retry(client.log_artifacts, run_id, summary["checkpoint"], CHECKPOINT_ARTIFACT)
-    _retry(client.log_batch, run_id, tags=[
-        RunTag("threshold", f"{summary['threshold']:.6f}"),
-        RunTag(SELECTED_EPOCH_TAG, str(summary["epoch"])),
-        RunTag(SELECTED_AUC_TAG, f"{summary['val_auc']:.6f}")])
+    _retry(
+        client.log_batch,
+        run_id,
+        tags=[
+            RunTag("threshold", f"{summary['threshold']:.6f}"),
+            RunTag(SELECTED_EPOCH_TAG, str(summary["epoch"])),
+            RunTag(SELECTED_AUC_TAG, f"{summary['val_auc']:.6f}"),
+        ],
+    )
     log_data_report(uri, run_id, data_report)
 
 
@@ -382,11 +429,20 @@ def _log_model(uri: str, cfg: Config, net, summary: dict) -> str:
     ended = _retry(client.get_run, run_id).info
     # The logged model belongs to the active run's experiment (else to experiment 0 in ./mlruns).
     with _fluent(uri), mlflow.start_run(run_id=run_id):
-        info = Model.log(artifact_path=None, name="model", flavor=_FLAVOR, flavor_name="mlflow.pytorch",
-                         registered_model_name=cfg.tracking.model_name, tags=_version_tags(summary),
-                         metadata={"threshold": summary["threshold"], "image_size": size},
-                         pytorch_model=net, threshold=summary["threshold"], signature=signature,
-                         input_example=example, serialization_format="pt2")
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_FLAVOR,
+            flavor_name="mlflow.pytorch",
+            registered_model_name=cfg.tracking.model_name,
+            tags=_version_tags(summary),
+            metadata={"threshold": summary["threshold"], "image_size": size},
+            pytorch_model=net,
+            threshold=summary["threshold"],
+            signature=signature,
+            input_example=example,
+            serialization_format="pt2",
+        )
     # Reopening the run ended it anew: give back the trial's own end, or the UI shows its duration to now.
     _retry(client.set_terminated, run_id, ended.status, end_time=ended.end_time)
     return str(info.registered_model_version)
@@ -395,9 +451,13 @@ def _log_model(uri: str, cfg: Config, net, summary: dict) -> str:
 def _version_tags(summary: dict) -> dict[str, str]:
     m = summary["metrics"]
     # Few tags: the UI lists them by name in a short box; the ids are in the description.
-    return {"threshold": f"{summary['threshold']:.6f}", metrics.PRIMARY: f"{summary['val_auc']:.6f}",
-            **{k: f"{m[k]:.6f}" for k in ("val_sensitivity", "val_specificity") if k in m},
-            "image_size": str(summary["image_size"]), "study": summary["study"]["name"]}
+    return {
+        "threshold": f"{summary['threshold']:.6f}",
+        metrics.PRIMARY: f"{summary['val_auc']:.6f}",
+        **{k: f"{m[k]:.6f}" for k in ("val_sensitivity", "val_specificity") if k in m},
+        "image_size": str(summary["image_size"]),
+        "study": summary["study"]["name"],
+    }
 
 
 def _save_model(path, mlflow_model, *, pytorch_model, threshold: float, **kwargs) -> None:
@@ -411,10 +471,21 @@ def _save_model(path, mlflow_model, *, pytorch_model, threshold: float, **kwargs
     from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
 
     # Explicit requirements: inferring them loads the model once more in a subprocess (~30 s).
-    mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model,
-                              pip_requirements=mlflow.pytorch.get_default_pip_requirements(), **kwargs)
-    pyfunc.add_to_model(mlflow_model, loader_module=__name__, data="data", conda_env=_CONDA_ENV_FILE_NAME,
-                        python_env=_PYTHON_ENV_FILE_NAME, model_config={"threshold": float(threshold)})
+    mlflow.pytorch.save_model(
+        pytorch_model,
+        path,
+        mlflow_model=mlflow_model,
+        pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+        **kwargs,
+    )
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module=__name__,
+        data="data",
+        conda_env=_CONDA_ENV_FILE_NAME,
+        python_env=_PYTHON_ENV_FILE_NAME,
+        model_config={"threshold": float(threshold)},
+    )
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
@@ -452,27 +523,32 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> _Scorer:
 def version_description(summary: dict) -> str:
     """The model version's description (Markdown): how to call it, what it returns, where it came from."""
     s, m, study = summary["image_size"], summary["metrics"], summary["study"]
-    shown = ", ".join(f"{k.removeprefix('val_')} {m[k]:.4f}" for k in
-                      (metrics.PRIMARY, "val_sensitivity", "val_specificity") if k in m)
-    return "\n".join([
-        f"Bone-fracture detector (FractureNet: {summary['arch']} features + head), trial "
-        f"{summary['trial_id']}, epoch {summary['epoch']} (counted from 0, as the step in its charts).",
-        "",
-        f"- **Input**: float32 images in [0, 1], shape N×3×{s}×{s} (RGB, channels first; image size "
-        f"S = {s} px, the size it was trained at; any batch size N). The model normalises them itself "
-        "(ImageNet mean/std).",
-        "- **Output, `mlflow.pyfunc.load_model(uri).predict(x)`**: a DataFrame with `probability` "
-        "(P(fracture)) and `fracture` (bool: probability >= threshold). Needs the `fracture` package "
-        "installed (its loader is `fracture.tracking`).",
-        "- **Output, `mlflow.pytorch.load_model(uri)(x)`**: a torch module returning logits, shape N×1; "
-        "probability = sigmoid(logit).",
-        f"- **Threshold**: {summary['threshold']:.6f}, chosen on the validation split by "
-        f"{summary['threshold_rule']}. Another operating point: "
-        "`mlflow.pyfunc.load_model(uri, model_config={\"threshold\": t})`.",
-        f"- **Validation** (at that threshold): {shown}.",
-        f"- **Study**: `{study['name']}`, parent run `{study['parent_run_id']}`, study dir "
-        f"`{study['study_dir']}`; trial run `{summary['run_id']}`.",
-    ])
+    shown = ", ".join(
+        f"{k.removeprefix('val_')} {m[k]:.4f}"
+        for k in (metrics.PRIMARY, "val_sensitivity", "val_specificity")
+        if k in m
+    )
+    return "\n".join(
+        [
+            f"Bone-fracture detector (FractureNet: {summary['arch']} features + head), trial "
+            f"{summary['trial_id']}, epoch {summary['epoch']} (counted from 0, as the step in its charts).",
+            "",
+            f"- **Input**: float32 images in [0, 1], shape N×3×{s}×{s} (RGB, channels first; image size "
+            f"S = {s} px, the size it was trained at; any batch size N). The model normalises them itself "
+            "(ImageNet mean/std).",
+            "- **Output, `mlflow.pyfunc.load_model(uri).predict(x)`**: a DataFrame with `probability` "
+            "(P(fracture)) and `fracture` (bool: probability >= threshold). Needs the `fracture` package "
+            "installed (its loader is `fracture.tracking`).",
+            "- **Output, `mlflow.pytorch.load_model(uri)(x)`**: a torch module returning logits, shape N×1; "
+            "probability = sigmoid(logit).",
+            f"- **Threshold**: {summary['threshold']:.6f}, chosen on the validation split by "
+            f"{summary['threshold_rule']}. Another operating point: "
+            '`mlflow.pyfunc.load_model(uri, model_config={"threshold": t})`.',
+            f"- **Validation** (at that threshold): {shown}.",
+            f"- **Study**: `{study['name']}`, parent run `{study['parent_run_id']}`, study dir "
+            f"`{study['study_dir']}`; trial run `{summary['run_id']}`.",
+        ]
+    )
 
 
 def _promote(client, cfg: Config, version: str, auc: float) -> dict:
@@ -492,19 +568,33 @@ def _link_version(client, cfg: Config, summary: dict, run_ids: list[str]) -> Non
         _retry(client.set_tag, run_id, REGISTERED_URI_TAG, summary["model_uri"])
     model = _retry(client.get_registered_model, name)
     if not model.description:
-        _retry(client.update_registered_model, name, description=(
-            "Bone-fracture detection on X-rays (VGG16 + small head). Each version's description says "
-            f"its input size, threshold and study; `models:/{name}@{CHAMPION}` is the best by val AUROC."))
+        _retry(
+            client.update_registered_model,
+            name,
+            description=(
+                "Bone-fracture detection on X-rays (VGG16 + small head). Each version's description says "
+                f"its input size, threshold and study; `models:/{name}@{CHAMPION}` is the best by val AUROC."
+            ),
+        )
 
 
 # --- the study's view on its parent run ---
+
 
 def study_params(cfg: Config) -> dict[str, str]:
     """The parent run's params: the searched space as written in the study, and what all trials share."""
     space = {f"space.{k}": _spec_text(v) for k, v in cfg.search.space.items()}
     values = flat(cfg.to_dict())
-    shared = ("seed", "search.num_trials", "search.scheduler", "search.grace_epochs", "train.epochs",
-              "data.image_size", "model.arch", "model.weights")
+    shared = (
+        "seed",
+        "search.num_trials",
+        "search.scheduler",
+        "search.grace_epochs",
+        "train.epochs",
+        "data.image_size",
+        "model.arch",
+        "model.weights",
+    )
     return space | {k: str(values[k]) for k in shared if k in values}
 
 
@@ -512,7 +602,7 @@ def _spec_text(spec) -> str:
     """{"loguniform": [1e-6, 1e-3]} -> "loguniform[1e-06, 0.001]"."""
     if not isinstance(spec, dict) or len(spec) != 1:
         return str(spec)
-    (kind, args), = spec.items()
+    ((kind, args),) = spec.items()
     return f"{kind}[{', '.join(map(str, args if isinstance(args, list) else [args]))}]"
 
 
@@ -524,10 +614,16 @@ def trials_table(results, cfg: Config, run_ids: dict[str, str]):
     for result in results:
         values = flat((result.config or {}).get("config", {}))
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        rows.append({"trial_id": trial_id, "run_id": run_ids.get(trial_id, ""),
-                     "status": _trial_status(result, values.get("train.epochs", cfg.train.epochs)),
-                     "epochs": int(result.metrics.get(metrics.EPOCHS_DONE, 0)),
-                     BEST: _best_auc(result), **{k: values.get(k) for k in cfg.search.space}})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "run_id": run_ids.get(trial_id, ""),
+                "status": _trial_status(result, values.get("train.epochs", cfg.train.epochs)),
+                "epochs": int(result.metrics.get(metrics.EPOCHS_DONE, 0)),
+                BEST: _best_auc(result),
+                **{k: values.get(k) for k in cfg.search.space},
+            }
+        )
     return pd.DataFrame(rows, columns=["trial_id", "run_id", "status", "epochs", BEST, *cfg.search.space])
 
 
@@ -535,9 +631,9 @@ def _trial_status(result, planned_epochs: int) -> str:
     if result.error:
         return "error"
     if result.metrics.get("early_stopped"):
-        return "early_stopped"          # the trial's own patience
+        return "early_stopped"  # the trial's own patience
     if result.metrics.get(metrics.EPOCHS_DONE, 0) < planned_epochs:
-        return "scheduler_stopped"      # ASHA judged it
+        return "scheduler_stopped"  # ASHA judged it
     return "finished"
 
 
@@ -561,10 +657,15 @@ def optuna_study(table, cfg: Config):
     with _optuna_quiet():
         study = optuna.create_study(study_name=cfg.name, direction="maximize" if metrics.MODE == "max" else "minimize")
     for _, row in scored.iterrows():
-        taken = {k: d for k, d in distributions.items() if _present(row[k])}   # a trial may lack a key
-        study.add_trial(optuna.trial.create_trial(
-            value=float(row[BEST]), params={k: _plain(row[k]) for k in taken}, distributions=taken,
-            user_attrs={"trial_id": row["trial_id"], "status": row["status"]}))
+        taken = {k: d for k, d in distributions.items() if _present(row[k])}  # a trial may lack a key
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=float(row[BEST]),
+                params={k: _plain(row[k]) for k in taken},
+                distributions=taken,
+                user_attrs={"trial_id": row["trial_id"], "status": row["status"]},
+            )
+        )
     return study
 
 
@@ -578,7 +679,7 @@ def _optuna_distributions(space: dict, table) -> dict:
 
     out = {}
     for key, spec in space.items():
-        (kind, args), = spec.items()
+        ((kind, args),) = spec.items()
         args = args if isinstance(args, list) else [args]
         values = [_plain(v) for v in table[key] if _present(v)]
         try:
@@ -616,9 +717,11 @@ def _optuna_quiet():
         optuna.logging.set_verbosity(level)
 
 
-OPTUNA_PLOTS = {"optimization_history": "plot_optimization_history",
-                "param_importances": "plot_param_importances",
-                "parallel_coordinate": "plot_parallel_coordinate"}
+OPTUNA_PLOTS = {
+    "optimization_history": "plot_optimization_history",
+    "param_importances": "plot_param_importances",
+    "parallel_coordinate": "plot_parallel_coordinate",
+}
 
 
 def optuna_plots(study, out_dir: Path) -> list[Path]:
@@ -649,7 +752,7 @@ def optuna_plots(study, out_dir: Path) -> list[Path]:
                 figure.savefig(path, dpi=120, bbox_inches="tight")
                 plt.close(figure)
                 written.append(path)
-            except Exception as exc:   # a plot is a view of the study, never a reason to fail it
+            except Exception as exc:  # a plot is a view of the study, never a reason to fail it
                 log.warning("Optuna %s plot failed: %s", name, exc)
     return written
 
@@ -676,15 +779,19 @@ def log_study_results(results, cfg: Config, uri: str, parent_run_id: str):
         the trials table (trials_table) that went into trials.csv.
     """
     client = _client(uri)
-    runs = _retry(client.search_runs, [_experiment_id(client, cfg, uri)],
-                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000)
+    runs = _retry(
+        client.search_runs,
+        [_experiment_id(client, cfg, uri)],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=10000,
+    )
     run_ids = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
     table = trials_table(results, cfg, run_ids)
     with tempfile.TemporaryDirectory(prefix="fracture-study-") as tmp:
         table.to_csv(Path(tmp) / "trials.csv", index=False)
         try:
             optuna_plots(optuna_study(table, cfg), Path(tmp))
-        except Exception as exc:   # the plots are a view of a study already registered: never fail it
+        except Exception as exc:  # the plots are a view of a study already registered: never fail it
             log.warning("Optuna plots of study %s skipped: %s", cfg.name, exc)
         _retry(client.log_artifacts, parent_run_id, tmp, STUDY_ARTIFACT)
     return table
@@ -693,24 +800,37 @@ def log_study_results(results, cfg: Config, uri: str, parent_run_id: str):
 def study_note(summary: dict, table) -> str:
     """The parent run's description (Markdown): how the study went and what it registered."""
     counts = table["status"].value_counts()
-    outcome = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in
-                        ("finished", "scheduler_stopped", "early_stopped", "error") if k in counts)
-    flag = "now `@champion`" if summary["champion"] else (
-        f"`@champion` kept (its val_auc {summary['previous_champion_auc']:.4f})")
-    return "\n".join([
-        f"Study **{summary['study']['name']}**: {len(table)} trial{'s' * (len(table) != 1)} ({outcome}). "
-        f"The searched space is in this run's params; `{STUDY_ARTIFACT}/trials.csv` has one row per trial, "
-        "Optuna's plots lie beside it.",
-        "",
-        f"Best: trial `{summary['trial_id']}`, epoch {summary['epoch']}, val_auc {summary['val_auc']:.4f}, "
-        f"threshold {summary['threshold']:.4f}; registered as **{summary['model_uri'].removeprefix('models:/')}** "
-        f"(`{summary['model_uri']}`), {flag}.",
-    ])
+    outcome = ", ".join(
+        f"{counts[k]} {k.replace('_', ' ')}"
+        for k in ("finished", "scheduler_stopped", "early_stopped", "error")
+        if k in counts
+    )
+    flag = (
+        "now `@champion`"
+        if summary["champion"]
+        else (f"`@champion` kept (its val_auc {summary['previous_champion_auc']:.4f})")
+    )
+    return "\n".join(
+        [
+            f"Study **{summary['study']['name']}**: {len(table)} trial{'s' * (len(table) != 1)} ({outcome}). "
+            f"The searched space is in this run's params; `{STUDY_ARTIFACT}/trials.csv` has one row per trial, "
+            "Optuna's plots lie beside it.",
+            "",
+            f"Best: trial `{summary['trial_id']}`, epoch {summary['epoch']}, val_auc {summary['val_auc']:.4f}, "
+            f"threshold {summary['threshold']:.4f}; registered as **{summary['model_uri'].removeprefix('models:/')}** "
+            f"(`{summary['model_uri']}`), {flag}.",
+        ]
+    )
 
 
 def _find_trial_run(client, experiment_id: str, trial_id: str) -> str | None:
-    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
-                  order_by=["attributes.start_time DESC"], max_results=1)
+    runs = _retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -724,6 +844,7 @@ def load_champion(uri: str, name: str = "fracture", alias: str = CHAMPION):
 
 # --- evaluation / prediction logging ---
 
+
 def _safe_name(key: str) -> str:
     """MLflow names allow alphanumerics and `_-. /` only: "view.frontal+lateral" -> "view.frontal_lateral"."""
     return "".join(c if c.isascii() and (c.isalnum() or c in "_-. /") else "_" for c in key)
@@ -734,16 +855,27 @@ def _experiment_id(client, cfg: Config, uri: str) -> str:
     experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
     if experiment is None:
         location = (cfg.run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        return _retry(client.create_experiment, cfg.tracking.experiment, artifact_location=location,
-                      tags={EXPERIMENT_KIND_TAG: CUSTOM_MODEL_KIND})
-    if EXPERIMENT_KIND_TAG not in experiment.tags:   # made before the tag was set, or by someone else
+        return _retry(
+            client.create_experiment,
+            cfg.tracking.experiment,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: CUSTOM_MODEL_KIND},
+        )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set, or by someone else
         _retry(client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, CUSTOM_MODEL_KIND)
     return experiment.experiment_id
 
 
-def log_evaluation(cfg: Config, name: str, values: dict[str, float], files: list[Path], *,
-                   base_dir: Path | None = None, params: dict[str, Any] | None = None,
-                   tags: dict[str, str] | None = None) -> str:
+def log_evaluation(
+    cfg: Config,
+    name: str,
+    values: dict[str, float],
+    files: list[Path],
+    *,
+    base_dir: Path | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     """One finished MLflow run in the study's experiment holding an evaluation's metrics and files.
 
     Args:
@@ -759,18 +891,21 @@ def log_evaluation(cfg: Config, name: str, values: dict[str, float], files: list
     uri = tracking_uri(cfg)
     check_reachable(uri)
     client = _client(uri)
-    run = _retry(client.create_run, _experiment_id(client, cfg, uri), run_name=name,
-                 tags={STUDY_TAG: cfg.name, **(tags or {})})
+    run = _retry(
+        client.create_run, _experiment_id(client, cfg, uri), run_name=name, tags={STUDY_TAG: cfg.name, **(tags or {})}
+    )
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
-        batch = [Metric(_safe_name(k), float(v), now, 0) for k, v in values.items()
-                 if isinstance(v, (int, float)) and math.isfinite(float(v))]
-        for start in range(0, len(batch), 1000):              # MLflow takes at most 1000 metrics per batch
-            _retry(client.log_batch, run_id, metrics=batch[start:start + 1000])
+        batch = [
+            Metric(_safe_name(k), float(v), now, 0)
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
+        for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            _retry(client.log_batch, run_id, metrics=batch[start : start + 1000])
         if params:
-            _retry(client.log_batch, run_id,
-                   params=_params({_safe_name(k): v for k, v in params.items()}))
+            _retry(client.log_batch, run_id, params=_params({_safe_name(k): v for k, v in params.items()}))
         for path in map(Path, files):
             sub = None
             if base_dir is not None and path.parent != Path(base_dir) and path.is_relative_to(base_dir):
@@ -795,10 +930,16 @@ def champion_checkpoint(uri: str, name: str = "fracture", alias: str = CHAMPION)
     client = _client(uri)
     try:
         version = _retry(client.get_model_version_by_alias, name, alias)
-        local = download_artifacts(run_id=version.run_id, artifact_path=CHECKPOINT_ARTIFACT,
-                                   dst_path=tempfile.mkdtemp(prefix="fracture-champion-"), tracking_uri=uri)
+        local = download_artifacts(
+            run_id=version.run_id,
+            artifact_path=CHECKPOINT_ARTIFACT,
+            dst_path=tempfile.mkdtemp(prefix="fracture-champion-"),
+            tracking_uri=uri,
+        )
     except MlflowException as exc:
-        raise TrackingError(f"models:/{name}@{alias} is not available in {uri} "
-                            f"({str(exc).splitlines()[0]}); train one with jobs/tune.py, "
-                            "or pass a checkpoint directory") from None
+        raise TrackingError(
+            f"models:/{name}@{alias} is not available in {uri} "
+            f"({str(exc).splitlines()[0]}); train one with jobs/tune.py, "
+            "or pass a checkpoint directory"
+        ) from None
     return Path(local), str(version.version)

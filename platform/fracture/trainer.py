@@ -4,6 +4,7 @@ The Train run is named after the Tune trial id, without timestamps, so a restore
 retried trial) finds the run's storage and resumes it from its latest checkpoint instead of
 starting over.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def scaling_config(cfg: Config) -> ray.train.ScalingConfig:
     resources = {"CPU": cfg.cluster.cpus_per_worker}
     if cfg.cluster.use_gpu:
         resources["GPU"] = 1
-    return ray.train.ScalingConfig(num_workers=cfg.cluster.num_workers, use_gpu=cfg.cluster.use_gpu,
-                                   resources_per_worker=resources)
+    return ray.train.ScalingConfig(
+        num_workers=cfg.cluster.num_workers, use_gpu=cfg.cluster.use_gpu, resources_per_worker=resources
+    )
 
 
 def train_driver_fn(config: dict, *, datasets: dict, pos_weight: float) -> None:
@@ -47,15 +49,19 @@ def train_driver_fn(config: dict, *, datasets: dict, pos_weight: float) -> None:
     run_config = ray.train.RunConfig(
         name=f"{cfg.name}-trial_{trial_id}",
         storage_path=storage_uri(cfg, "train"),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT,
-                                                     checkpoint_score_attribute=metrics.PRIMARY,
-                                                     checkpoint_score_order=metrics.MODE),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=CHECKPOINTS_KEPT,
+            checkpoint_score_attribute=metrics.PRIMARY,
+            checkpoint_score_order=metrics.MODE,
+        ),
         failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
-        callbacks=[TuneReportCallback()])
-    TorchTrainer(train_fn_per_worker,
-                 train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
-                 scaling_config=scaling_config(cfg),
-                 run_config=run_config,
-                 datasets=datasets,
-                 dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                                     execution_options=data.execution_options())).fit()
+        callbacks=[TuneReportCallback()],
+    )
+    TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
+        scaling_config=scaling_config(cfg),
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=data.execution_options()),
+    ).fit()

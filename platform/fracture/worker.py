@@ -5,6 +5,7 @@ Every rank reports once per epoch (with `epochs_done`, which ASHA counts in) wit
 validation metrics: validation is not sharded, every rank scores the whole val split on the
 unwrapped model, so no rank ever reports a shard-local AUROC. Only rank 0 writes checkpoints.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,7 @@ def _phase_blocks(cfg: Config, epoch: int) -> int:
 def train_fn_per_worker(loop_config: dict) -> None:
     """Ray Train entry point. loop_config = {"config": Config.to_dict(), "pos_weight": float}."""
     cfg = Config.from_dict(loop_config["config"])
-    torch.manual_seed(cfg.seed)               # same init on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
@@ -58,7 +59,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     state = checkpoint.restore(ray.train.get_checkpoint(), net, optimizer, scheduler) or {}
     start = state.get("epoch", -1) + 1
     history: list[dict] = state.get("history", [])
-    train_order: list = state.pop("train_order", [])[:start]   # rows each epoch saw (checkpoint.ORDER_FILE)
+    train_order: list = state.pop("train_order", [])[:start]  # rows each epoch saw (checkpoint.ORDER_FILE)
     best = state.get("best_val_auc", float("-inf"))
     stale = state.get("stale_epochs", 0)
     early_stopped = 0 < cfg.train.patience <= stale
@@ -83,31 +84,63 @@ def train_fn_per_worker(loop_config: dict) -> None:
             net.set_trainable_blocks(blocks)
             model = ray.train.torch.prepare_model(net)
             if cfg.train.compile:
-                model = torch.compile(model)   # recompiles per phase: the set of trained params changed
+                model = torch.compile(model)  # recompiles per phase: the set of trained params changed
         tick = time.perf_counter()
         seen: list = []
-        result = engine.train_one_epoch(model, optimizer, batches(cfg, "train", epoch), loss_fn=loss_fn,
-                                        penalty=net.l2_penalty, device=device, grad_clip=cfg.optim.grad_clip,
-                                        seen_rows=seen)
+        result = engine.train_one_epoch(
+            model,
+            optimizer,
+            batches(cfg, "train", epoch),
+            loss_fn=loss_fn,
+            penalty=net.l2_penalty,
+            device=device,
+            grad_clip=cfg.optim.grad_clip,
+            seen_rows=seen,
+        )
         train_order.append(np.concatenate(seen) if seen else np.zeros(0, np.int64))
-        result |= engine.evaluate(net, batches(cfg, "val", epoch), device=device, threshold=cfg.train.threshold,
-                                  target_sensitivity=cfg.train.target_sensitivity)
+        result |= engine.evaluate(
+            net,
+            batches(cfg, "val", epoch),
+            device=device,
+            threshold=cfg.train.threshold,
+            target_sensitivity=cfg.train.target_sensitivity,
+        )
         auc = result[metrics.PRIMARY]
         improved = auc > best
         best, stale = (auc, 0) if improved else (best, stale + 1)
         engine.step_scheduler(scheduler, auc)
-        result |= {"epoch": epoch, metrics.EPOCHS_DONE: epoch + 1, "best_val_auc": best, "trainable_blocks": blocks,
-                   "lr_head": optimizer.param_groups[0]["lr"], "lr_backbone": optimizer.param_groups[1]["lr"],
-                   "epoch_s": time.perf_counter() - tick}
+        result |= {
+            "epoch": epoch,
+            metrics.EPOCHS_DONE: epoch + 1,
+            "best_val_auc": best,
+            "trainable_blocks": blocks,
+            "lr_head": optimizer.param_groups[0]["lr"],
+            "lr_backbone": optimizer.param_groups[1]["lr"],
+            "epoch_s": time.perf_counter() - tick,
+        }
         history.append(result)
         stop = cfg.train.patience > 0 and stale >= cfg.train.patience
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if is_rank0():
-                ckpt = checkpoint.to_ray(tmp, net, optimizer, {
-                    "epoch": epoch, "config": cfg.to_dict(), "threshold": result["val_threshold"],
-                    "metrics": result, "weights": weights_source, "pos_weight": loop_config["pos_weight"],
-                    "best_val_auc": best, "stale_epochs": stale, "history": history}, scheduler, train_order)
+                ckpt = checkpoint.to_ray(
+                    tmp,
+                    net,
+                    optimizer,
+                    {
+                        "epoch": epoch,
+                        "config": cfg.to_dict(),
+                        "threshold": result["val_threshold"],
+                        "metrics": result,
+                        "weights": weights_source,
+                        "pos_weight": loop_config["pos_weight"],
+                        "best_val_auc": best,
+                        "stale_epochs": stale,
+                        "history": history,
+                    },
+                    scheduler,
+                    train_order,
+                )
             _report(result, ckpt, weights=weights_source, early_stopped=stop)
         if stop:
             log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, stale)

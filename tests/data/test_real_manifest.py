@@ -1,4 +1,5 @@
 """Checks on a manifest built from the real FracAtlas copy; skipped when ../shared/fracatlas is absent."""
+
 import time
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from fracture import manifest
 ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "fracatlas"
 SEED = 17
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (ROOT / "dataset.csv").is_file(), reason=f"no FracAtlas at {ROOT}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (ROOT / "dataset.csv").is_file(), reason=f"no FracAtlas at {ROOT}"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def usable(built) -> pd.DataFrame:
 def test_schema_and_dtypes(built):
     assert list(built.columns) == list(manifest.SCHEMA)
     for col, dtype in manifest.SCHEMA.items():
-        assert (pd.api.types.is_string_dtype(built[col]) if dtype == "str" else built[col].dtype == dtype), col
+        assert pd.api.types.is_string_dtype(built[col]) if dtype == "str" else built[col].dtype == dtype, col
     assert set(built["status"]) <= set(manifest.STATUSES)
 
 
@@ -41,9 +44,9 @@ def test_labels_and_ids(built):
 
 
 def test_counts_match_the_dataset_readme(built):
-    assert len(built) == 4083                                    # rows of dataset.csv
-    assert (built["path"] != "").sum() == 3674                   # images present
-    assert (built["status"] == "missing_file").sum() == 409      # held back for independent evaluation
+    assert len(built) == 4083  # rows of dataset.csv
+    assert (built["path"] != "").sum() == 3674  # images present
+    assert (built["status"] == "missing_file").sum() == 409  # held back for independent evaluation
 
 
 def test_planted_defects_are_found(built):
@@ -60,7 +63,7 @@ def test_usable_rows_are_split_and_the_rest_are_not(built, usable):
 
 def test_no_image_in_two_splits(usable):
     assert (usable.groupby("group")["split"].nunique() == 1).all()
-    assert (usable.groupby("sha256")["split"].nunique() == 1).all()   # byte-identical files too
+    assert (usable.groupby("sha256")["split"].nunique() == 1).all()  # byte-identical files too
     assert usable["sha256"].is_unique
 
 

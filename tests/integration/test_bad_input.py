@@ -4,6 +4,7 @@ Each case runs jobs/tune.py in a fresh interpreter, as a user would; the interpr
 at a time (most of their time is importing torch and Ray). Every case but --resume, which is
 checked once Ray is up, must fail before Ray starts.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -12,17 +13,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from procs import LOOPBACK, job_env
 
 from fracture import cli
-from procs import LOOPBACK, job_env
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY_STARTED = "Started a local Ray instance"
-CASES = ["missing data root", "unknown key in the study file", "wrong type", "unknown distribution",
-         "imagenet weights not cached, no network", "missing weights file", "unreachable MLflow",
-         "resume of a directory without a study"]
+CASES = [
+    "missing data root",
+    "unknown key in the study file",
+    "wrong type",
+    "unknown distribution",
+    "imagenet weights not cached, no network",
+    "missing weights file",
+    "unreachable MLflow",
+    "resume of a directory without a study",
+]
 
 
 def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
@@ -30,32 +38,53 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
 
     The cases run at once, so each has storage of its own (tmp/<n>/runs).
     """
-    tiny = [f"data.root={data_root}", "data.image_size=32", "train.epochs=1", "search.num_trials=1",
-            "cluster.cpus_per_worker=1"]
+    tiny = [
+        f"data.root={data_root}",
+        "data.image_size=32",
+        "train.epochs=1",
+        "search.num_trials=1",
+        "cluster.cpus_per_worker=1",
+    ]
     study = tmp / "typo.yaml"
     study.write_text("name: typo\ntrain:\n  epochz: 3\n")
     (tmp / "torch-home").mkdir()
     (tmp / "empty-dir").mkdir()
-    closed = f"http://127.0.0.1:{cli.free_port()}"      # nothing listens: a proxy or a server that is down
-    no_network = {"TORCH_HOME": str(tmp / "torch-home"), "HTTPS_PROXY": closed, "https_proxy": closed,
-                  "HTTP_PROXY": closed, "http_proxy": closed, "NO_PROXY": "", "no_proxy": ""}
+    closed = f"http://127.0.0.1:{cli.free_port()}"  # nothing listens: a proxy or a server that is down
+    no_network = {
+        "TORCH_HOME": str(tmp / "torch-home"),
+        "HTTPS_PROXY": closed,
+        "https_proxy": closed,
+        "HTTP_PROXY": closed,
+        "http_proxy": closed,
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
     cases = {
         "missing data root": dict(argv=[*tiny, "data.root=/nonexistent"], says=["/nonexistent", "does not exist"]),
         "unknown key in the study file": dict(argv=["--config", str(study)], says=["train.epochz"]),
         "wrong type": dict(argv=[*tiny, "train.epochs=abc"], says=["train.epochs", "expected int", "abc"]),
-        "unknown distribution": dict(argv=[*tiny, "search.space={model.dropout: {gaussian: [0, 1]}}",
-                                           "search.points_to_evaluate=[]"],
-                                     says=["search.space.model.dropout", "gaussian"]),
+        "unknown distribution": dict(
+            argv=[*tiny, "search.space={model.dropout: {gaussian: [0, 1]}}", "search.points_to_evaluate=[]"],
+            says=["search.space.model.dropout", "gaussian"],
+        ),
         # The download is refused at once (a proxy nobody listens on), network or not.
-        "imagenet weights not cached, no network": dict(argv=[*tiny, "model.arch=vgg16", "model.weights=imagenet"], env=no_network,
-                                                        says=["vgg16-397923af.pth", "model.weights="]),
-        "missing weights file": dict(argv=[*tiny, "model.weights=/nonexistent.pth"],
-                                     says=["/nonexistent.pth", "model.weights"]),
+        "imagenet weights not cached, no network": dict(
+            argv=[*tiny, "model.arch=vgg16", "model.weights=imagenet"],
+            env=no_network,
+            says=["vgg16-397923af.pth", "model.weights="],
+        ),
+        "missing weights file": dict(
+            argv=[*tiny, "model.weights=/nonexistent.pth"], says=["/nonexistent.pth", "model.weights"]
+        ),
         "unreachable MLflow": dict(argv=[*tiny, f"tracking.uri={closed}"], says=[closed, "unreachable"]),
         "resume of a directory without a study": dict(
-            argv=["--resume", str(tmp / "empty-dir"), *tiny], ray_started=True,
-            says=[f"error: --resume {tmp / 'empty-dir'}: no Tune study there (expected tune/ with tuner.pkl "
-                  "from an earlier jobs/tune.py run)"]),
+            argv=["--resume", str(tmp / "empty-dir"), *tiny],
+            ray_started=True,
+            says=[
+                f"error: --resume {tmp / 'empty-dir'}: no Tune study there (expected tune/ with tuner.pkl "
+                "from an earlier jobs/tune.py run)"
+            ],
+        ),
     }
     assert list(cases) == CASES
     for n, case in enumerate(cases.values()):
@@ -65,9 +94,15 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
 
 
 def _run(case: dict) -> subprocess.CompletedProcess:
-    env = job_env({**LOOPBACK, **case.get("env", {})})   # if Ray starts at all, on 127.0.0.1
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "tune.py"), *case["argv"]], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = job_env({**LOOPBACK, **case.get("env", {})})  # if Ray starts at all, on 127.0.0.1
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "tune.py"), *case["argv"]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ controller) and three worker nodes of 1 CPU and one `trainer_slot` each, so the 
 always land on worker nodes and one node is spare. The datasets are built before the worker nodes
 join, so their blocks live on the head and survive the node that is removed.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -33,15 +34,25 @@ SLOT = "trainer_slot"
 @pytest.fixture(scope="module")
 def multinode(tmp_path_factory, synthetic_root):
     """Head + 3 worker nodes, the driver connected; torn down with the module."""
-    was_local = ray.is_initialized()   # e.g. the session's ray_local from an earlier module
+    was_local = ray.is_initialized()  # e.g. the session's ray_local from an earlier module
     if was_local:
         ray.shutdown()
     storage = tmp_path_factory.mktemp("faults")
-    cfg = load(ROOT / "jobs" / "studies" / "demo.yaml", [
-        f"data.root={synthetic_root}", f"cluster.storage_path={storage}",
-        f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}", "data.image_size=32",
-        f"train.epochs={EPOCHS}", "train.batch_size_per_worker=8", "cluster.num_workers=2",
-        "cluster.cpus_per_worker=1", "cluster.storage_shared=true", "cluster.max_failures=3"])
+    cfg = load(
+        ROOT / "jobs" / "studies" / "demo.yaml",
+        [
+            f"data.root={synthetic_root}",
+            f"cluster.storage_path={storage}",
+            f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}",
+            "data.image_size=32",
+            f"train.epochs={EPOCHS}",
+            "train.batch_size_per_worker=8",
+            "cluster.num_workers=2",
+            "cluster.cpus_per_worker=1",
+            "cluster.storage_shared=true",
+            "cluster.max_failures=3",
+        ],
+    )
     # Ray only uses loopback addresses when it believes it is on a single machine (Ray resolves
     # 127.0.0.1 to the host's address otherwise): this process decides now, its nodes at import.
     patch = pytest.MonkeyPatch()
@@ -52,10 +63,16 @@ def multinode(tmp_path_factory, synthetic_root):
         assert cluster.address.startswith("127.0.0.1:"), cluster.address
         ray.init(address=cluster.address, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
         ray.data.DataContext.get_current().enable_progress_bars = False
-        datasets = data.build_datasets(cfg)        # materialized on the head, before any worker node exists
+        datasets = data.build_datasets(cfg)  # materialized on the head, before any worker node exists
         workers = [cluster.add_node(num_cpus=1, resources={SLOT: 1}) for _ in range(3)]
-        yield SimpleNamespace(cluster=cluster, workers=workers, cfg=cfg, datasets=datasets,
-                              pos_weight=data.pos_weight(cfg), storage=storage)
+        yield SimpleNamespace(
+            cluster=cluster,
+            workers=workers,
+            cfg=cfg,
+            datasets=datasets,
+            pos_weight=data.pos_weight(cfg),
+            storage=storage,
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -93,11 +110,14 @@ def test_worker_node_lost_mid_run_restarts_the_group_from_the_last_checkpoint(mu
         train_loop_config={"config": cfg.to_dict(), "pos_weight": multinode.pos_weight},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1, SLOT: 1}),
         run_config=ray.train.RunConfig(
-            name="faults", storage_path=str(multinode.storage),
+            name="faults",
+            storage_path=str(multinode.storage),
             failure_config=ray.train.FailureConfig(max_failures=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None)),   # keep all: the history shows restarts
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+        ),  # keep all: the history shows restarts
         datasets=multinode.datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
     run_dir = multinode.storage / "faults"
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -124,16 +144,22 @@ def test_worker_node_lost_mid_run_restarts_the_group_from_the_last_checkpoint(mu
     with result.checkpoint.as_directory() as directory:
         state = json.loads((Path(directory) / "state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == list(range(EPOCHS))
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 3          # head + the two nodes left
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 3  # head + the two nodes left
 
 
 def test_check_cluster_refuses_a_trial_the_cluster_can_never_place(multinode):
-    with pytest.raises(ConfigError, match=r"one trial needs 65.01 CPU \(64 x 1 for its workers, 1 for Ray Data, "
-                                          r"0.01 for its driver\) .* but the cluster has .* lower cluster"):
+    with pytest.raises(
+        ConfigError,
+        match=r"one trial needs 65.01 CPU \(64 x 1 for its workers, 1 for Ray Data, "
+        r"0.01 for its driver\) .* but the cluster has .* lower cluster",
+    ):
         study.check_cluster(multinode.cfg.replace(cluster={"num_workers": 64}))
     # Enough CPUs in all (4 or 5), but no node has room for one worker of 2.5.
-    with pytest.raises(ConfigError, match=r"one training worker needs 2.5 CPU and 0 GPU on a single node .* "
-                                          r"the largest node has 2 CPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"one training worker needs 2.5 CPU and 0 GPU on a single node .* "
+        r"the largest node has 2 CPU",
+    ):
         study.check_cluster(multinode.cfg.replace(cluster={"num_workers": 1, "cpus_per_worker": 2.5}))
 
 
@@ -141,5 +167,5 @@ def test_check_cluster_wants_storage_that_every_node_reaches(multinode):
     local = multinode.cfg.replace(cluster={"storage_shared": False})
     with pytest.raises(ConfigError, match=r"is local to this node, but the cluster has \d+ nodes"):
         study.check_cluster(local)
-    study.check_cluster(multinode.cfg)                                              # storage_shared=true
+    study.check_cluster(multinode.cfg)  # storage_shared=true
     study.check_cluster(local.replace(cluster={"storage_path": "s3://bucket/runs"}))  # a URI every node reaches

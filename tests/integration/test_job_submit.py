@@ -7,6 +7,7 @@ authentication stays on: the head, the job and the CLI share a token file made f
 `--working-dir .` uploads the repo minus what .gitignore names (.venv/, /runs/, /data/, ...),
 which Ray honours by default. Everything listens on, and talks to, 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,9 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+from procs import stop_session
 
 from fracture import cli, tracking
-from procs import stop_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,21 +52,48 @@ def head(tmp_path):
     """A one-node cluster started with `ray start --head` on free loopback ports; stopped afterwards."""
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}     # single machine: Ray keeps to 127.0.0.1
+    env = {
+        **os.environ,
+        "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }  # single machine: Ray keeps to 127.0.0.1
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
-    ports = {name: cli.free_port() for name in (
-        "port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")}
+    ports = {
+        name: cli.free_port()
+        for name in (
+            "port",
+            "dashboard-port",
+            "ray-client-server-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    }
     log = tmp_path / "head.log"
     with log.open("w") as out:
         # --block keeps `ray start` as the leader of a session of its own: teardown ends that session only.
-        proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                                 "--dashboard-host=127.0.0.1", "--num-cpus=4", "--disable-usage-stats",
-                                 *[f"--{name}={port}" for name, port in ports.items()]],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                "--num-cpus=4",
+                "--disable-usage-stats",
+                *[f"--{name}={port}" for name, port in ports.items()],
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     head = SimpleNamespace(address=f"http://127.0.0.1:{ports['dashboard-port']}", env=env, pid=proc.pid, log=log)
     try:
         deadline = time.time() + 180
@@ -78,14 +106,28 @@ def head(tmp_path):
         proc.wait(timeout=30)
         address_file = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
         if address_file.is_file() and address_file.read_text().strip() == f"127.0.0.1:{ports['port']}":
-            address_file.unlink()                        # `ray start` pointed "the latest cluster" here
+            address_file.unlink()  # `ray start` pointed "the latest cluster" here
 
 
 def _submit(head, *args: str, wait_s: float = 480) -> tuple[str, str]:
     """`ray job submit --working-dir . -- python jobs/tune.py ARGS`, waited for: (final status, job logs)."""
     job_id = f"fracture-test-{uuid.uuid4().hex[:8]}"
-    submit = _cli(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
-                  "--working-dir", ".", "--no-wait", "--", "python", "jobs/tune.py", *args)
+    submit = _cli(
+        head,
+        "job",
+        "submit",
+        "--address",
+        head.address,
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--no-wait",
+        "--",
+        "python",
+        "jobs/tune.py",
+        *args,
+    )
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-3000:]
     status, deadline = None, time.time() + wait_s
     while status not in TERMINAL and time.time() < deadline:
@@ -98,13 +140,22 @@ def _submit(head, *args: str, wait_s: float = 480) -> tuple[str, str]:
 def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, tmp_path_factory, synthetic_root):
     # The demo's relative paths would point into Ray's temporary copy of the project: refused up front.
     status, output = _submit(head, "--config", "jobs/studies/demo.yaml", wait_s=120)
-    assert status == "FAILED" and "error: cluster.storage_path=" in output and "--working-dir uploaded" in output, output[-3000:]
+    assert status == "FAILED" and "error: cluster.storage_path=" in output and "--working-dir uploaded" in output, (
+        output[-3000:]
+    )
     assert "Traceback" not in output, output[-3000:]
 
     storage = tmp_path / "runs"
-    tiny = [f"data.root={synthetic_root}", f"cluster.storage_path={storage}",
-            f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}", "data.image_size=32",
-            "search.num_trials=2", "train.epochs=1", "train.batch_size_per_worker=8", "tracking.experiment=test"]
+    tiny = [
+        f"data.root={synthetic_root}",
+        f"cluster.storage_path={storage}",
+        f"data.cache_dir={tmp_path_factory.getbasetemp() / 'decoded-cache'}",
+        "data.image_size=32",
+        "search.num_trials=2",
+        "train.epochs=1",
+        "train.batch_size_per_worker=8",
+        "tracking.experiment=test",
+    ]
     # A trial this 4-CPU head can never place (4 for the worker + Ray Data + the driver): refused
     # at once, where it would otherwise wait for resources forever.
     status, output = _submit(head, "--config", "jobs/studies/demo.yaml", *tiny, "cluster.cpus_per_worker=4", wait_s=180)

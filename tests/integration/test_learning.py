@@ -5,6 +5,7 @@ platform (manifest -> Ray Data cache -> Ray Train worker -> Tune -> MLflow) from
 the train loss well below the loss of a constant output, which is where a collapsed network sits,
 and separate the classes on val.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,19 @@ def test_one_trial_learns_the_synthetic_fracture_signal(ray_local, tmp_path):
     from conftest import _tiny
 
     root = synthetic.generate(tmp_path / "data", n=320, seed=3, min_size=48, max_size=64)
-    cfg = _tiny(tmp_path / "runs", root, "name=learns", "train.epochs=8", "search.num_trials=1",
-                "train.batch_size_per_worker=16", "train.patience=0", "data.augment=light",
-                "model.arch=vgg16_bn", "optim.lr_head=1.0e-3", "optim.lr_backbone=1.0e-4")
+    cfg = _tiny(
+        tmp_path / "runs",
+        root,
+        "name=learns",
+        "train.epochs=8",
+        "search.num_trials=1",
+        "train.batch_size_per_worker=16",
+        "train.patience=0",
+        "data.augment=light",
+        "model.arch=vgg16_bn",
+        "optim.lr_head=1.0e-3",
+        "optim.lr_backbone=1.0e-4",
+    )
     study.preflight(cfg)
     summary = study.run(cfg, search_space=False)
 

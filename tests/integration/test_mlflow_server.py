@@ -4,6 +4,7 @@ The server runs as users start it (the Makefile target: sqlite backend, local ar
 to 127.0.0.1), on a free port and a tmp directory. Artifacts travel through the server's artifact
 proxy, so the checkpoint and the model must land in the server's artifact root, not beside the study.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,9 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+from procs import stop_session
 
 from fracture import cli, study, tracking
-from procs import stop_session
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +35,22 @@ def mlflow_server(directory: Path):
     log = directory.parent / "mlflow-server.log"
     with log.open("w") as out:
         # -o: use the venv as it is; the test must not reinstall anything.
-        proc = subprocess.Popen(["make", "-s", "-o", f"{venv}/.installed", "mlflow", f"VENV={venv}",
-                                 f"MLFLOW_PORT={port}", f"MLFLOW_DIR={directory}"],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                "make",
+                "-s",
+                "-o",
+                f"{venv}/.installed",
+                "mlflow",
+                f"VENV={venv}",
+                f"MLFLOW_PORT={port}",
+                f"MLFLOW_DIR={directory}",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -50,7 +64,7 @@ def mlflow_server(directory: Path):
                 time.sleep(1)
         yield uri
     finally:
-        stop_session(proc.pid, grace_s=15)    # make, mlflow and its web workers share the session
+        stop_session(proc.pid, grace_s=15)  # make, mlflow and its web workers share the session
         proc.wait(timeout=10)
 
 

@@ -4,6 +4,7 @@ One tiny study (1 trial x 1 epoch at 32 px, real local Ray, sqlite MLflow) regis
 every test here reads that version back the way a user would and compares it with the project's
 own checkpoint loader.
 """
+
 from __future__ import annotations
 
 import mlflow
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, ray_local, synthetic_root):
     """(cfg, summary) of a finished one-trial study; MLflow's fluent API points at its store meanwhile."""
-    cfg = _tiny(tmp_path_factory.mktemp("registry") / "runs", synthetic_root,
-                "search.num_trials=1", "train.epochs=1")
+    cfg = _tiny(tmp_path_factory.mktemp("registry") / "runs", synthetic_root, "search.num_trials=1", "train.epochs=1")
     study.preflight(cfg)
     summary = study.run(cfg)
     with tracking._fluent(summary["tracking_uri"]):
@@ -49,8 +49,9 @@ def test_pytorch_flavor_takes_any_batch_and_returns_the_checkpoints_logits(regis
     with torch.no_grad():
         logits = net(torch.from_numpy(x))
     assert logits.shape == (n, 1)
-    np.testing.assert_allclose(torch.sigmoid(logits).reshape(-1).numpy(), _checkpoint_probability(summary, x),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        torch.sigmoid(logits).reshape(-1).numpy(), _checkpoint_probability(summary, x), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("n", [1, 5])
@@ -79,9 +80,20 @@ def test_version_describes_input_output_threshold_metrics_and_study(registered):
     version = client.get_model_version(cfg.tracking.model_name, summary["version"])
     size = cfg.data.image_size
     text = version.description
-    for expected in (f"N×3×{size}×{size}", f"{size} px", "[0, 1]", "probability", "fracture", "logits",
-                     f"{summary['threshold']:.6f}", "sensitivity", "specificity", cfg.name,
-                     summary["study"]["parent_run_id"], str(summary["study_dir"])):
+    for expected in (
+        f"N×3×{size}×{size}",
+        f"{size} px",
+        "[0, 1]",
+        "probability",
+        "fracture",
+        "logits",
+        f"{summary['threshold']:.6f}",
+        "sensitivity",
+        "specificity",
+        cfg.name,
+        summary["study"]["parent_run_id"],
+        str(summary["study_dir"]),
+    ):
         assert expected in text, (expected, text)
     assert float(version.tags["threshold"]) == pytest.approx(summary["threshold"], abs=1e-6)
     assert float(version.tags["val_auc"]) == pytest.approx(summary["val_auc"], abs=1e-6)
@@ -97,13 +109,15 @@ def test_runs_link_to_the_version_and_trial_charts_stay_per_epoch(registered):
     for run in (trial, parent):
         assert run.data.tags[tracking.REGISTERED_TAG] == name
         assert run.data.tags[tracking.REGISTERED_URI_TAG] == f"models:/{name}"
-    note = parent.data.tags[tracking.RUN_NOTE_TAG]                 # the UI's run description
+    note = parent.data.tags[tracking.RUN_NOTE_TAG]  # the UI's run description
     assert f"**{name}**" in note and "1 trial (1 finished)" in note and "@champion" in note
     # Registration adds no point to the trial's per-epoch best_val_auc chart.
     history = client.get_metric_history(summary["run_id"], tracking.BEST)
     assert [m.step for m in history] == list(range(len(history)))
     assert trial.data.tags[tracking.SELECTED_EPOCH_TAG] == str(summary["epoch"])
-    assert trial.info.end_time < client.get_model_version(cfg.tracking.model_name, summary["version"]).creation_timestamp
+    assert (
+        trial.info.end_time < client.get_model_version(cfg.tracking.model_name, summary["version"]).creation_timestamp
+    )
 
 
 def test_parent_run_holds_space_trials_table_plots_and_the_experiment_opens_on_runs(registered, tmp_path):
@@ -114,8 +128,9 @@ def test_parent_run_holds_space_trials_table_plots_and_the_experiment_opens_on_r
     assert params["space.model.dropout"] == "uniform[0.2, 0.6]"
     assert set(params) >= {f"space.{k}" for k in cfg.search.space}
 
-    local = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=tracking.STUDY_ARTIFACT,
-                                                dst_path=str(tmp_path))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=parent_id, artifact_path=tracking.STUDY_ARTIFACT, dst_path=str(tmp_path)
+    )
     table = pd.read_csv(f"{local}/trials.csv")
     assert len(table) == 1 and table.loc[0, "run_id"] == summary["run_id"]
     assert table.loc[0, "best_val_auc"] == pytest.approx(summary["val_auc"])

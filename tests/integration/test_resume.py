@@ -19,8 +19,10 @@ leaked group would also hang the next trial: the local cluster holds one trial's
 Everything runs with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray then takes this for a single
 machine and uses 127.0.0.1 throughout, instead of resolving loopback to the host's address.
 """
+
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -34,16 +36,16 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from procs import LOOPBACK, job_env
 
 from fracture import data, engine, presets, tracking
 from fracture.config import load
 from fracture.model import build_model
-from procs import LOOPBACK, job_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 10                     # ASHA rungs at 1, 2, 4, 8; long enough that trial 3 is still running when interrupted
+EPOCHS = 10  # ASHA rungs at 1, 2, 4, 8; long enough that trial 3 is still running when interrupted
 CANDIDATE_HIDDEN = (2, 8, 16, 32, 64)
 TRIAL_DIR = re.compile(r"^trial_(?P<number>\d+)_(?P<id>[0-9a-f]+)$")
 
@@ -68,15 +70,25 @@ print(json.dumps([{"state": pg["state"], "bundles": pg["bundles"]} for pg in liv
 
 
 def _overrides(storage: Path, data_root: Path, cache: Path, best: int, worst: int) -> list[str]:
-    return [f"data.root={data_root}", f"cluster.storage_path={storage}", f"data.cache_dir={cache}", "data.image_size=32",
-            f"train.epochs={EPOCHS}", "train.batch_size_per_worker=8", "search.num_trials=3",
-            "search.max_concurrent=1", "search.grace_epochs=1", "cluster.num_workers=1",
-            "cluster.cpus_per_worker=1", "tracking.experiment=test",
-            "optim.lr_head=1.0e-9", "optim.lr_backbone=1.0e-9",
-            "model.arch=vgg16",   # no batch norm: its running statistics would move the model with no lr at all
-            f"search.space={{model.hidden: {{choice: [{best}, {worst}]}}}}",
-            f"search.points_to_evaluate=[{{model.hidden: {best}}}, {{model.hidden: {worst}}}, "
-            f"{{model.hidden: {best}}}]"]
+    return [
+        f"data.root={data_root}",
+        f"cluster.storage_path={storage}",
+        f"data.cache_dir={cache}",
+        "data.image_size=32",
+        f"train.epochs={EPOCHS}",
+        "train.batch_size_per_worker=8",
+        "search.num_trials=3",
+        "search.max_concurrent=1",
+        "search.grace_epochs=1",
+        "cluster.num_workers=1",
+        "cluster.cpus_per_worker=1",
+        "tracking.experiment=test",
+        "optim.lr_head=1.0e-9",
+        "optim.lr_backbone=1.0e-9",
+        "model.arch=vgg16",  # no batch norm: its running statistics would move the model with no lr at all
+        f"search.space={{model.hidden: {{choice: [{best}, {worst}]}}}}",
+        f"search.points_to_evaluate=[{{model.hidden: {best}}}, {{model.hidden: {worst}}}, {{model.hidden: {best}}}]",
+    ]
 
 
 def _initial_auc(cfg, hidden: int) -> float:
@@ -120,15 +132,27 @@ def _placement_group_watch(job_pid: int, tune_dir: Path, wait_s: float = 30) -> 
         return None
     # A local cluster started by ray.init() turns token auth on when RAY_AUTH_MODE is unset.
     env = {**job_env(LOOPBACK), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "token"}
-    return subprocess.Popen([sys.executable, "-c", PLACEMENT_GROUPS, f"127.0.0.1:{ports[0].read_text().strip()}",
-                             str(tune_dir), str(wait_s)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PLACEMENT_GROUPS,
+            f"127.0.0.1:{ports[0].read_text().strip()}",
+            str(tune_dir),
+            str(wait_s),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_path, tmp_path_factory,
-                                                                          synthetic_root, run_job):
+def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
+    tmp_path, tmp_path_factory, synthetic_root, run_job
+):
     storage = tmp_path / "runs"
-    cache = tmp_path_factory.getbasetemp() / "decoded-cache"   # keyed by content: shared by this session's runs
+    cache = tmp_path_factory.getbasetemp() / "decoded-cache"  # keyed by content: shared by this session's runs
     base = load(ROOT / "jobs" / "studies" / "demo.yaml", _overrides(storage, synthetic_root, cache, 8, 64))
     auc = {h: _initial_auc(base, h) for h in CANDIDATE_HIDDEN}
     best, worst = max(auc, key=auc.get), min(auc, key=auc.get)
@@ -139,8 +163,14 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     # --- run 1: interrupted while trial 3 is mid-way ---
     log = tmp_path / "run1.log"
     with log.open("w") as out:
-        job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "tune.py"), *overrides], cwd=ROOT,
-                               env=job_env(LOOPBACK), stdout=out, stderr=subprocess.STDOUT, text=True)
+        job = subprocess.Popen(
+            [sys.executable, str(ROOT / "jobs" / "tune.py"), *overrides],
+            cwd=ROOT,
+            env=job_env(LOOPBACK),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     watch = None
     try:
         deadline = time.time() + 420
@@ -166,7 +196,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     assert rc == 130, output[-4000:]
     assert "interrupted: the study was saved; continue it with: python jobs/tune.py --resume" in output
     assert "Traceback" not in output, output[-4000:]
-    assert "registered model version" not in output      # a partial study registers nothing
+    assert "registered model version" not in output  # a partial study registers nothing
 
     # Trials 1 and 2 were stopped by ASHA (trial 1 at max_t, trial 2 at the first rung) and left
     # no worker placement group behind: at most trial 3's own one (1 CPU) is there.
@@ -183,8 +213,8 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     trials = _trials(tune_dir)
     before = {n: _epochs(path) for n, path in trials.items()}
     assert sorted(before) == [1, 2, 3]
-    assert before[1] == list(range(EPOCHS)), before       # ran to max_t
-    assert before[2] == [0], before                       # ASHA-stopped after the grace epoch
+    assert before[1] == list(range(EPOCHS)), before  # ran to max_t
+    assert before[2] == [0], before  # ASHA-stopped after the grace epoch
     assert 1 <= len(before[3]) < EPOCHS and before[3] == list(range(len(before[3]))), before
 
     # --- run 2: --resume finishes the study ---
@@ -199,15 +229,20 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     # max_t. (Tune rewrites a restored trial's result.json with the results after the restore, so the
     # first run's lines come from `before`. An epoch that was checkpointed but not yet reported when
     # the SIGINT came is not reported again: the sequence may skip it.)
-    resumed = after[3][len(before[3]):] if after[3][:len(before[3])] == before[3] else after[3]
+    resumed = after[3][len(before[3]) :] if after[3][: len(before[3])] == before[3] else after[3]
     epochs = before[3] + resumed
     assert resumed and resumed[0] > before[3][-1], f"trial 3 started over: {before[3]} then {resumed}"
-    assert all(b > a for a, b in zip(epochs, epochs[1:])) and epochs[-1] == EPOCHS - 1, epochs
-    assert f"resuming from epoch {resumed[0]}" in proc.stdout + proc.stderr, \
+    assert all(b > a for a, b in itertools.pairwise(epochs)) and epochs[-1] == EPOCHS - 1, epochs
+    assert f"resuming from epoch {resumed[0]}" in proc.stdout + proc.stderr, (
         "the worker did not restore trial 3's checkpoint"
-    state = json.loads(max((storage / "demo" / "train").glob(f"demo-trial_{_trial_id(trials[3])}/checkpoint_*/state.json"),
-                           key=lambda p: json.loads(p.read_text())["epoch"]).read_text())
-    assert [h["epoch"] for h in state["history"]] == list(range(EPOCHS))   # one history, carried across
+    )
+    state = json.loads(
+        max(
+            (storage / "demo" / "train").glob(f"demo-trial_{_trial_id(trials[3])}/checkpoint_*/state.json"),
+            key=lambda p: json.loads(p.read_text())["epoch"],
+        ).read_text()
+    )
+    assert [h["epoch"] for h in state["history"]] == list(range(EPOCHS))  # one history, carried across
 
     # The frozen-model premise held: each trial reported its precomputed AUROC.
     for n, hidden in ((1, best), (2, worst), (3, best)):
@@ -227,4 +262,3 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(tmp_p
     assert len(client.get_metric_history(by_trial[ids[2]].info.run_id, "val_auc")) == 1
     assert len(client.get_metric_history(by_trial[ids[3]].info.run_id, "val_auc")) == len(epochs)
     assert client.get_model_version_by_alias("fracture", tracking.CHAMPION)
-

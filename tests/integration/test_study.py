@@ -1,4 +1,5 @@
 """The real path end to end on tiny data: local Ray, Ray Data, Ray Train, Tune + Optuna + ASHA, sqlite MLflow."""
+
 from __future__ import annotations
 
 import shutil
@@ -35,7 +36,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     assert parents[0].data.tags[tracking.STUDY_TAG] == cfg.name and parents[0].info.status == "FINISHED"
     for run in trials:
         history = client.get_metric_history(run.info.run_id, "val_auc")
-        assert 1 <= len(history) <= cfg.train.epochs          # ASHA may stop one after the grace epoch
+        assert 1 <= len(history) <= cfg.train.epochs  # ASHA may stop one after the grace epoch
         assert set(run.data.params) >= set(cfg.search.space)  # the sampled hyperparameters
         assert run.info.status == "FINISHED"
     # Tune's progress table shows the first four reported metrics: the ones worth watching.
@@ -61,10 +62,13 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     assert champion_state["config"]["name"] == cfg.name and "history" in state
 
     # A model that does not beat the champion's val AUROC is registered but does not take the alias.
-    again = tracking.register_best(results, cfg, summary["tracking_uri"],
-                                   tracking.start_study(cfg, summary["study_dir"])[1])
+    again = tracking.register_best(
+        results, cfg, summary["tracking_uri"], tracking.start_study(cfg, summary["study_dir"])[1]
+    )
     assert int(again["version"]) == int(summary["version"]) + 1 and not again["champion"]
-    assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(version.version)
+    assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(
+        version.version
+    )
 
 
 def _with_defects(src, dst):
@@ -88,9 +92,17 @@ def test_train_job_two_ddp_workers_warmup_and_defects(tmp_path, synthetic_root, 
     epoch then the unfrozen backbone, summary printed, the checkpoint loads back."""
     root = tmp_path / "atlas"
     defects = _with_defects(synthetic_root, root)
-    proc = run_job("train.py", f"data.root={root}", f"cluster.storage_path={tmp_path / 'runs'}",
-                   "data.image_size=32", "train.epochs=2", "train.warmup_epochs=1", "train.batch_size_per_worker=8",
-                   "cluster.num_workers=2", "cluster.cpus_per_worker=1")
+    proc = run_job(
+        "train.py",
+        f"data.root={root}",
+        f"cluster.storage_path={tmp_path / 'runs'}",
+        "data.image_size=32",
+        "train.epochs=2",
+        "train.warmup_epochs=1",
+        "train.batch_size_per_worker=8",
+        "cluster.num_workers=2",
+        "cluster.cpus_per_worker=1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "=== best trial ===" in proc.stdout and "now @champion" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
@@ -101,6 +113,9 @@ def test_train_job_two_ddp_workers_warmup_and_defects(tmp_path, synthetic_root, 
     best = proc.stdout.split("checkpoint: ")[1].split()[0]
     checkpoint.load_model(best)
     # The last epoch's checkpoint (kept beside the best) holds the whole history.
-    last = max((checkpoint.read_state(d) for d in Path(best).parent.glob("checkpoint_*") if d.is_dir()), key=lambda st: st["epoch"])
-    assert [h["trainable_blocks"] for h in last["history"]] == [0, 5]   # warm-up, then unfrozen
+    last = max(
+        (checkpoint.read_state(d) for d in Path(best).parent.glob("checkpoint_*") if d.is_dir()),
+        key=lambda st: st["epoch"],
+    )
+    assert [h["trainable_blocks"] for h in last["history"]] == [0, 5]  # warm-up, then unfrozen
     assert last["config"]["cluster"]["num_workers"] == 2
