@@ -220,7 +220,7 @@ class TrialLogger(ray.tune.Callback):
             run = _retry(
                 self.client.create_run,
                 experiment_id,
-                run_name=f"trial_{trial.trial_id}",
+                run_name=str(trial),  # trial_name_creator's trial_001: the console's name for it
                 tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id},
             )
             run_id = run.info.run_id

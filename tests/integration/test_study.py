@@ -33,6 +33,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     trials = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
     parents = [r for r in runs if r.info.run_id == trials[0].data.tags["mlflow.parentRunId"]]
     assert len(trials) == 2 and len(parents) == 1
+    assert sorted(r.info.run_name for r in trials) == ["trial_001", "trial_002"]  # the console's names
     assert parents[0].data.tags[tracking.STUDY_TAG] == cfg.name and parents[0].info.status == "FINISHED"
     for run in trials:
         history = client.get_metric_history(run.info.run_id, "val_auc")
