@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a single-machine Ray: every address 127.0.0.1
+# For processes that join a job's local Ray as clients: they must also see a one-machine Ray, or they
+# announce the host's address (jobs themselves get this from fracture.cli.init_ray).
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def job_env(extra: dict | None = None) -> dict:
@@ -20,7 +22,7 @@ def job_env(extra: dict | None = None) -> dict:
     return env
 
 
-def _session_pids(sid: int) -> list[int]:
+def session_pids(sid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--sid", str(sid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
@@ -29,11 +31,11 @@ def stop_session(sid: int, grace_s: float = 5) -> None:
     """End a process started with start_new_session=True and everything it started (all of them
     stay in its session, even those that make process groups of their own): SIGTERM, then SIGKILL."""
     for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
-        for pid in _session_pids(sid):
+        for pid in session_pids(sid):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
         deadline = time.time() + wait_s
-        while _session_pids(sid) and time.time() < deadline:
+        while session_pids(sid) and time.time() < deadline:
             time.sleep(0.5)

@@ -150,6 +150,9 @@ def user_errors() -> Iterator[None]:
 def init_ray(cfg: Config, *, verbose: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (ray job submit sets it), else start a local one.
 
+    A local one listens on 127.0.0.1 only (_loopback_only); a cluster keeps the addresses its
+    `ray start` / `ray up` gave it.
+
     A local instance gets at least (trial CPUs + 2) logical CPUs: Ray Data's decode and augment
     tasks need CPUs of their own beside the training workers, or a 2-core laptop would deadlock.
     Unless verbose, Ray's own chatter is kept off the console (fracture.progress.NOISE).
@@ -184,8 +187,30 @@ def init_ray(cfg: Config, *, verbose: bool = False) -> None:
         progress.quiet_worker_logs()
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """Keep a local instance's every port (GCS, raylet, workers, agents, metrics) on 127.0.0.1.
+
+    Ray 2.60 binds its servers to 127.0.0.1 only when the node's IP is loopback, and picks loopback
+    only where "clusters" are disabled (its default on macOS and Windows); on Linux it listens on
+    all interfaces, so a laptop study would be open to its network. Ray's processes read the
+    variable from the environment they inherit; this process read it when ray was imported, hence
+    the constant too. A user who sets the variable (e.g. to 1) keeps Ray's behaviour.
+    """
+    if LOOPBACK_ENV in os.environ:
+        return
+    os.environ[LOOPBACK_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def _init_local(cfg: Config, runtime_env: dict) -> None:
     import ray
+
+    _loopback_only()
 
     need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker * max(1, cfg.search.max_concurrent) + 2
     # When ASHA stops a trial (and at max_t it stops every trial), Tune kills the trial's actor and

@@ -16,6 +16,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from fracture import data, metrics
 from fracture.config import Config
+from fracture.rendezvous import LoopbackTorchConfig
 from fracture.worker import train_fn_per_worker
 
 CHECKPOINTS_KEPT = 2
@@ -61,6 +62,7 @@ def train_driver_fn(config: dict, *, datasets: dict, pos_weight: float) -> None:
         train_fn_per_worker,
         train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
         scaling_config=scaling_config(cfg),
+        torch_config=LoopbackTorchConfig(),
         run_config=run_config,
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=data.execution_options()),

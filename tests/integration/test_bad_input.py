@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import LOOPBACK, job_env
+from procs import job_env
 
 from fracture import cli
 
@@ -94,7 +94,7 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
 
 
 def _run(case: dict) -> subprocess.CompletedProcess:
-    env = job_env({**LOOPBACK, **case.get("env", {})})  # if Ray starts at all, on 127.0.0.1
+    env = job_env(case.get("env", {}))
     return subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "tune.py"), *case["argv"]],
         cwd=ROOT,

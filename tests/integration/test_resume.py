@@ -166,7 +166,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
         job = subprocess.Popen(
             [sys.executable, str(ROOT / "jobs" / "tune.py"), *overrides],
             cwd=ROOT,
-            env=job_env(LOOPBACK),
+            env=job_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
@@ -218,7 +218,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
     assert 1 <= len(before[3]) < EPOCHS and before[3] == list(range(len(before[3]))), before
 
     # --- run 2: --resume finishes the study ---
-    proc = run_job("tune.py", "--resume", str(storage / "demo"), *overrides, timeout=600, env=LOOPBACK)
+    proc = run_job("tune.py", "--resume", str(storage / "demo"), *overrides, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "now @champion" in proc.stdout, proc.stdout[-3000:]
 
