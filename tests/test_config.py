@@ -1,6 +1,7 @@
 """fracture.config: study files load, round-trip, coerce, and refuse what they cannot be."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,63 @@ def test_missing_study_file_raises(tmp_path):
 def test_non_mapping_study_raises(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         load(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_empty_study_file_is_refused(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load(path)
+
+
+def test_override_into_a_section_given_a_scalar_names_the_section(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=r"^train: expected a mapping"):
+        load(path, ["train.epochs=1"])
+
+
+def test_override_into_an_empty_section_works(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("train:\nmodel: {dropout: 0.3}\n")
+    assert load(path, ["train.epochs=1"]).train.epochs == 1
+
+
+@pytest.mark.parametrize(
+    "space, says",
+    [
+        ("{model.dropout: {uniform: [0.7, 0.2]}}", "low < high"),
+        ("{optim.lr_head: {loguniform: [1.0e-3, 1.0e-5]}}", "low < high"),
+        ("{optim.lr_head: {loguniform: [0, 1.0e-3]}}", "low > 0"),
+        ("{model.dropout: {uniform: [0.2, 1.5]}}", "model.dropout=1.5"),
+        ("{model.trainable_blocks: {randint: [0, 8]}}", "model.trainable_blocks=7"),
+        ("{model.trainable_blocks: {randint: [0.5, 3]}}", "integers"),
+        ("{model.l2: {choice: [1.0e-3, -1]}}", "model.l2=-1"),
+        ("{model.dropout: {quniform: [0.1, 0.5, 0]}}", "step q"),
+        ("{model.dropout: {uniform: [0.1, abc]}}", "numbers"),
+        ("{model.dropout: {choice: []}}", "at least one"),
+    ],
+)
+def test_search_space_is_checked_when_loaded_before_any_trial(space, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load(None, [f"search.space={space}", "search.points_to_evaluate=[]"])
+
+
+def test_a_point_to_evaluate_outside_the_valid_range_is_refused():
+    with pytest.raises(ConfigError, match=r"points_to_evaluate\.model\.dropout.*1\.2"):
+        load(
+            None,
+            ["search.space={model.dropout: {uniform: [0.1, 0.3]}}", "search.points_to_evaluate=[{model.dropout: 1.2}]"],
+        )
+
+
+def test_sampled_extremes_inside_the_ranges_load():
+    cfg = load(
+        None,
+        [
+            "search.space={model.trainable_blocks: {randint: [0, 6]},"
+            " optim.lr_backbone: {loguniform: [1.0e-6, 1.0e-3]}}",
+            "search.points_to_evaluate=[]",
+        ],
+    )
+    assert set(cfg.search.space) == {"model.trainable_blocks", "optim.lr_backbone"}

@@ -19,12 +19,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from fracture import data, metrics, progress
-from fracture.config import Config, ConfigError
+from fracture.config import Config, ConfigError, distribution
 from fracture.trainer import storage_uri, train_driver_fn
 
 log = logging.getLogger(__name__)
 
-DISTRIBUTIONS = {
+# config.distribution has parsed and checked every search.space entry; these make Tune domains of them.
+DOMAINS = {
     "uniform": ray.tune.uniform,
     "loguniform": ray.tune.loguniform,
     "quniform": ray.tune.quniform,
@@ -35,18 +36,8 @@ TUNE_DIR = "tune"
 
 
 def _domain(dotted: str, spec: Any):
-    if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"search.space.{dotted}: expected one distribution, e.g. {{loguniform: [1.0e-5, 1.0e-3]}}")
-    ((kind, args),) = spec.items()
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"search.space.{dotted}: unknown distribution {kind!r} (use one of {', '.join(DISTRIBUTIONS)})"
-        )
-    args = args if isinstance(args, list) else [args]
-    try:
-        return DISTRIBUTIONS[kind](*[float(a) if kind != "choice" and isinstance(a, str) else a for a in args])
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise ConfigError(f"search.space.{dotted}: bad arguments {args!r} for {kind} ({exc})") from None
+    dist = distribution(dotted, spec)
+    return DOMAINS[dist.kind](*dist.args)
 
 
 def search_space(cfg: Config) -> dict[str, Any]:

@@ -26,6 +26,7 @@ CASES = [
     "unknown key in the study file",
     "wrong type",
     "unknown distribution",
+    "search bounds reversed",
     "imagenet weights not cached, no network",
     "missing weights file",
     "unreachable MLflow",
@@ -66,6 +67,10 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
         "unknown distribution": dict(
             argv=[*tiny, "search.space={model.dropout: {gaussian: [0, 1]}}", "search.points_to_evaluate=[]"],
             says=["search.space.model.dropout", "gaussian"],
+        ),
+        "search bounds reversed": dict(
+            argv=[*tiny, "search.space={model.dropout: {uniform: [0.7, 0.2]}}", "search.points_to_evaluate=[]"],
+            says=["search.space.model.dropout", "low < high", "[0.7, 0.2]"],
         ),
         # The download is refused at once (a proxy nobody listens on), network or not.
         "imagenet weights not cached, no network": dict(
