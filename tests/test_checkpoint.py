@@ -100,7 +100,7 @@ def test_save_without_optimizer_writes_no_optimizer_file(tmp_path):
 
 def test_read_state_without_state_json_raises(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)) as info:
+    with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path)) as info:
         checkpoint.read_state(tmp_path)
     assert "state.json" in str(info.value)
 
@@ -119,3 +119,36 @@ def test_the_train_order_each_epoch_saw_is_kept_and_restored(tmp_path):
     state = checkpoint.restore(ray.train.Checkpoint.from_directory(str(directory)), FractureNet(hidden=8), None)
     assert [r.tolist() for r in state["train_order"]] == [r.tolist() for r in orders]
     assert checkpoint.read_train_order(checkpoint.save(tmp_path / "old", net, None, {"epoch": 0})) == []
+
+
+class _Boom:
+    """A pickle that would run code when loaded: what weights_only=True exists to refuse."""
+
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('pickled code ran')",))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(lambda path: torch.save(_Boom(), path), id="pickled code"),
+        pytest.param(lambda path: path.write_bytes(b"not a torch file at all"), id="garbage"),
+        pytest.param(lambda path: torch.save({"wrong.weight": torch.zeros(2)}, path), id="another model"),
+    ],
+)
+def test_a_model_file_that_is_not_ours_is_one_clear_error(tmp_path, content):
+    checkpoint.save(tmp_path, FractureNet(hidden=8), None, {"epoch": 0, "config": Config().to_dict()})
+    content(tmp_path / checkpoint.MODEL_FILE)
+    with pytest.raises(checkpoint.CheckpointError, match="model.pt: not loadable") as info:
+        checkpoint.load_model(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_evaluate_job_on_a_crafted_model_file_prints_one_error_line(tmp_path, run_job):
+    checkpoint.save(tmp_path, FractureNet(hidden=8), None, {"epoch": 0, "config": Config().to_dict()})
+    torch.save(_Boom(), tmp_path / checkpoint.MODEL_FILE)
+    proc = run_job("evaluate.py", "--model", str(tmp_path), f"cluster.storage_path={tmp_path / 'runs'}", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.pt" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "pickled code ran" not in proc.stderr + proc.stdout

@@ -81,11 +81,37 @@ def read_train_order(directory: str | Path) -> list[np.ndarray]:
         return [saved[f"epoch_{i}"] for i in range(len(saved.files))]
 
 
+class CheckpointError(ValueError):
+    """A directory given as a checkpoint is not one, or its files do not load (the user can fix it)."""
+
+
 def read_state(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a fracture checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"{directory} is not a fracture checkpoint (no {STATE_FILE})")
+    try:
+        state = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a fracture checkpoint's state ({exc})") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise CheckpointError(f"{path}: not a fracture checkpoint's state (no config)")
+    return state
+
+
+def _load_weights(net: FractureNet, path: Path) -> None:
+    """Load model.pt into net; a file that is not our state_dict is one clear error, not a traceback.
+
+    weights_only=True already refuses pickled code (a crafted file); this names the file and why.
+    """
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent} is not a fracture checkpoint (no {path.name})") from None
+    except Exception as exc:  # UnpicklingError, a bad zip (RuntimeError), EOFError, mismatched keys or shapes
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not loadable as this checkpoint's model ({type(exc).__name__}: {reason[:200]})"
+        ) from None
 
 
 def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None) -> dict[str, Any] | None:
@@ -97,7 +123,7 @@ def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None) -> dict
         return None
     with ray_checkpoint.as_directory() as directory:
         state = read_state(directory)
-        net.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
+        _load_weights(net, Path(directory) / MODEL_FILE)
         opt_path = Path(directory) / OPTIMIZER_FILE
         if optimizer is not None and opt_path.is_file():
             saved = torch.load(opt_path, map_location="cpu", weights_only=True)
@@ -117,5 +143,5 @@ def load_model(directory: str | Path) -> tuple[FractureNet, dict[str, Any]]:
     state = read_state(directory)
     cfg = Config.from_dict(state["config"])
     net = FractureNet(hidden=cfg.model.hidden, dropout=cfg.model.dropout, l2=cfg.model.l2, arch=cfg.model.arch)
-    net.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
+    _load_weights(net, Path(directory) / MODEL_FILE)
     return net.eval(), state

@@ -128,12 +128,13 @@ def setup_logging(verbose: bool = False) -> None:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the project's own 'you can fix this' exceptions into one line on stderr and exit 2."""
+    from fracture.checkpoint import CheckpointError
     from fracture.manifest import DataError
     from fracture.model import WeightsError
 
     try:
         yield
-    except (ConfigError, DataError, WeightsError) as exc:
+    except (ConfigError, DataError, WeightsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
