@@ -27,17 +27,12 @@ def main() -> None:
         if args.download:
             cfg = cfg.replace(data={"root": str(manifest.download(args.download, cfg.data.root, sha256=args.sha256))})
         out = data.manifest_path(cfg)
-        d = cfg.data
-        manifest.build(
-            d.root,
-            out,
-            seed=d.split_seed,
-            val_fraction=d.val_fraction,
-            test_fraction=d.test_fraction,
-            balanced=d.balanced,
-            allow_truncated=d.allow_truncated,
-        )
-    print(manifest.report_paths(out)[1].read_text())
+        try:
+            data.build_manifest(cfg, cfg.data.root, out)
+        finally:  # a refused manifest's report says why
+            report = manifest.report_paths(out)[1]
+            if report.is_file():
+                print(report.read_text())
     print(f"manifest: {out}")
 
 

@@ -54,8 +54,38 @@ def split_settings(cfg: Config) -> dict:
 
 
 def build_manifest(cfg: Config, root: str | Path, out: str | Path, *, progress: bool = True) -> pd.DataFrame:
-    """manifest.build of `root` into `out` with the study's split settings."""
-    return manifest.build(root, out, progress=progress, **split_settings(cfg))
+    """manifest.build of `root` into `out` with the study's split settings; refuse one nothing can train on.
+
+    A refused manifest is removed (so no later job trains on it); its report stays, to say why.
+    """
+    frame = manifest.build(root, out, progress=progress, **split_settings(cfg))
+    try:
+        check_trainable(frame, root, manifest.report_paths(out)[1], test_split=cfg.data.test_fraction > 0)
+    except manifest.DataError:
+        Path(out).unlink(missing_ok=True)
+        raise
+    return frame
+
+
+def check_trainable(frame: pd.DataFrame, root: str | Path, report: Path, *, test_split: bool = True) -> None:
+    """DataError unless train and val each hold both classes (val AUROC needs both) and test is not empty.
+
+    Caught when the manifest is made (jobs/prepare.py, or a study's preflight), not in a Ray worker.
+    """
+    usable = frame[frame["usable"]]
+    if usable.empty:
+        statuses = frame["status"].value_counts().to_dict()
+        found = ", ".join(f"{n} {s}" for s, n in statuses.items()) or "an empty dataset.csv and no image files"
+        raise manifest.DataError(f"no usable image in {root} ({found}); see {report}")
+    needs = {"train": 2, "val": 2, "test": 1 if test_split else 0}
+    for split, classes in needs.items():
+        labels = set(usable.loc[usable["split"] == split, LABEL])
+        if len(labels) < classes:
+            have = "no images" if not labels else f"only {'fractured' if 1 in labels else 'non-fractured'} images"
+            raise manifest.DataError(
+                f"the {split} split of {root} has {have} ({len(usable)} usable images in all): "
+                f"add images, or change data.val_fraction / data.test_fraction; see {report}"
+            )
 
 
 _checked: set[tuple] = set()  # (manifest, its mtime, root, split settings) that matched once in this process

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from procs import job_env
 
-from fracture import cli
+from fracture import cli, synthetic
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,7 @@ CASES = [
     "wrong type",
     "unknown distribution",
     "search bounds reversed",
+    "every image unreadable",
     "imagenet weights not cached, no network",
     "missing weights file",
     "unreachable MLflow",
@@ -46,6 +47,9 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
         "search.num_trials=1",
         "cluster.cpus_per_worker=1",
     ]
+    broken = synthetic.generate(tmp / "broken", n=8, seed=1, min_size=32, max_size=40)
+    for image in broken.rglob("*.jpg"):
+        image.write_bytes(b"not a jpeg")
     study = tmp / "typo.yaml"
     study.write_text("name: typo\ntrain:\n  epochz: 3\n")
     (tmp / "torch-home").mkdir()
@@ -71,6 +75,10 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
         "search bounds reversed": dict(
             argv=[*tiny, "search.space={model.dropout: {uniform: [0.7, 0.2]}}", "search.points_to_evaluate=[]"],
             says=["search.space.model.dropout", "low < high", "[0.7, 0.2]"],
+        ),
+        "every image unreadable": dict(
+            argv=[*tiny, f"data.root={broken}"],
+            says=["no usable image", str(broken), "unreadable", "report.md"],
         ),
         # The download is refused at once (a proxy nobody listens on), network or not.
         "imagenet weights not cached, no network": dict(
