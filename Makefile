@@ -24,8 +24,9 @@ data/synthetic/dataset.csv: | $(STAMP)
 	$(BIN)/python jobs/make_synthetic.py --out data/synthetic --n 400
 
 ## demo: synthetic FracAtlas-like data + a real 4-trial Optuna/ASHA study on CPU, tracked in MLflow
+## (each `make demo` replaces the previous demo study; its MLflow runs stay)
 demo: $(STAMP) data/synthetic/dataset.csv
-	$(BIN)/python jobs/tune.py --config jobs/studies/demo.yaml
+	$(BIN)/python jobs/tune.py --config jobs/studies/demo.yaml --overwrite
 
 ## lint: ruff's checks and format check (settings in pyproject.toml); `ruff format .` fixes the layout
 lint: $(STAMP)

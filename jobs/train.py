@@ -1,19 +1,24 @@
-"""python jobs/train.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--verbose]
+"""python jobs/train.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--overwrite] [--verbose]
 
 One training run of a study's config as it is (no search): the local debug path, on a laptop CPU
 or a GPU box. It goes through the same Tune -> Train -> MLflow path as jobs/tune.py, as one trial.
+Like a study, it refuses a name= an earlier run holds unless --overwrite is given.
 """
 
 from fracture import cli
 
 
 def main() -> None:
-    cfg, args = cli.parse(description=__doc__)
+    p = cli.parser(__doc__)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier study of the same name (its Tune and Train runs)"
+    )
+    cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
         from fracture import study  # after parsing: --help must not wait for torch and Ray to import
 
-        study.preflight(cfg)  # bad data / weights / MLflow URI fail before Ray starts
+        study.preflight(cfg, overwrite=args.overwrite)  # bad data / weights / MLflow URI / a taken name: before Ray
         cli.init_ray(cfg, verbose=args.verbose)
         study.print_summary(study.run(cfg, search_space=False, verbose=args.verbose))
 

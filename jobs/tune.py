@@ -1,4 +1,4 @@
-"""python jobs/tune.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--resume STUDY_DIR] [--verbose]
+"""python jobs/tune.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--resume STUDY_DIR | --overwrite] [--verbose]
 
 Search dropout, L2 and the head/backbone learning rates of a study with Optuna + ASHA on Ray Tune,
 log every trial to MLflow and register the best checkpoint (alias @champion if it wins).
@@ -8,6 +8,10 @@ On a cluster: ray job submit --working-dir . -- python jobs/tune.py --config job
 (STUDY_DIR/config.yaml): `python jobs/tune.py --resume runs/demo` is enough. --config and overrides
 may be given with it only to repeat that config (the original command plus --resume works); one
 that would change it is refused with an error naming the key (exit 2).
+
+A study's name is its directory (<storage_path>/<name>): a new study refuses a name an earlier
+study holds, whatever its config or data, and says how to go on (--resume, another name=, or
+--overwrite, which removes the earlier study's Tune and Train runs; its MLflow runs stay).
 """
 
 from pathlib import Path
@@ -18,6 +22,9 @@ from fracture import cli
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--resume", type=Path, default=None, help="continue an interrupted study (its runs/<name> dir)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier study of the same name (its Tune and Train runs)"
+    )
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
@@ -25,7 +32,9 @@ def main() -> None:
 
         if args.resume:
             cfg = study.resume_config(args.resume, config=args.config, overrides=args.overrides) or cfg
-        study.preflight(cfg)  # bad data / weights / MLflow URI fail before Ray starts
+        study.preflight(
+            cfg, resume=args.resume, overwrite=args.overwrite
+        )  # bad data / weights / MLflow URI / a taken name: before Ray
         cli.init_ray(cfg, verbose=args.verbose)
         study.print_summary(study.run(cfg, resume=args.resume, verbose=args.verbose))
 

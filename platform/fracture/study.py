@@ -9,7 +9,9 @@ A study stores its resolved config beside its Tune experiment (`<storage>/<name>
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,17 +26,21 @@ from fracture.trainer import storage_uri
 log = logging.getLogger(__name__)
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False) -> None:
     """Everything a user can get wrong, checked before Ray starts or any worker runs.
+
+    A new study (no `resume`) must not land on another study of the same name (see claim).
 
     Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
     """
     search.search_space(cfg)  # unknown distributions / bad arguments: before Ray starts
     data.ensure_manifest(cfg)
+    if not resume:
+        claim(cfg, overwrite=overwrite)
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
-    tracking.check_reachable(tracking.tracking_uri(cfg))
+    tracking.check_reachable(tracking.tracking_uri(cfg))  # also creates a sqlite store, once, under its lock
 
 
 def check_cluster(cfg: Config) -> None:
@@ -52,6 +58,79 @@ def check_cluster(cfg: Config) -> None:
 
 
 CONFIG_FILE = "config.yaml"
+STUDY_FILE = "study.json"  # what made the study and where it is tracked: data fingerprint, parent run id
+# What a study's dir holds of the study itself; the manifest, decoded cache and embedded MLflow
+# store beside them are keyed by their inputs or shared, and stay when --overwrite starts over.
+STUDY_PARTS = (search.TUNE_DIR, "train", CONFIG_FILE, STUDY_FILE)
+
+
+def _data_fingerprint(cfg: Config) -> dict:
+    recorded = manifest.recorded_provenance(data.manifest_path(cfg)) or {}
+    return {
+        "root": recorded.get("root", str(Path(cfg.data.root).expanduser().resolve())),
+        "images": recorded.get("images"),
+    }
+
+
+def claim(cfg: Config, *, overwrite: bool = False) -> None:
+    """Make sure a new study does not mix with an earlier study stored under the same name.
+
+    Tune would add the new trials to the old experiment and MLflow would file them under a parent
+    run of the same name, so the earlier study's dir is refused, whatever its config (the same
+    config may still be another study: other data, or just a rerun that would mix the results).
+    --overwrite removes the earlier study's Tune and Train runs and starts afresh.
+
+    Raises:
+        ConfigError naming --resume, another name= and --overwrite.
+    """
+    base = storage_uri(cfg)
+    if not any(_exists(f"{base}/{part}") for part in STUDY_PARTS):
+        return
+    if overwrite:
+        for part in STUDY_PARTS:
+            _remove(f"{base}/{part}")
+        log.info("--overwrite: removed the earlier study %s in %s", cfg.name, base)
+        return
+    why = _difference(cfg, base)
+    raise ConfigError(
+        f"a study named {cfg.name} already exists in {base}{f' ({why})' if why else ''}: continue it with "
+        f"`python jobs/tune.py --resume {base}`, start another with name=<new name>, or replace it with --overwrite"
+    )
+
+
+def _difference(cfg: Config, base: str) -> str:
+    """What the stored study was made from that this one is not ("" when nothing differs or nothing was stored)."""
+    text = _read_text(f"{base}/{CONFIG_FILE}")
+    if text is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp, CONFIG_FILE)
+            copy.write_text(text)
+            try:
+                ours, theirs = flat(load(copy).to_dict()), flat(cfg.to_dict())
+            except ConfigError:
+                return "its config.yaml no longer loads"
+        differ = [f"{k}={ours[k]}" for k in ours if ours[k] != theirs.get(k)]
+        if differ:
+            return "made with " + ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+    stored = _read_text(f"{base}/{STUDY_FILE}")
+    if stored is not None:
+        made_from, now = json.loads(stored).get("data", {}), _data_fingerprint(cfg)
+        if made_from.get("root") != now["root"]:
+            return f"made from the images in {made_from.get('root')}"
+        if made_from.get("images") != now["images"]:
+            return f"made from another image list in {now['root']}"
+    return ""
+
+
+def study_record(study: str) -> dict:
+    """The study's study.json ({} for a study from before it had one)."""
+    text = _read_text(_config_location(study).rsplit("/", 1)[0] + "/" + STUDY_FILE)
+    return json.loads(text) if text else {}
+
+
+def _save_record(cfg: Config, study: str, parent_run_id: str, uri: str) -> None:
+    record = {"name": cfg.name, "parent_run_id": parent_run_id, "data": _data_fingerprint(cfg)}
+    _write_text(_config_location(study).rsplit("/", 1)[0] + "/" + STUDY_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def _config_location(study: str) -> str:
@@ -73,6 +152,33 @@ def _read_text(location: str) -> str | None:
         return None
     with fs.open_input_stream(path) as f:
         return f.read().decode()
+
+
+def _exists(location: str) -> bool:
+    if "://" not in location:
+        return Path(location).expanduser().exists()
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def _remove(location: str) -> None:
+    if "://" not in location:
+        path = Path(location).expanduser()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    info = fs.get_file_info(path)
+    if info.type == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pyarrow.fs.FileType.File:
+        fs.delete_file(path)
 
 
 def _write_text(location: str, text: str) -> None:
@@ -158,7 +264,10 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     elif _read_text(_config_location(resume)) is None:
         save_config(cfg, _config_location(resume))  # an older study: from now on it has one
     _announce(cfg, study_dir, resume=bool(resume), search_space=search_space)
-    uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume))
+    # A resumed study reopens the parent run it recorded, by id: a name or a directory can be reused.
+    recorded = study_record(resume).get("parent_run_id") if resume else None
+    uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume), parent_run_id=recorded)
+    _save_record(cfg, resume or storage_uri(cfg), parent, uri)
     try:
         summary = _fit_and_register(
             cfg, uri, parent, study_dir, resume=resume, search_space=search_space, verbose=verbose
@@ -241,7 +350,7 @@ def print_summary(summary: dict) -> None:
     print(f"registered model version {summary['version']} ({flag})")
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"study dir:  {summary['study_dir']}   (resume: python jobs/tune.py --resume {summary['study_dir']})")
-    uri = summary["tracking_uri"]
+    uri = tracking.redact(summary["tracking_uri"])
     route = summary.get("ui_route", "")  # MLflow 3.17 opens experiments on GenAI pages without its query
     if uri.startswith("sqlite"):
         print(f"MLflow:     mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000{route}")

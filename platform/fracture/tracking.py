@@ -133,12 +133,15 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(f"tracking URI {uri!r}: MLflow 3 needs sqlite:///<absolute path> or http://host:port")
 
 
-def start_study(cfg: Config, study_dir: str, *, resume: bool = False) -> tuple[str, str]:
+def start_study(
+    cfg: Config, study_dir: str, *, resume: bool = False, parent_run_id: str | None = None
+) -> tuple[str, str]:
     """Create the experiment (before trials start: sqlite dislikes concurrent first writes) and a parent run.
 
-    A resumed study reopens the parent run of its first invocation (found by `study_dir`), so one
-    study is one parent run however often it was interrupted; the resumed trials' logger, which
-    Tune restores with the study, still points at it.
+    A resumed study reopens the parent run of its first invocation, so one study is one parent run
+    however often it was interrupted; the resumed trials' logger, which Tune restores with the
+    study, still points at it. That run is `parent_run_id` (the id the study recorded); only a
+    study from before studies recorded it is looked up by its directory.
 
     Returns:
         (tracking uri, parent run id)
@@ -147,6 +150,9 @@ def start_study(cfg: Config, study_dir: str, *, resume: bool = False) -> tuple[s
     check_reachable(uri)
     client = _client(uri)
     experiment_id = _experiment_id(client, cfg, uri)
+    if resume and parent_run_id:
+        _retry(client.update_run, parent_run_id, status="RUNNING")
+        return uri, parent_run_id
     if resume:
         runs = _retry(
             client.search_runs,
