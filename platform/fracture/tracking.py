@@ -247,6 +247,10 @@ class TrialLogger(ray.tune.Callback):
             self._runs[trial.trial_id] = run_id
         return self._runs[trial.trial_id]
 
+    def _logged(self, trial, step: int) -> bool:
+        history = _retry(self.client.get_metric_history, self._run_for(trial), metrics.PRIMARY)
+        return any(m.step == step for m in history)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
 
@@ -254,6 +258,8 @@ class TrialLogger(ray.tune.Callback):
         from mlflow.entities import Metric
 
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get("replayed") and self._logged(trial, step):
+            return  # a restored trial's report again (fracture.worker): this run has that epoch already
         now = int(time.time() * 1000)
         batch = [
             Metric(k, v, now, step)

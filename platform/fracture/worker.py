@@ -56,21 +56,29 @@ def train_fn_per_worker(loop_config: dict) -> None:
     net, weights_source = build_model(cfg.model)
     optimizer = engine.build_optimizer(net, cfg.optim)
     scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
-    state = checkpoint.restore(ray.train.get_checkpoint(), net, optimizer, scheduler) or {}
+    restored = ray.train.get_checkpoint()
+    state = checkpoint.restore(restored, net, optimizer, scheduler) or {}
     start = state.get("epoch", -1) + 1
     history: list[dict] = state.get("history", [])
     train_order: list = state.pop("train_order", [])[:start]  # rows each epoch saw (checkpoint.ORDER_FILE)
     best = state.get("best_val_auc", float("-inf"))
     stale = state.get("stale_epochs", 0)
     early_stopped = 0 < cfg.train.patience <= stale
-    if state and (start >= cfg.train.epochs or early_stopped):
-        # The run had already ended, but its last reports never reached Tune (the study was
-        # interrupted just then): report the last epoch again, so the trial ends with its result.
-        log.info("restored a finished run (epoch %d): reporting its last result again", start - 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = checkpoint.to_ray(tmp, net, optimizer, state, scheduler, train_order) if is_rank0() else None
-            _report(state["metrics"], ckpt, weights=state["weights"], early_stopped=early_stopped)
-        return
+    if state:
+        # Tune may never have received the restored epoch's report: a driver stopped or killed
+        # between this report and Tune's next save of the study loses it (its metrics, ASHA's
+        # record, and the checkpoint's place in the ranking). Report it again, pointing at the
+        # checkpoint Train already stored; the driver's MLflow logger skips a replay it holds.
+        _report(
+            state["metrics"],
+            weights=state["weights"],
+            early_stopped=early_stopped,
+            replayed=True,
+            checkpoint_path=restored.path,
+        )
+        if start >= cfg.train.epochs or early_stopped:
+            log.info("restored a finished run (epoch %d): its last result reported again", start - 1)
+            return
     if start:
         log.info("resuming from epoch %d (best val_auc %.4f)", start, best)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([loop_config["pos_weight"]], device=device))

@@ -1,0 +1,101 @@
+"""kill -9 of a study's driver loses nothing: every epoch a worker reported reaches progress, MLflow
+and the checkpoint ranking after --resume, and the model registered is the best checkpoint on disk.
+
+The kill comes as soon as the trial's first checkpoint is stored, when Tune has most likely not
+saved the study since: the case where the restored epoch's report existed only in the dead driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from procs import job_env, session_pids, stop_session
+
+from fracture import tracking
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS = 3
+
+
+def _argv(storage: Path, data_root: Path) -> list[str]:
+    return [
+        f"data.root={data_root}",
+        f"cluster.storage_path={storage}",
+        "data.image_size=32",
+        f"train.epochs={EPOCHS}",
+        "train.batch_size_per_worker=8",
+        "search.num_trials=1",
+        "cluster.num_workers=1",
+        "cluster.cpus_per_worker=1",
+        "tracking.experiment=kill",
+    ]
+
+
+def _checkpoints(storage: Path) -> list[dict]:
+    states = []
+    for path in (storage / "demo" / "train").glob("*/checkpoint_*/state.json"):
+        try:
+            states.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):  # being written
+            pass
+    return states
+
+
+def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(tmp_path, run_job, synthetic_root):
+    storage = tmp_path / "runs"
+    log = tmp_path / "run1.log"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, str(ROOT / "jobs" / "train.py"), *_argv(storage, synthetic_root)],
+            cwd=ROOT,
+            env=job_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 420
+        while not _checkpoints(storage) and job.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert job.poll() is None, f"the job ended before its first checkpoint: {log.read_text()[-3000:]}"
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+        time.sleep(10)
+        outlived = [Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode() for p in session_pids(job.pid)]
+    finally:
+        stop_session(job.pid)  # whatever is left, so the resume starts clean
+    # Known and not fixed yet: Ray's DashboardAgent and RuntimeEnvAgent outlive a killed driver.
+    print(f"processes alive 10 s after kill -9 of the driver: {outlived}")
+
+    proc = run_job("tune.py", "--resume", str(storage / "demo"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    (trial_dir,) = (storage / "demo" / "tune").glob("trial_*")
+    results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    # Tune rewrites a restored trial's result.json from the restore on: it starts with the restored
+    # epoch, reported again, and runs on to the last epoch without a gap.
+    epochs = [int(r["epoch"]) for r in results]
+    assert results[0].get("replayed") and epochs == list(range(epochs[0], EPOCHS)), epochs
+    uri = f"sqlite:///{storage / 'demo' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("kill").experiment_id])
+        if tracking.TRIAL_TAG in r.data.tags
+    ]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auc"))
+    assert steps == list(range(EPOCHS)), f"MLflow lost or doubled an epoch: {steps}"
+
+    on_disk = max(s["metrics"]["val_auc"] for s in _checkpoints(storage))
+    version = client.get_model_version_by_alias("fracture", tracking.CHAMPION)
+    assert float(version.tags["val_auc"]) == pytest.approx(on_disk), (version.tags, on_disk)
