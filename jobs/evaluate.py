@@ -2,8 +2,9 @@
 
 Score a checkpoint or registered model on the study's held-out test split (or any FracAtlas-layout
 folder) at its stored threshold: print the report (95% CIs, body-part and implant slices), write
-metrics.json, predictions.csv and ROC / PR / confusion / calibration plots (default
-<storage_path>/<name>/evaluate), Grad-CAM overlays with --explain K, and log all of it to MLflow.
+metrics.json, predictions.csv, skipped.csv (path, reason for every file that could not be scored)
+and ROC / PR / confusion / calibration plots (default <storage_path>/<name>/evaluate), Grad-CAM
+overlays with --explain K, and log all of it to MLflow. Exits 2 when no image could be scored.
 """
 
 from pathlib import Path
@@ -26,7 +27,7 @@ def main() -> None:
         split = args.split or evaluate.DEFAULT_SPLIT
         source = args.model or evaluate.champion_uri(cfg)
         net, state = evaluate.load(source, cfg)
-        frame = evaluate.frame_for(cfg, split, args.folder)
+        frame, skipped = evaluate.select_rows(cfg, split, args.folder)
         where = f"folder-{args.folder.resolve().name}" if args.folder else split
         out = (args.out or cfg.run_dir / "evaluate").resolve()
         report, files = evaluate.run(
@@ -34,12 +35,15 @@ def main() -> None:
             state,
             frame,
             out,
+            skipped=skipped,
             explain_k=args.explain,
             title=where,
             data_root=args.folder or cfg.data.root,
             allow_truncated=cfg.data.allow_truncated,
         )
         print(evaluate.format_table(report))
+        for line in evaluate.skipped_lines(report["skipped"], out / evaluate.SKIPPED_FILE, scored=report["images"]):
+            print(line)
         run_id = tracking.log_evaluation(
             cfg,
             f"evaluate-{where}",

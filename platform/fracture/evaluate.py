@@ -25,7 +25,7 @@ import torch
 from fracture import checkpoint, data, engine, explain, manifest, metrics, plots, presets
 from fracture.config import Config, ConfigError
 from fracture.model import FractureNet
-from fracture.presets import ID, LABEL, PATH
+from fracture.presets import ID, LABEL, PATH, REASON
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,18 @@ DEFAULT_SPLIT = "test"
 CI_METRICS = ("auc", "sensitivity", "specificity")
 SLICE_COLUMNS = ("body_part", "hardware", "view")  # report["by_<column>"]
 HARDWARE_NAMES = {1: "hardware", 0: "no_hardware", -1: "unknown"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+SKIPPED_FILE = "skipped.csv"  # path, reason: every file that was not scored, beside the job's output
+SKIPPED_SHOWN = 20  # skipped files listed on the console; skipped.csv has them all
+# Why select_rows leaves a file of a FracAtlas-layout folder out, by its manifest status.
+SKIP_REASONS = {
+    "unreadable": "unreadable: not an image PIL can open",
+    "truncated": "truncated: the file ends before the image does (data.allow_truncated=true loads what decodes)",
+    "orphan_file": "no dataset.csv row: no label to evaluate against",
+    "duplicate": "duplicate of {duplicate_of}: scored once",
+}
+# Prediction needs no label and no de-duplication: these statuses are scored there too.
+SCORED_UNLABELLED = ("orphan_file", "duplicate")
 # A slice below these sizes gets no AUC (4 images can score 1.000) and is flagged as small: its
 # sensitivity and specificity are shown, but each rests on a handful of images.
 SMALL_SLICE_IMAGES = 20
@@ -112,25 +123,42 @@ def device() -> torch.device:
 # -------------------------------------------------------------------------------------------- rows
 
 
-def frame_for(cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None = None) -> pd.DataFrame:
-    """The rows to evaluate: usable images of one split of the study's manifest, or of any folder.
+def select_rows(
+    cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None = None, *, labelled: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows to score, and the files left out with why.
 
     Args:
         split: "train", "val" or "test" of the study's manifest (built from cfg.data.root on demand).
         folder: a FracAtlas-layout folder (images/{Fractured,Non_fractured}, dataset.csv); when given,
             `split` is ignored and every usable image of the folder is taken (its manifest is built
             into a temporary file with the study's split settings, then dropped). A folder without
-            dataset.csv is taken as plain, unlabelled images (*.jpg, *.jpeg, *.png, recursively):
-            label -1, which predict accepts and the evaluation report refuses.
+            dataset.csv is taken as plain, unlabelled images (IMAGE_SUFFIXES, recursively): label -1,
+            which predict accepts and the evaluation report refuses.
+        labelled: evaluation (True) needs one trusted label per image, so a folder's files without a
+            dataset.csv row and its byte-identical copies are left out; prediction (False) scores them.
     Returns:
-        image_id, path, label, body_part, hardware, view, split, in manifest order.
+        (rows: image_id, path, label, body_part, hardware, view, split, in manifest order;
+        skipped: path, reason for each file of the folder the manifest audit left out, see
+        SKIP_REASONS. CSV rows without a file are no file to score and are not listed.)
+        Files that pass the audit can still fail to decode: score_rows and predict say which.
+    Raises:
+        DataError when the split or folder holds no image file at all.
     """
     if folder is not None and not (Path(folder) / "dataset.csv").is_file():
-        return _unlabelled(Path(folder))
+        return _unlabelled(Path(folder)), skips()
     if folder is not None:
         with tempfile.TemporaryDirectory(prefix="fracture-eval-") as tmp:
-            df = data.build_manifest(cfg, folder, Path(tmp) / "manifest.parquet", progress=False)
-        rows, where = df[df["usable"]], f"folder {folder}"
+            # manifest.build, not data.build_manifest: a folder to score needs no trainable split
+            df = manifest.build(folder, Path(tmp) / "manifest.parquet", progress=False, **data.split_settings(cfg))
+        keep = df["usable"] if labelled else df["usable"] | df["status"].isin(SCORED_UNLABELLED)
+        left_out = df[~keep & (df[PATH] != "")]
+        reasons = [
+            SKIP_REASONS[s].format(duplicate_of=d)
+            for s, d in zip(left_out["status"], left_out["duplicate_of"], strict=True)
+        ]
+        skipped = skips(left_out[PATH], reasons)
+        rows, where = df[keep], f"folder {folder}"
         if Path(folder).resolve() == Path(cfg.data.root).resolve():
             log.warning("%s is the study's data root: its images include the training split", folder)
     else:
@@ -138,11 +166,55 @@ def frame_for(cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None
             raise ConfigError(f"--split {split!r}: choose one of {', '.join(manifest.SPLITS)}")
         path = data.ensure_manifest(cfg)
         df = manifest.load(path)
-        rows, where = df[df["usable"] & (df["split"] == split)], f"split {split!r} of {path}"
-    if rows.empty:
+        rows, skipped, where = df[df["usable"] & (df["split"] == split)], skips(), f"split {split!r} of {path}"
+    if rows.empty and skipped.empty:
         raise manifest.DataError(f"{where} has no usable images")
     columns = [ID, PATH, LABEL, *SLICE_COLUMNS, "split"]
-    return rows[columns].reset_index(drop=True)
+    return rows[columns].reset_index(drop=True), skipped
+
+
+def frame_for(cfg: Config, split: str = DEFAULT_SPLIT, folder: str | Path | None = None) -> pd.DataFrame:
+    """select_rows' rows for callers that report no skipped files; DataError when there are none."""
+    rows, skipped = select_rows(cfg, split, folder)
+    if rows.empty:
+        raise manifest.DataError(f"{folder or split} has no usable images ({len(skipped)} files left out)")
+    return rows
+
+
+def skips(paths=(), reasons=()) -> pd.DataFrame:
+    """A table of files that were not scored: path, reason (what skipped.csv holds)."""
+    return pd.DataFrame({PATH: [str(p) for p in paths], REASON: [str(r) for r in reasons]})
+
+
+def write_skipped(path: str | Path, *tables: pd.DataFrame, scored: int) -> pd.DataFrame:
+    """Write the skipped files of `tables` (path, reason) to `path`, a header only when there are none.
+
+    Written even when empty, so a skipped.csv never lingers from an earlier run.
+
+    Args:
+        scored: how many images were scored.
+    Returns:
+        The skipped files, all tables in order.
+    Raises:
+        DataError when `scored` is 0: there is no result, only the files and their reasons.
+    """
+    table = skips([p for t in tables for p in t[PATH]], [r for t in tables for r in t[REASON]])
+    table.to_csv(path, index=False)
+    if scored == 0:
+        raise manifest.DataError(f"no image could be scored ({len(table)} skipped, see {path})")
+    return table
+
+
+def skipped_lines(skipped, path: str | Path, *, scored: int, limit: int = SKIPPED_SHOWN) -> list[str]:
+    """Console lines for the skipped files (a table or its records): a count, then `path: reason` each."""
+    table = pd.DataFrame(skipped, columns=[PATH, REASON])
+    if table.empty:
+        return []
+    lines = [f"skipped {len(table)} of {len(table) + scored} images (reasons in {path}):"]
+    lines += [f"  {file}: {reason}" for file, reason in table.head(limit).itertuples(index=False)]
+    if len(table) > limit:
+        lines.append(f"  ... and {len(table) - limit} more, see {Path(path).name}")
+    return lines
 
 
 def _unlabelled(folder: Path) -> pd.DataFrame:
@@ -172,39 +244,59 @@ def _unlabelled(folder: Path) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------- scoring
 
 
-def _decode_all(paths, size: int, *, allow_truncated: bool = False) -> np.ndarray:
-    """uint8 (N, size, size, 3); threads suffice (PIL's decoder releases the GIL)."""
+def _decode_all(paths, size: int, *, allow_truncated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """presets.decode_checked on threads (PIL's decoder releases the GIL)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return np.stack(
-            list(pool.map(lambda p: presets.decode_resize(p, size, allow_truncated=allow_truncated), paths))
-        )
+        return presets.decode_checked(paths, size, allow_truncated=allow_truncated, map_fn=pool.map)
 
 
 @torch.no_grad()
-def score(
+def score_rows(
     net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size: int = 64, allow_truncated: bool = False
-) -> np.ndarray:
-    """Fracture probabilities of every row of `frame`, in order, on the GPU when there is one.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fracture probabilities of every row of `frame` whose file decodes, in order, on the GPU when there is one.
+
+    Decoding is the check: a file that does not decode is left out of its batch, in the same pass.
 
     Args:
         net: an unwrapped FractureNet; it is moved to the device and put in eval mode.
         frame: rows with a `path` column.
         image_size: the checkpoint's input size (see image_size(state)).
     Returns:
-        float32 (N,) in [0, 1].
+        (probabilities float32 (N,) in [0, 1], nan where the file did not decode; reasons (N,) str,
+        "" where it did, see presets.decode_or_reason).
     """
     dev = device()
     net.to(dev).eval()
-    out = []
     paths = frame[PATH].tolist()
+    probs, reasons = np.full(len(paths), np.nan, np.float32), []
     for start in range(0, len(paths), batch_size):
-        images = torch.from_numpy(
-            _decode_all(paths[start : start + batch_size], image_size, allow_truncated=allow_truncated)
-        )  # (B, S, S, 3) uint8
+        images, why = _decode_all(paths[start : start + batch_size], image_size, allow_truncated=allow_truncated)
+        reasons.append(why)
+        ok = why == ""
+        if not ok.any():
+            continue
         with engine.autocast(dev):
-            logits = net(engine.to_model_input(images, dev))  # (B, 1)
-        out.append(torch.sigmoid(logits.float()).view(-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+            logits = net(engine.to_model_input(torch.from_numpy(images[ok]), dev))  # (B, 1), B = decoded rows
+        probs[start : start + len(why)][ok] = torch.sigmoid(logits.float()).view(-1).cpu().numpy()
+    return probs, np.concatenate(reasons) if reasons else np.zeros(0, str)
+
+
+def score(
+    net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size: int = 64, allow_truncated: bool = False
+) -> np.ndarray:
+    """score_rows' probabilities, for rows that must all decode (a manifest's split, say).
+
+    Returns:
+        float32 (N,) in [0, 1].
+    Raises:
+        DataError naming the first file that did not decode.
+    """
+    probs, reasons = score_rows(net, frame, image_size, batch_size=batch_size, allow_truncated=allow_truncated)
+    bad = np.flatnonzero(reasons != "")
+    if bad.size:
+        raise manifest.DataError(f"{frame[PATH].iloc[bad[0]]}: {reasons[bad[0]]} ({bad.size} files did not decode)")
+    return probs
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -334,6 +426,8 @@ def pointing_summary(result: dict[str, Any]) -> str:
 def flat_metrics(rep: dict[str, Any]) -> dict[str, float]:
     """The report as flat {name: number} for an experiment tracker (nan values included)."""
     out = {"images": rep["images"], "positives": rep["positives"], **rep["overall"], **rep["confusion"]}
+    if "skipped" in rep:
+        out["skipped"] = len(rep["skipped"])
     for name, (lo, hi) in rep["ci95"].items():
         out |= {f"{name}_ci_low": lo, f"{name}_ci_high": hi}
     for key in ("by_body_part", "by_hardware", "by_view"):
@@ -420,14 +514,14 @@ def explain_images(
     dev = device()
     net.to(dev)
     rows = frame.iloc[[i for i, _ in chosen]].reset_index(drop=True)
-    images = torch.from_numpy(_decode_all(rows[PATH], image_size, allow_truncated=allow_truncated))
+    images = torch.from_numpy(_decode_all(rows[PATH], image_size, allow_truncated=allow_truncated)[0])
     heatmaps = np.concatenate(
         [
             explain.gradcam(net, engine.to_model_input(images[j : j + GRADCAM_BATCH], dev))
             for j in range(0, len(images), GRADCAM_BATCH)
         ]
     )  # (K, S, S)
-    shown = _decode_all(rows[PATH], max(image_size, DISPLAY_PX), allow_truncated=allow_truncated)
+    shown = _decode_all(rows[PATH], max(image_size, DISPLAY_PX), allow_truncated=allow_truncated)[0]
     yolo = Path(data_root) / "annotations" / "yolo" if data_root else None
     items, overlays, titles = [], [], []
     for rank, ((i, reason), row) in enumerate(zip(chosen, rows.itertuples(index=False), strict=True)):
@@ -477,27 +571,41 @@ def run(
     frame: pd.DataFrame,
     out_dir: str | Path,
     *,
+    skipped: pd.DataFrame | None = None,
     explain_k: int = 0,
     data_root: str | Path | None = None,
     title: str = "",
     allow_truncated: bool = False,
     seed: int = 0,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Score `frame`, build the report, and write it into `out_dir`.
+    """Score every row of `frame` that decodes, build the report, and write it into `out_dir`.
 
     Writes metrics.json (the report; nan as null), predictions.csv (image_id, label, probability,
-    predicted and the slice columns), roc/pr/confusion/calibration PNGs, and with explain_k > 0
-    gradcam/*.png + gradcam/grid.png (the report then holds "explain").
+    predicted and the slice columns), skipped.csv (`skipped`, the files left out before scoring,
+    e.g. by select_rows, then the rows that did not decode; the report's "skipped" holds the same
+    records), roc/pr/confusion/calibration PNGs, and with explain_k > 0 gradcam/*.png +
+    gradcam/grid.png (the report then holds "explain").
 
     Returns:
         (report, the files written).
+    Raises:
+        DataError when no row could be scored (skipped.csv is written first).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size, threshold = image_size(state), float(state["threshold"])
-    probs = score(net, frame, size, allow_truncated=allow_truncated)
+    probs, reasons = score_rows(net, frame, size, allow_truncated=allow_truncated)
+    decoded = reasons == ""
+    skipped = write_skipped(
+        out_dir / SKIPPED_FILE,
+        skips() if skipped is None else skipped,
+        skips(frame.loc[~decoded, PATH], reasons[~decoded]),
+        scored=int(decoded.sum()),
+    )
+    frame, probs = frame[decoded].reset_index(drop=True), probs[decoded]
     labels = frame[LABEL].to_numpy()
     rep = report(labels, probs, threshold, frame, seed=seed)
+    rep["skipped"] = skipped.to_dict("records")
     rep["model"] = {
         "source": state.get("source", ""),
         "resolved": state.get("resolved", ""),
@@ -505,7 +613,7 @@ def run(
         "image_size": size,
         "val_auc": state.get("metrics", {}).get(metrics.PRIMARY),
     }
-    files = []
+    files = [out_dir / SKIPPED_FILE]
     predictions = frame.drop(columns=[PATH]).assign(probability=probs, predicted=(probs >= threshold).astype(int))
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     files.append(out_dir / "predictions.csv")

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fracture import presets
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "missing_file", "orphan_file", "unreadable", "truncated", "duplicate", "label_mismatch")
@@ -369,11 +371,29 @@ def summarize(
             for name, label in (("non_fractured", 0), ("fractured", 1))
         },
         "defects": defects,
+        "converted_modes": _converted_modes(with_file),
         "trailing_bytes": {
             "ids": df.loc[df["trailing_bytes"] > 0, "image_id"].tolist(),
             "decision": "kept: stale bytes after the JPEG end marker; the image decodes fully",
         },
     }
+
+
+def _converted_modes(files: pd.DataFrame) -> dict[str, dict]:
+    """mode -> {count, ids, conversion} for the files whose pixels decoding changes (presets.conversion).
+
+    Such files train and score without an error, so only this list tells a reader that their pixels
+    are not the stored ones (a 16-bit film once decoded all white and trained unnoticed).
+    """
+    out = {}
+    for mode, grp in files[files["mode"] != ""].groupby("mode", sort=True):
+        if presets.conversion(mode):
+            out[str(mode)] = {
+                "count": len(grp),
+                "ids": grp["image_id"].tolist(),
+                "conversion": presets.conversion(mode),
+            }
+    return out
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -416,6 +436,14 @@ def render_markdown(report: dict) -> str:
         f"usable images with hardware: {report['hardware']} (a shortcut a model can learn).",
         "",
     ]
+    converted = report["converted_modes"]
+    if converted:
+        lines += ["## Converted modes", ""]
+        lines += _table(
+            ["mode", "count", "what decoding does"], [[m, v["count"], v["conversion"]] for m, v in converted.items()]
+        )
+        for mode, info in converted.items():
+            lines += [f"**{mode}**: {_ids(info['ids'])}", ""]
     lines += ["## Defects", ""]
     lines += _table(
         ["status", "count", "decision"], [[k, v["count"], v["decision"]] for k, v in report["defects"].items()]
