@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fracture import manifest
+from fracture import manifest, synthetic
 from fracture.manifest import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,9 +309,11 @@ def run_prepare(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_prepare_job_prints_the_report(atlas, tmp_path):
+def test_prepare_job_prints_the_report(tmp_path):
+    # Enough images for every split to hold both classes (the defect atlas has 5 usable: refused).
+    root = synthetic.generate(tmp_path / "atlas", n=40, seed=0, min_size=32, max_size=40)
     out = tmp_path / "manifest.parquet"
-    done = run_prepare("--root", str(atlas), "--out", str(out), "data.split_seed=3")
+    done = run_prepare("--root", str(root), "--out", str(out), "data.split_seed=3")
     assert done.returncode == 0, done.stderr
     assert "# FracAtlas data report" in done.stdout and "split seed 3" in done.stdout
     assert out.is_file() and manifest.report_paths(out)[0].is_file()

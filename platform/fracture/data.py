@@ -77,8 +77,8 @@ def check_trainable(frame: pd.DataFrame, root: str | Path, report: Path, *, test
         statuses = frame["status"].value_counts().to_dict()
         found = ", ".join(f"{n} {s}" for s, n in statuses.items()) or "an empty dataset.csv and no image files"
         raise manifest.DataError(f"no usable image in {root} ({found}); see {report}")
-    needs = {"train": 2, "val": 2, "test": 1 if test_split else 0}
-    for split, classes in needs.items():
+    # Classes each split needs, in manifest.SPLITS order (train, val, test; only evaluate names test).
+    for split, classes in zip(manifest.SPLITS, (2, 2, 1 if test_split else 0), strict=True):
         labels = set(usable.loc[usable["split"] == split, LABEL])
         if len(labels) < classes:
             have = "no images" if not labels else f"only {'fractured' if 1 in labels else 'non-fractured'} images"
@@ -155,7 +155,7 @@ def _cache_key(frame: pd.DataFrame, cfg: Config) -> str:
                 "size": cfg.data.image_size,
                 "truncated": cfg.data.allow_truncated,
                 "order_seed": cfg.data.split_seed,
-                "v": 2,
+                "v": 3,  # 3: high-bit-depth images windowed to 8 bits (presets.decode_resize), not clipped
             }
         ).encode()
     )
