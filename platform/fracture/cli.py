@@ -211,7 +211,10 @@ def _loopback_only() -> None:
 def _init_local(cfg: Config, runtime_env: dict) -> None:
     import ray
 
+    from fracture import reaper
+
     _loopback_only()
+    reaper.watch(os.getpid())  # a kill -9 of this driver must not leave Ray's agents running
 
     need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker * max(1, cfg.search.max_concurrent) + 2
     # When ASHA stops a trial (and at max_t it stops every trial), Tune kills the trial's actor and

@@ -1,5 +1,6 @@
-"""kill -9 of a study's driver loses nothing: every epoch a worker reported reaches progress, MLflow
-and the checkpoint ranking after --resume, and the model registered is the best checkpoint on disk.
+"""kill -9 of a study's driver loses nothing and leaves nothing: no process of the study runs on
+10 s later, and after --resume every epoch a worker reported reaches progress, MLflow and the
+checkpoint ranking, and the model registered is the best checkpoint on disk.
 
 The kill comes as soon as the trial's first checkpoint is stored, when Tune has most likely not
 saved the study since: the case where the restored epoch's report existed only in the dead driver.
@@ -51,6 +52,13 @@ def _checkpoints(storage: Path) -> list[dict]:
     return states
 
 
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() or f"pid {pid} (exiting)"
+    except OSError:
+        return f"pid {pid} (gone)"
+
+
 def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(tmp_path, run_job, synthetic_root):
     storage = tmp_path / "runs"
     log = tmp_path / "run1.log"
@@ -70,22 +78,27 @@ def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(t
         assert job.poll() is None, f"the job ended before its first checkpoint: {log.read_text()[-3000:]}"
         os.kill(job.pid, signal.SIGKILL)
         job.wait(timeout=30)
-        time.sleep(10)
-        outlived = [Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode() for p in session_pids(job.pid)]
+        deadline = time.time() + 10
+        while session_pids(job.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        outlived = [_name(p) for p in session_pids(job.pid)]
     finally:
         stop_session(job.pid)  # whatever is left, so the resume starts clean
-    # Known and not fixed yet: Ray's DashboardAgent and RuntimeEnvAgent outlive a killed driver.
-    print(f"processes alive 10 s after kill -9 of the driver: {outlived}")
+    # Ray's DashboardAgent and RuntimeEnvAgent used to outlive a killed driver by minutes (fracture.reaper).
+    assert not outlived, f"still running 10 s after kill -9 of the driver: {outlived}"
 
     proc = run_job("tune.py", "--resume", str(storage / "demo"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     (trial_dir,) = (storage / "demo" / "tune").glob("trial_*")
     results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
-    # Tune rewrites a restored trial's result.json from the restore on: it starts with the restored
-    # epoch, reported again, and runs on to the last epoch without a gap.
+    # Tune rewrites a restored trial's result.json from the restore on. It starts with the restored
+    # epoch, reported again, or (when the kill came before Train recorded the checkpoint, which it
+    # then cannot resume from) with a retrained epoch 0; either way it runs on to the last epoch
+    # without a gap.
     epochs = [int(r["epoch"]) for r in results]
-    assert results[0].get("replayed") and epochs == list(range(epochs[0], EPOCHS)), epochs
+    assert results[0].get("replayed") or epochs[0] == 0, results[0]
+    assert epochs == list(range(epochs[0], EPOCHS)), epochs
     uri = f"sqlite:///{storage / 'demo' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = [
