@@ -24,6 +24,8 @@ def main() -> None:
     with cli.user_errors():
         from fracture import evaluate, tracking  # after parsing: --help must not wait for torch and MLflow
 
+        uri = tracking.tracking_uri(cfg)
+        tracking.check_reachable(uri)  # before scoring: the run is logged after it
         split = args.split or evaluate.DEFAULT_SPLIT
         source = args.model or evaluate.champion_uri(cfg)
         net, state = evaluate.load(source, cfg)
@@ -53,7 +55,7 @@ def main() -> None:
             params={"model": state["resolved"], "model_requested": source, "data": str(args.folder or split)},
             tags={"fracture.evaluation": where},
         )
-        print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {tracking.tracking_uri(cfg)}")
+        print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {tracking.redact(uri)}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fracture.config import Config, ConfigError, load
+from fracture.redact import RedactingFilter, redact
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "jobs" / "studies" / "demo.yaml"
 
@@ -120,6 +122,7 @@ def setup_logging(verbose: bool = False) -> None:
         if verbose
         else _Formatter()
     )
+    handler.addFilter(RedactingFilter())  # a tracking URI's password in anyone's log line
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
@@ -135,17 +138,32 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataError, WeightsError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        print(f"interrupted: {redact(exc)}" if str(exc) else "interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        # The tracking module's errors are raised before training; import lazily (mlflow is slow to import).
-        if type(exc).__name__ == "TrackingError":
-            print(f"error: {exc}", file=sys.stderr)
+        # The tracking module's errors (import lazily: mlflow is slow to import). Most are raised before
+        # training; one raised mid-study by the trial logger reaches here wrapped in Tune's TuneError.
+        tracking_error = next((e for e in _chain(exc) if type(e).__name__ == "TrackingError"), None)
+        if tracking_error is not None:
+            print(f"error: {redact(tracking_error)}", file=sys.stderr)
             sys.exit(2)
+        shown = "".join(traceback.format_exception(exc))
+        if redact(shown) != shown:  # MLflow's errors repeat the URI they failed on, password and all
+            print(redact(shown), end="", file=sys.stderr)
+            sys.exit(1)
         raise
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc, then what it was raised from or while handling, and so on."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def init_ray(cfg: Config, *, verbose: bool = False) -> None:

@@ -40,7 +40,7 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
-    tracking.check_reachable(tracking.tracking_uri(cfg))  # also creates a sqlite store, once, under its lock
+    tracking.check_reachable(tracking.tracking_uri(cfg))  # a server answers; an existing sqlite store opens
 
 
 def check_cluster(cfg: Config) -> None:

@@ -11,17 +11,30 @@ trials table, Optuna's plots and a tag naming the version.
 The registered model loads two ways: `mlflow.pytorch.load_model` gives the torch module (logits,
 any batch size), `mlflow.pyfunc.load_model` gives P(fracture) and the decision at the model's
 threshold (this module is its loader).
+
+Stores shared between jobs: a sqlite store is created (its schema migrated) once, by the first
+process to reach it, under an exclusive lock on `<db>.lock` (prepare_store; fcntl, so Linux and
+macOS), because MLflow's lazy creation in two processes at once leaves the store half-migrated for
+good. After that, concurrent writers only meet sqlite's own 'database is locked', which _retry
+waits out. Every wait on MLflow is bounded by timeout_s() (FRACTURE_MLFLOW_TIMEOUT_S, default 60 s)
+instead of MLflow's own HTTP retries (7 with backoff factor 2: minutes per call), after which a
+TrackingError says so; a study then stops (its checkpoints stay on disk for --resume) rather than
+training on with metrics nobody records.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fcntl
+import itertools
 import logging
 import math
 import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +45,7 @@ import ray.tune
 
 from fracture import metrics
 from fracture.config import Config, flat
+from fracture.redact import redact  # also tracking.redact, for jobs that import this module anyway
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +70,46 @@ RUN_NOTE_TAG = "mlflow.note.content"  # what the UI shows as a run's description
 
 
 class TrackingError(RuntimeError):
-    """MLflow unusable (unreachable server, bad URI); raised before any training starts."""
+    """MLflow unusable (unreachable server, bad URI, damaged store, no answer within the bound).
+
+    Raised before training where it can be seen then (check_reachable); its message never holds
+    credentials (redact).
+    """
+
+
+# How long one MLflow call may keep failing transiently (connection refused, 5xx, timeouts, sqlite
+# 'database is locked') before TrackingError: a server that died must end a study in about a
+# minute, not leave it retrying silently.
+TIMEOUT_ENV = "FRACTURE_MLFLOW_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 60.0
+# MLflow's own retries inside one HTTP call, kept few and quick (its default: 7 with backoff factor
+# 2, ~4 minutes per call), so _retry's clock bounds the wait; they still cover the calls _retry
+# does not wrap (Model.log's uploads, artifact downloads).
+HTTP_RETRIES = 2
+_TRANSIENT = (
+    "locked",
+    "timeout",
+    "timed out",
+    "temporarily",
+    "connection",
+    "max retries exceeded",
+    "too many",
+    "502",
+    "503",
+    "504",
+)
+
+
+def mlflow_timeout_s() -> float:
+    """The bound on waiting for MLflow, in seconds: $FRACTURE_MLFLOW_TIMEOUT_S, else DEFAULT_TIMEOUT_S."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise TrackingError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -68,18 +121,60 @@ def tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{cfg.run_dir / 'mlflow.db'}"
 
 
-def _retry(fn: Callable, *args, tries: int = 4, **kwargs):
-    """sqlite 'database is locked' and HTTP hiccups are transient: back off and try again."""
-    for attempt in range(tries):
+@contextlib.contextmanager
+def _http_bounds(bound_s: float):
+    """MLflow's per-call HTTP retries and request timeout, sized so that one call fits in about `bound_s`.
+
+    Set only for the call, and only where the user has not set them: theirs win.
+    """
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_RETRIES),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int in MLflow: sleeps 0 s, then 2 s (+ <1 s jitter)
+        # A server that accepts and never answers costs (retries + 1) timeouts per call: 20 s each at
+        # the default bound. Never under 10 s: a busy server's slow answer is still an answer.
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(10, int(bound_s / (HTTP_RETRIES + 1)))),
+    }
+    added = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _first_line(exc: BaseException, limit: int = 400) -> str:
+    text = redact(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _retry(fn: Callable, *args, within_s: float | None = None, **kwargs):
+    """Call an MLflow function, waiting out transient failures for at most `within_s` in all.
+
+    sqlite 'database is locked' (several jobs writing one store) and HTTP hiccups pass; a store
+    that keeps failing for the whole bound (default mlflow_timeout_s()) raises TrackingError naming
+    it, credentials masked. Other errors are raised as they are.
+    """
+    bound = mlflow_timeout_s() if within_s is None else within_s
+    start = time.monotonic()
+    for attempt in itertools.count():
         try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # MlflowException wraps both; only the message tells them apart
-            transient = any(
-                s in str(exc).lower() for s in ("locked", "timeout", "temporarily", "connection", "503", "502")
-            )
-            if not transient or attempt == tries - 1:
+            with _http_bounds(bound):
+                return fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:  # MlflowException wraps both kinds; only the message tells them apart
+            if not any(s in str(exc).lower() for s in _TRANSIENT):
                 raise
-            time.sleep(0.5 * 2**attempt)
+            waited, pause = time.monotonic() - start, min(0.5 * 2**attempt, 5.0)
+            if waited + pause > bound:
+                uri = getattr(getattr(fn, "__self__", None), "tracking_uri", None) or "the tracking URI"
+                raise TrackingError(
+                    f"MLflow at {redact(uri)} did not answer for {waited:.0f} s "
+                    f"(the bound is {bound:g} s, {TIMEOUT_ENV}): {_first_line(exc)}"
+                ) from None
+            time.sleep(pause)
 
 
 @contextlib.contextmanager
@@ -95,12 +190,14 @@ def _fluent(uri: str):
     from mlflow.tracking._model_registry import utils as registry_state
     from mlflow.tracking._tracking_service import utils as tracking_state
 
+    prepare_store(uri)
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     saved = tracking_state._tracking_uri, registry_state._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        yield
+        with _http_bounds(mlflow_timeout_s()):
+            yield
     finally:
         mlflow.set_tracking_uri(saved[0])
         mlflow.set_registry_uri(saved[1])
@@ -114,23 +211,105 @@ def _fluent(uri: str):
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    prepare_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with the URI in the message, when a tracking server does not answer."""
-    if uri.startswith(("http://", "https://")):
+_PREPARED: set[str] = set()  # sqlite stores this process has created or checked
+# Jobs queue for the store lock one after another, seconds each; the lock goes with a process that
+# dies, so only a live holder that hangs makes a job wait this long.
+STORE_LOCK_WAIT_S = 300.0
+
+
+def prepare_store(uri: str) -> None:
+    """Create (or check) a sqlite store once, under an exclusive lock, before this process uses it.
+
+    MLflow creates a sqlite store on a process's first use by running its schema migrations; two
+    processes doing that at once leave it half-migrated, and every later job on it fails. So the
+    first job to get the lock (`<db>.lock`, fcntl.flock: Linux and macOS, also on NFS) creates
+    the store while the others wait, and they then find it complete. Once per process and URI;
+    other URIs need nothing (a server migrates its own store).
+
+    Raises:
+        TrackingError when the lock is held past STORE_LOCK_WAIT_S, or the store cannot be opened
+        (damaged, or from an older MLflow).
+    """
+    if not uri.startswith("sqlite:///") or uri in _PREPARED:
+        return
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (seconds to import: not while others wait)
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(db.with_name(db.name + ".lock"), STORE_LOCK_WAIT_S):
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).read()
-        except (urllib.error.URLError, OSError) as exc:
+            # The cheapest call that makes MLflow open the store, and so create and migrate it.
+            _retry(MlflowClient(tracking_uri=uri).search_experiments, max_results=1)
+        except TrackingError:
+            raise
+        except Exception as exc:
             raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+                f"MLflow store {redact(uri)} cannot be opened ({_first_line(exc)}); a store that jobs "
+                "created at the same time before it was locked stays half-migrated: move it aside "
+                "(or point tracking.uri at another file) and run again"
+            ) from None
+    _PREPARED.add(uri)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, bound_s: float):
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + bound_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(
+                        f"{path} stayed locked for {bound_s:g} s: another job is creating or checking "
+                        "this MLflow store, and hangs doing it"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any work, when MLflow cannot be used: a server that does not answer, an
+    existing sqlite store that cannot be opened (see prepare_store), a malformed URI.
+
+    Messages carry the URI with its credentials masked.
+    """
+    if uri.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(uri)
+        # urllib takes `user:password@` for part of the host name: send it as a header instead.
+        health = parts._replace(netloc=parts.netloc.rpartition("@")[2], path=parts.path.rstrip("/") + "/health")
+        request = urllib.request.Request(urllib.parse.urlunsplit(health._replace(query="", fragment="")))
+        if parts.username is not None:
+            login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+        try:
+            urllib.request.urlopen(request, timeout=timeout_s).read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise TrackingError(
+                f"MLflow tracking server {redact(uri)} is unreachable ({redact(getattr(exc, 'reason', exc))}); "
                 "start one with `make mlflow` or set tracking.uri / MLFLOW_TRACKING_URI"
             ) from None
     elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        if db.exists():
+            prepare_store(uri)  # one that cannot be opened fails here, before any work
+        else:
+            # Created on first use (_client), under its lock: a job refused after this check
+            # (a wrong --resume) must leave no store behind.
+            db.parent.mkdir(parents=True, exist_ok=True)
     elif "://" not in uri and not uri.startswith("databricks"):
-        raise TrackingError(f"tracking URI {uri!r}: MLflow 3 needs sqlite:///<absolute path> or http://host:port")
+        raise TrackingError(
+            f"tracking URI {redact(uri)!r}: MLflow 3 needs sqlite:///<absolute path> or http://host:port"
+        )
 
 
 def start_study(
@@ -175,12 +354,13 @@ def start_study(
 def end_study(uri: str, parent_run_id: str, status: str) -> None:
     """Close a study's parent run that did not finish: KILLED when interrupted (it can be resumed), else FAILED.
 
-    Best effort: it runs while another error is on its way to the user, which must not be masked.
+    Best effort: it runs while another error is on its way to the user, which must not be masked,
+    nor delayed by a full wait on a server that already failed to answer.
     """
     try:
-        _retry(_client(uri).set_terminated, parent_run_id, status)
+        _retry(_client(uri).set_terminated, parent_run_id, status, within_s=min(5.0, mlflow_timeout_s()))
     except Exception as exc:
-        log.warning("could not mark MLflow run %s %s: %s", parent_run_id, status, exc)
+        log.warning("could not mark MLflow run %s %s: %s", parent_run_id, status, _first_line(exc))
 
 
 def log_data_report(uri: str, run_id: str, report_files: list[Path]) -> None:
@@ -199,11 +379,30 @@ def _numeric(result: dict) -> dict[str, float]:
 
 
 class TrialLogger(ray.tune.Callback):
-    """Tune callback on the driver: one MLflow child run per trial, metrics per epoch."""
+    """Tune callback on the driver: one MLflow child run per trial, metrics per epoch.
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, searched: list[str]):
+    When MLflow stops answering (for mlflow_timeout_s()), the study fails with a TrackingError
+    rather than training on with metrics that no run records: Tune has saved it, the trials'
+    checkpoints stay on disk, and the error gives the --resume command that continues it. (Tune
+    wraps the error in a TuneError; cli.user_errors finds it inside and prints it.)
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, searched: list[str], study_dir: str = ""):
         self.uri, self.experiment, self.parent_run_id, self.searched = uri, experiment, parent_run_id, searched
+        self.study_dir = study_dir
         self._runs: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def _or_stop_study(self):
+        try:
+            yield
+        except TrackingError as exc:
+            where = getattr(self, "study_dir", "")  # absent in loggers pickled by older studies
+            raise TrackingError(
+                f"{exc}. The study stops here, saved by Tune with its checkpoints on disk: "
+                f"`python jobs/tune.py --resume {where or '<study dir>'}` continues it once MLflow answers "
+                "(finished trials keep their results; a running one restarts from the last checkpoint Tune recorded)"
+            ) from None
 
     def __getstate__(self):  # Tune pickles callbacks into its experiment state; the client stays out
         return {k: v for k, v in self.__dict__.items() if k != "_client_cache"}
@@ -252,24 +451,27 @@ class TrialLogger(ray.tune.Callback):
         return any(m.step == step for m in history)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
+        with self._or_stop_study():
+            self._run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if result.get("replayed") and self._logged(trial, step):
-            return  # a restored trial's report again (fracture.worker): this run has that epoch already
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(k, v, now, step)
-            for k, v in _numeric(result).items()
-            if not k.startswith(("time_", "timestamp", "pid", "training_iteration"))
-        ]
-        _retry(self.client.log_batch, self._run_for(trial), metrics=batch)
+        with self._or_stop_study():
+            if result.get("replayed") and self._logged(trial, step):
+                return  # a restored trial's report again (fracture.worker): this run has that epoch already
+            now = int(time.time() * 1000)
+            batch = [
+                Metric(k, v, now, step)
+                for k, v in _numeric(result).items()
+                if not k.startswith(("time_", "timestamp", "pid", "training_iteration"))
+            ]
+            _retry(self.client.log_batch, self._run_for(trial), metrics=batch)
 
     def _finish(self, trial, status: str):
-        _retry(self.client.set_terminated, self._run_for(trial), status)
+        with self._or_stop_study():
+            _retry(self.client.set_terminated, self._run_for(trial), status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, "FINISHED")
@@ -285,7 +487,9 @@ def _params(params: dict[str, Any]):
 
 
 def trial_logger(cfg: Config, uri: str, parent_run_id: str) -> TrialLogger:
-    return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space))
+    from fracture.trainer import storage_uri
+
+    return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), storage_uri(cfg))
 
 
 def best_checkpoint(results) -> tuple[Any, dict]:
@@ -864,15 +1068,23 @@ def _safe_name(key: str) -> str:
 
 def _experiment_id(client, cfg: Config, uri: str) -> str:
     """The study's experiment, created on first use; an embedded store keeps artifacts beside it."""
+    from mlflow.exceptions import MlflowException
+
     experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
     if experiment is None:
         location = (cfg.run_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        return _retry(
-            client.create_experiment,
-            cfg.tracking.experiment,
-            artifact_location=location,
-            tags={EXPERIMENT_KIND_TAG: CUSTOM_MODEL_KIND},
-        )
+        try:
+            return _retry(
+                client.create_experiment,
+                cfg.tracking.experiment,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: CUSTOM_MODEL_KIND},
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Another job on this store created it since we looked.
+            experiment = _retry(client.get_experiment_by_name, cfg.tracking.experiment)
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set, or by someone else
         _retry(client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, CUSTOM_MODEL_KIND)
     return experiment.experiment_id
@@ -950,8 +1162,8 @@ def champion_checkpoint(uri: str, name: str = "fracture", alias: str = CHAMPION)
         )
     except MlflowException as exc:
         raise TrackingError(
-            f"models:/{name}@{alias} is not available in {uri} "
-            f"({str(exc).splitlines()[0]}); train one with jobs/tune.py, "
+            f"models:/{name}@{alias} is not available in {redact(uri)} "
+            f"({_first_line(exc)}); train one with jobs/tune.py, "
             "or pass a checkpoint directory"
         ) from None
     return Path(local), str(version.version)
