@@ -1154,12 +1154,13 @@ def champion_checkpoint(uri: str, name: str = "fracture", alias: str = CHAMPION)
     client = _client(uri)
     try:
         version = _retry(client.get_model_version_by_alias, name, alias)
-        local = download_artifacts(
-            run_id=version.run_id,
-            artifact_path=CHECKPOINT_ARTIFACT,
-            dst_path=tempfile.mkdtemp(prefix="fracture-champion-"),
-            tracking_uri=uri,
-        )
+        with _http_bounds(mlflow_timeout_s()):  # not MLflow's minutes of retries per file
+            local = download_artifacts(
+                run_id=version.run_id,
+                artifact_path=CHECKPOINT_ARTIFACT,
+                dst_path=tempfile.mkdtemp(prefix="fracture-champion-"),
+                tracking_uri=uri,
+            )
     except MlflowException as exc:
         raise TrackingError(
             f"models:/{name}@{alias} is not available in {redact(uri)} "
