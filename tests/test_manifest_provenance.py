@@ -24,8 +24,8 @@ def _cfg(root: Path, storage: Path, *overrides: str):
 def two_roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("roots")
     return (
-        synthetic.generate(base / "a", n=30, seed=0, min_size=32, max_size=40),
-        synthetic.generate(base / "b", n=30, seed=1, min_size=32, max_size=40),
+        synthetic.generate(base / "a", n=60, seed=0, min_size=32, max_size=40),
+        synthetic.generate(base / "b", n=60, seed=1, min_size=32, max_size=40),
     )
 
 
