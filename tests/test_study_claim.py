@@ -17,7 +17,7 @@ def _earlier_study(cfg) -> None:
     (base / "tune").mkdir(parents=True)
     (base / "train").mkdir()
     study.save_config(cfg)
-    study._save_record(cfg, str(base), "parent-1", "sqlite:///x.db")
+    study._save_record(cfg, str(base), "parent-1")
 
 
 def test_a_fresh_name_is_free(tiny_config):

@@ -124,13 +124,18 @@ def _difference(cfg: Config, base: str) -> str:
 
 def study_record(study: str) -> dict:
     """The study's study.json ({} for a study from before it had one)."""
-    text = _read_text(_config_location(study).rsplit("/", 1)[0] + "/" + STUDY_FILE)
+    text = _read_text(_study_file(study))
     return json.loads(text) if text else {}
 
 
-def _save_record(cfg: Config, study: str, parent_run_id: str, uri: str) -> None:
+def _study_file(study: str) -> str:
+    """Where `study` (its dir or tune/ subdir, as for _config_location) keeps its study.json."""
+    return _config_location(study).rsplit("/", 1)[0] + "/" + STUDY_FILE
+
+
+def _save_record(cfg: Config, study: str, parent_run_id: str) -> None:
     record = {"name": cfg.name, "parent_run_id": parent_run_id, "data": _data_fingerprint(cfg)}
-    _write_text(_config_location(study).rsplit("/", 1)[0] + "/" + STUDY_FILE, json.dumps(record, indent=2) + "\n")
+    _write_text(_study_file(study), json.dumps(record, indent=2) + "\n")
 
 
 def _config_location(study: str) -> str:
@@ -267,7 +272,7 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     # A resumed study reopens the parent run it recorded, by id: a name or a directory can be reused.
     recorded = study_record(resume).get("parent_run_id") if resume else None
     uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume), parent_run_id=recorded)
-    _save_record(cfg, resume or storage_uri(cfg), parent, uri)
+    _save_record(cfg, resume or storage_uri(cfg), parent)
     try:
         summary = _fit_and_register(
             cfg, uri, parent, study_dir, resume=resume, search_space=search_space, verbose=verbose
