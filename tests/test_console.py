@@ -38,6 +38,18 @@ DEPRECATION = [
     "`iter_torch_batches(collate_fn)` is deprecated in Ray 2.47.",
     "  warnings.warn(",
 ]
+# Ray Data's ListFiles thread when a Dataset's execution ends before it queued its end marker
+SHUTDOWN_TRACEBACK = [
+    "Exception in thread Thread-3 (_signal_completion):",
+    "Traceback (most recent call last):",
+    '  File "/usr/lib/python3.11/threading.py", line 1045, in _bootstrap_inner',
+    "    self.run()",
+    '  File "/venv/lib/python3.11/site-packages/ray/data/_internal/dynamic_work_queue.py", line 180, in _signal_',
+    "    pool.work_queue.put(SENTINEL)",
+    '  File "/venv/lib/python3.11/site-packages/ray/data/_internal/util.py", line 1082, in put',
+    "    raise InterruptedError()",
+    "InterruptedError",
+]
 ACTIONABLE = [
     "resuming from epoch 3 (best val_auc 0.8120)",
     "Task was killed due to the node running low on memory.",
@@ -135,6 +147,15 @@ def test_ray_chatter_is_dropped_and_what_a_user_can_act_on_is_kept():
     assert progress.without_noise(ACTIONABLE) == ACTIONABLE
     mixed = [RAY_CHATTER[0], *DEPRECATION, ACTIONABLE[0], RAY_CHATTER[1], *ACTIONABLE[-2:]]
     assert progress.without_noise(mixed) == [ACTIONABLE[0], *ACTIONABLE[-2:]]
+
+
+def test_a_ray_data_thread_interrupted_at_shutdown_is_dropped_but_not_a_real_traceback():
+    assert progress.without_noise([ACTIONABLE[0], *SHUTDOWN_TRACEBACK, ACTIONABLE[1]]) == ACTIONABLE[:2]
+    ours = [*SHUTDOWN_TRACEBACK[:4], '  File "/work/platform/fracture/data.py", line 9, in f', "    g()"]
+    ours += SHUTDOWN_TRACEBACK[4:]  # a frame of the project's: a user may act on it
+    assert progress.without_noise(ours) == ours
+    crashed = [*SHUTDOWN_TRACEBACK[:-1], "RuntimeError: DataLoader worker exited unexpectedly"]
+    assert progress.without_noise(crashed) == crashed
 
 
 def test_quiet_ray_filters_the_console_handlers_of_rays_loggers():

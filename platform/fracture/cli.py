@@ -98,6 +98,8 @@ def check_job_paths(cfg: Config) -> None:
 # its sqlite store (MLflow itself keeps alembic's migration lines at WARNING), Optuna creating its
 # in-memory study.
 QUIET_LOGGERS = ("mlflow.store.db.utils", "optuna.storages._in_memory")
+# urllib3 warns at every retry of an MLflow call that the job bounds and, when it gives up, reports itself.
+RETRY_LOGGERS = ("urllib3.connectionpool",)
 
 
 class _Formatter(logging.Formatter):
@@ -126,6 +128,8 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in RETRY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -62,6 +62,10 @@ NOISE = re.compile(
             r"Wrote the latest version of all result files",
             r"Experiment has been interrupted, but the most recent state was saved",
             r"Tune detects GPUs, but no trials are using GPUs",
+            # Tune timing its own callbacks: slow only while MLflow is waited on, which the job reports itself
+            r"which may be a performance bottleneck",
+            # the GCS asked to kill an actor that had already exited when a Dataset's execution ended
+            r"Failed to kill actor NIL_ID",
         ]
     )
 )
@@ -110,13 +114,41 @@ def _print_without_noise(printer: Callable[[dict], None], batch: dict) -> None:
 def without_noise(lines: Sequence[str]) -> list[str]:
     """The lines that are not NOISE; a dropped warning takes its indented source line with it."""
     kept, in_warning = [], False
-    for line in lines:
+    for line in _without_shutdown_tracebacks(lines):
         if in_warning and line[:1].isspace():  # warnings.warn prints "file:line: Category: message" + the source line
             continue
         noise = NOISE.search(line)
         in_warning = bool(noise) and "Warning: " in line
         if not noise:
             kept.append(line)
+    return kept
+
+
+# Ray Data's file-listing thread (ListFiles) raises InterruptedError when the Dataset's execution ends
+# before it has queued its end marker; the thread's traceback is printed though nothing failed.
+_TRACEBACK_START = re.compile(r"^(Exception in thread .*:|Traceback \(most recent call last\):)$")
+_INSIDE_RAY = re.compile(r'^\s+File ".*(site-packages/ray/|/threading\.py")')
+
+
+def _without_shutdown_tracebacks(lines: Sequence[str]) -> list[str]:
+    """The lines, less each traceback that runs only through Ray and threading and ends in InterruptedError."""
+    kept, i = [], 0
+    while i < len(lines):
+        if not _TRACEBACK_START.match(lines[i]):
+            kept.append(lines[i])
+            i += 1
+            continue
+        end = i + 1
+        while end < len(lines) and (lines[end][:1].isspace() or _TRACEBACK_START.match(lines[end])):
+            end += 1
+        block = lines[i : end + 1]  # through the exception's own line
+        frames = [line for line in block if line.lstrip().startswith("File ")]
+        shutdown = end < len(lines) and lines[end].strip() == "InterruptedError"
+        if shutdown and frames and all(_INSIDE_RAY.match(f) for f in frames):
+            i = end + 1
+        else:
+            kept.extend(block)
+            i = end + 1
     return kept
 
 
