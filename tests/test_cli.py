@@ -137,3 +137,34 @@ def test_resume_refuses_a_command_line_that_changes_the_study(stored_study):
 
 def test_resume_of_a_study_without_a_stored_config_uses_the_command_line(tmp_path):
     assert study.resume_config(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        ConfigError("model.dropout: must be in [0, 1)"),
+        RuntimeError("Tune: a trial failed"),  # raised from the UserError below, as Tune wraps a callback's
+    ],
+)
+def test_a_user_error_is_one_line_and_exit_2_even_when_wrapped(capsys, raised):
+    from fracture.errors import UserError
+
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
+        try:
+            raise UserError("MLflow at http://h:1 did not answer for 5 s")
+        except UserError as cause:
+            raise raised from cause
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert ("did not answer" in err) == isinstance(raised, RuntimeError), err
+
+
+def test_an_incomplete_study_exits_130_with_its_resume_command(capsys):
+    from fracture.errors import StudyIncomplete
+
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
+        raise StudyIncomplete("the study was saved; continue it with: python jobs/tune.py --resume runs/demo")
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == (
+        "interrupted: the study was saved; continue it with: python jobs/tune.py --resume runs/demo\n"
+    )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fracture.config import Config
+from fracture.errors import UserError
 from fracture.model import FractureNet
 
 MODEL_FILE = "model.pt"
@@ -81,7 +82,7 @@ def read_train_order(directory: str | Path) -> list[np.ndarray]:
         return [saved[f"epoch_{i}"] for i in range(len(saved.files))]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A directory given as a checkpoint is not one, or its files do not load (the user can fix it)."""
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from fracture.config import Config, ConfigError, load
+from fracture.errors import StudyIncomplete, UserError
 from fracture.redact import RedactingFilter, redact
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "jobs" / "studies" / "demo.yaml"
@@ -134,25 +135,20 @@ def setup_logging(verbose: bool = False) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the project's own 'you can fix this' exceptions into one line on stderr and exit 2."""
-    from fracture.checkpoint import CheckpointError
-    from fracture.manifest import DataError
-    from fracture.model import WeightsError
+    """Turn the project's own 'you can fix this' exceptions into one line on stderr and exit 2.
 
+    A UserError may arrive wrapped: the trial logger's TrackingError reaches the driver inside
+    Tune's TuneError, so the whole chain of causes is searched.
+    """
     try:
         yield
-    except (ConfigError, DataError, WeightsError, CheckpointError) as exc:
-        print(f"error: {redact(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as exc:
+    except (StudyIncomplete, KeyboardInterrupt) as exc:
         print(f"interrupted: {redact(exc)}" if str(exc) else "interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        # The tracking module's errors (import lazily: mlflow is slow to import). Most are raised before
-        # training; one raised mid-study by the trial logger reaches here wrapped in Tune's TuneError.
-        tracking_error = next((e for e in _chain(exc) if type(e).__name__ == "TrackingError"), None)
-        if tracking_error is not None:
-            print(f"error: {redact(tracking_error)}", file=sys.stderr)
+        user_error = next((e for e in _chain(exc) if isinstance(e, UserError)), None)
+        if user_error is not None:
+            print(f"error: {redact(user_error)}", file=sys.stderr)
             sys.exit(2)
         shown = "".join(traceback.format_exception(exc))
         if redact(shown) != shown:  # MLflow's errors repeat the URI they failed on, password and all

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fracture.errors import UserError
 from fracture.presets import AUGMENTS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A study file or override that cannot become a Config; the message names the key."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from fracture import presets
+from fracture.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ DECISIONS = {
 _EOI = b"\xff\xd9"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data cannot be used as given; the message is one human-readable line."""
 
 

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from fracture.config import ModelConfig
+from fracture.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = ("vgg16", "vgg16_bn")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Pretrained weights that cannot be had; the message says which file and how to pass one."""
 
 

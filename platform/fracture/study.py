@@ -20,6 +20,7 @@ import yaml
 
 from fracture import data, manifest, search, tracking
 from fracture.config import Config, ConfigError, flat, load
+from fracture.errors import StudyIncomplete
 from fracture.model import build_model
 from fracture.trainer import storage_uri
 
@@ -277,7 +278,7 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
         summary = _fit_and_register(
             cfg, uri, parent, study_dir, resume=resume, search_space=search_space, verbose=verbose
         )
-    except KeyboardInterrupt:
+    except (StudyIncomplete, KeyboardInterrupt):
         tracking.end_study(uri, parent, "KILLED")
         raise
     except Exception:
@@ -324,7 +325,7 @@ def _fit_and_register(
     # last result is `done`.)
     unfinished = [r for r in results if not r.error and not r.metrics.get("done")]
     if unfinished or len(results) < (cfg.search.num_trials if search_space else 1):
-        raise KeyboardInterrupt(f"the study was saved; continue it with: python jobs/tune.py --resume {study_dir}")
+        raise StudyIncomplete(f"the study was saved; continue it with: python jobs/tune.py --resume {study_dir}")
     errors = [r for r in results if r.error]
     if len(errors) == len(results):
         raise RuntimeError(f"every trial failed; first error: {errors[0].error}")

@@ -45,6 +45,7 @@ import ray.tune
 
 from fracture import metrics
 from fracture.config import Config, flat
+from fracture.errors import UserError
 from fracture.redact import redact  # also tracking.redact, for jobs that import this module anyway
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ UI_QUERY = "?workflowType=machine_learning"
 RUN_NOTE_TAG = "mlflow.note.content"  # what the UI shows as a run's description
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """MLflow unusable (unreachable server, bad URI, damaged store, no answer within the bound).
 
     Raised before training where it can be seen then (check_reachable); its message never holds
