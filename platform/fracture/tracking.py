@@ -44,7 +44,7 @@ from typing import Any
 import ray.tune
 
 from fracture import metrics
-from fracture.config import Config, flat
+from fracture.config import Config, distribution, flat
 from fracture.errors import UserError
 from fracture.redact import redact  # also tracking.redact, for jobs that import this module anyway
 
@@ -604,7 +604,7 @@ def _threshold_rule(cfg: Config) -> str:
 
 
 def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) -> None:
-    """The trial run keeps our checkpoint files (what load_champion reads) and which epoch they are.
+    """The trial run keeps our checkpoint files (what champion_checkpoint downloads) and which epoch they are.
 
     Tags, not metrics: a metric the run already charts per epoch (best_val_auc) logged again at
     another step makes its chart zig-zag.
@@ -800,7 +800,7 @@ def _link_version(client, cfg: Config, summary: dict, run_ids: list[str]) -> Non
 
 def study_params(cfg: Config) -> dict[str, str]:
     """The parent run's params: the searched space as written in the study, and what all trials share."""
-    space = {f"space.{k}": _spec_text(v) for k, v in cfg.search.space.items()}
+    space = {f"space.{k}": _spec_text(k, v) for k, v in cfg.search.space.items()}
     values = flat(cfg.to_dict())
     shared = (
         "seed",
@@ -815,12 +815,10 @@ def study_params(cfg: Config) -> dict[str, str]:
     return space | {k: str(values[k]) for k in shared if k in values}
 
 
-def _spec_text(spec) -> str:
+def _spec_text(dotted: str, spec) -> str:
     """{"loguniform": [1e-6, 1e-3]} -> "loguniform[1e-06, 0.001]"."""
-    if not isinstance(spec, dict) or len(spec) != 1:
-        return str(spec)
-    ((kind, args),) = spec.items()
-    return f"{kind}[{', '.join(map(str, args if isinstance(args, list) else [args]))}]"
+    dist = distribution(dotted, spec)
+    return f"{dist.kind}[{', '.join(map(str, dist.args))}]"
 
 
 def trials_table(results, cfg: Config, run_ids: dict[str, str]):
@@ -896,20 +894,19 @@ def _optuna_distributions(space: dict, table) -> dict:
 
     out = {}
     for key, spec in space.items():
-        ((kind, args),) = spec.items()
-        args = args if isinstance(args, list) else [args]
+        dist = distribution(key, spec)
         values = [_plain(v) for v in table[key] if _present(v)]
         try:
-            if kind == "choice":
-                out[key] = CategoricalDistribution(args)
-                continue
-            low, high = float(args[0]), float(args[1])
-            if kind == "randint":
-                out[key] = IntDistribution(int(min(low, *values)), int(max(high - 1, *values)))
+            if dist.kind == "choice":
+                out[key] = CategoricalDistribution(dist.args)
+            elif dist.kind == "randint":
+                low, high = dist.ends()
+                out[key] = IntDistribution(min([low, *values]), max([high, *values]))
             else:
-                out[key] = FloatDistribution(min(low, *values), max(high, *values), log=kind == "loguniform")
-        except (TypeError, ValueError, IndexError) as exc:
-            log.info("Optuna plots leave out %s (%s: %s)", key, kind, exc)
+                low, high = dist.args[:2]
+                out[key] = FloatDistribution(min([low, *values]), max([high, *values]), log=dist.kind == "loguniform")
+        except (TypeError, ValueError) as exc:  # e.g. a choice of lists, which Optuna's categorical refuses
+            log.info("Optuna plots leave out %s (%s: %s)", key, dist.kind, exc)
     return out
 
 
@@ -1049,14 +1046,6 @@ def _find_trial_run(client, experiment_id: str, trial_id: str) -> str | None:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
-
-
-def load_champion(uri: str, name: str = "fracture", alias: str = CHAMPION):
-    """Download the champion's checkpoint files and rebuild the model: (net, state)."""
-    from fracture import checkpoint
-
-    local, _ = champion_checkpoint(uri, name, alias)
-    return checkpoint.load_model(local)
 
 
 # --- evaluation / prediction logging ---

@@ -21,7 +21,7 @@ import pytest
 import torch
 from procs import stop_session
 
-from fracture import cli, study, tracking
+from fracture import checkpoint, cli, study, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def test_study_logs_and_registers_through_a_real_mlflow_server(tmp_path, ray_loc
 
         # Both logged forms of the champion come back through the server: our checkpoint files and
         # the mlflow.pytorch model, and they agree.
-        net, state = tracking.load_champion(uri, cfg.tracking.model_name)
+        net, state = checkpoint.load_model(tracking.champion_checkpoint(uri, cfg.tracking.model_name)[0])
         assert state["config"]["name"] == cfg.name and state["threshold"] == pytest.approx(summary["threshold"])
         logged = mlflow.pytorch.load_model(f"models:/{cfg.tracking.model_name}@{tracking.CHAMPION}")
         x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))

@@ -53,7 +53,9 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     # The registered checkpoint loads back, weights_only, and predicts exactly as the trained one.
     x = _images(cfg)
     trained, state = checkpoint.load_model(summary["checkpoint"])
-    champion, champion_state = tracking.load_champion(summary["tracking_uri"], cfg.tracking.model_name)
+    champion, champion_state = checkpoint.load_model(
+        tracking.champion_checkpoint(summary["tracking_uri"], cfg.tracking.model_name)[0]
+    )
     raw = FractureNet(hidden=cfg.model.hidden, arch=cfg.model.arch).eval()
     raw.load_state_dict(torch.load(f"{summary['checkpoint']}/model.pt", weights_only=True))
     with torch.no_grad():
