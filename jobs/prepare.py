@@ -21,16 +21,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines go to stderr
     cfg, args = cli.parse(p=p)
     with cli.user_errors():
-        from fracture import data, manifest  # after parsing: --help must not wait for pandas to import
+        from fracture import data, datareport, download  # after parsing: --help must not wait for pandas to import
 
         cfg = cfg.replace(data={k: str(v.resolve()) for k, v in (("root", args.root), ("manifest", args.out)) if v})
         if args.download:
-            cfg = cfg.replace(data={"root": str(manifest.download(args.download, cfg.data.root, sha256=args.sha256))})
+            cfg = cfg.replace(data={"root": str(download.fetch(args.download, cfg.data.root, sha256=args.sha256))})
         out = data.manifest_path(cfg)
         try:
             data.build_manifest(cfg, cfg.data.root, out)
         finally:  # a refused manifest's report says why
-            report = manifest.report_paths(out)[1]
+            report = datareport.paths(out)[1]
             if report.is_file():
                 print(report.read_text())
     print(f"manifest: {out}")

@@ -1,4 +1,4 @@
-"""fracture.manifest on tiny synthetic FracAtlas-layout folders (every defect planted on purpose)."""
+"""fracture.manifest and its data report on tiny synthetic FracAtlas-layout folders (each defect planted on purpose)."""
 
 import hashlib
 import io
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fracture import manifest, synthetic
+from fracture import datareport, manifest, synthetic
 from fracture.manifest import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +252,7 @@ def test_build_writes_manifest_and_report(atlas, tmp_path):
     loaded = manifest.load(out)
     pd.testing.assert_frame_equal(loaded, built.reset_index(drop=True), check_dtype=False)
     assert list(loaded.dtypes.astype(str)[["label", "width", "usable"]]) == ["int8", "int32", "bool"]
-    json_path, md_path = manifest.report_paths(out)
+    json_path, md_path = datareport.paths(out)
     report = json.loads(json_path.read_text())
     defects = report["defects"]
     assert defects["truncated"]["ids"] == ["IMG0000004.jpg"] and defects["missing_file"]["count"] == 1
@@ -270,33 +269,6 @@ def test_build_writes_manifest_and_report(atlas, tmp_path):
 def test_load_missing_manifest_says_how_to_build(tmp_path):
     with pytest.raises(DataError, match="jobs/prepare.py"):
         manifest.load(tmp_path / "nope.parquet")
-
-
-# -------------------------------------------------------------------------------------------- download
-
-
-@pytest.fixture
-def archive(atlas, tmp_path) -> Path:
-    path = tmp_path / "fracatlas.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for file in atlas.rglob("*"):
-            if file.is_file():
-                zf.write(file, Path("FracAtlas") / file.relative_to(atlas))
-    return path
-
-
-def test_download_verifies_and_unpacks(archive, tmp_path):
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    root = manifest.download(archive.as_uri(), tmp_path / "data", sha256=digest)
-    assert root == tmp_path / "data" / "FracAtlas" and (root / "images" / "Fractured" / "IMG0000001.jpg").is_file()
-    assert not list((tmp_path / "data").glob("*.part"))
-    assert manifest.download("file:///nowhere.zip", tmp_path / "data", sha256=None) == root  # already there
-
-
-def test_download_refuses_a_bad_checksum(archive, tmp_path):
-    with pytest.raises(DataError, match="checksum mismatch"):
-        manifest.download(archive.as_uri(), tmp_path / "data", sha256="0" * 64)
-    assert not any((tmp_path / "data").iterdir())
 
 
 # ---------------------------------------------------------------------------------------- prepare job
@@ -316,7 +288,7 @@ def test_prepare_job_prints_the_report(tmp_path):
     done = run_prepare("--root", str(root), "--out", str(out), "data.split_seed=3")
     assert done.returncode == 0, done.stderr
     assert "# FracAtlas data report" in done.stdout and "split seed 3" in done.stdout
-    assert out.is_file() and manifest.report_paths(out)[0].is_file()
+    assert out.is_file() and datareport.paths(out)[0].is_file()
 
 
 def test_prepare_job_bad_root_is_one_line(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracture import manifest
+from fracture import datareport, manifest
 from fracture.config import Config
 from fracture.presets import ID, IMAGE, LABEL, PATH, ROW, augment, decode_batch
 
@@ -60,7 +60,7 @@ def build_manifest(cfg: Config, root: str | Path, out: str | Path, *, progress: 
     """
     frame = manifest.build(root, out, progress=progress, **split_settings(cfg))
     try:
-        check_trainable(frame, root, manifest.report_paths(out)[1], test_split=cfg.data.test_fraction > 0)
+        check_trainable(frame, root, datareport.paths(out)[1], test_split=cfg.data.test_fraction > 0)
     except manifest.DataError:
         Path(out).unlink(missing_ok=True)
         raise

@@ -2,8 +2,9 @@
 
 `scan` joins `dataset.csv` with the files under `images/{Fractured,Non_fractured}` and gives every
 image id one status (see STATUSES). `assign_splits` splits the usable rows by duplicate group,
-stratified by label x body part. `build` writes the manifest (Parquet) and the data report
-(JSON + Markdown) beside it. Plain pandas / PIL / numpy: no Ray, torch or MLflow here.
+stratified by label x body part. `summarize` counts the result for the data report, which
+`datareport` writes beside the manifest. `build` does all of it and writes the manifest (Parquet)
+with its provenance. Plain pandas / PIL / numpy: no Ray, torch or MLflow here.
 """
 
 from __future__ import annotations
@@ -13,19 +14,13 @@ import io
 import json
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
-import urllib.parse
-import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fracture import presets
+from fracture import datareport, presets
 from fracture.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,8 +80,13 @@ def scan(root: str | Path, *, allow_truncated: bool = False, progress: bool = Tr
         The manifest with every SCHEMA column; `split` is "" (see `assign_splits`).
     """
     root = Path(root).expanduser().resolve()
-    csv = _read_csv(root)
-    files = _list_files(root)
+    return _audit(_read_csv(root), _list_files(root), allow_truncated=allow_truncated, progress=progress)
+
+
+def _audit(
+    csv: dict[str, dict], files: dict[str, tuple[Path, int]], *, allow_truncated: bool, progress: bool
+) -> pd.DataFrame:
+    """`scan` of a folder already read: its CSV rows by id and its files (see `_list_files`)."""
     facts = _inspect_all(list(files.values()), progress=progress)
     rows = [
         _row(image_id, csv.get(image_id), files.get(image_id), facts.get(image_id))
@@ -397,90 +397,11 @@ def _converted_modes(files: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return (
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        + [""]
-    )
-
-
-def _ids(ids: list[str], limit: int = 20) -> str:
-    return ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
-
-
-def render_markdown(report: dict) -> str:
-    """The report from `summarize` as readable Markdown tables."""
-    cols = ["non_fractured", "fractured", "total"]
-    lines = [
-        "# FracAtlas data report",
-        "",
-        f"root `{report['root']}`, split seed {report['seed']}, val {report['val_fraction']}, "
-        f"test {report['test_fraction']}, balanced {report['balanced']}, "
-        f"allow_truncated {report['allow_truncated']}",
-        "",
-        "## Counts",
-        "",
-    ]
-    lines += _table(["", *cols], [[k, *(v[c] for c in cols)] for k, v in report["counts"].items()])
-    lines += ["## Usable images by body part", ""]
-    lines += _table(["body part", *cols], [[k, *(v[c] for c in cols)] for k, v in report["body_part"].items()])
-    lines += ["## Splits", ""]
-    lines += _table(
-        ["split", *cols, "fractured ratio"],
-        [[k, *(v[c] for c in cols), v["fractured_ratio"]] for k, v in report["splits"].items()],
-    )
-    if report["left_out_by_balancing"]:
-        lines += [f"Left out by balancing: {report['left_out_by_balancing']} usable images.", ""]
-    lines += [
-        f"Modes: {report['modes']}; width, height ranges (px): {report['size_px']}; "
-        f"usable images with hardware: {report['hardware']} (a shortcut a model can learn).",
-        "",
-    ]
-    converted = report["converted_modes"]
-    if converted:
-        lines += ["## Converted modes", ""]
-        lines += _table(
-            ["mode", "count", "what decoding does"], [[m, v["count"], v["conversion"]] for m, v in converted.items()]
-        )
-        for mode, info in converted.items():
-            lines += [f"**{mode}**: {_ids(info['ids'])}", ""]
-    lines += ["## Defects", ""]
-    lines += _table(
-        ["status", "count", "decision"], [[k, v["count"], v["decision"]] for k, v in report["defects"].items()]
-    )
-    for status, info in report["defects"].items():
-        if info["count"] and status != "duplicate":
-            lines += [f"**{status}**: {_ids(info['ids'])}", ""]
-    dup = report["defects"]["duplicate"]["groups"]
-    if dup:
-        lines += ["### Duplicate groups", ""]
-        lines += _table(
-            ["kept", "copies", "labels agree"], [[k, ", ".join(v["copies"]), v["labels_agree"]] for k, v in dup.items()]
-        )
-    if report["trailing_bytes"]["ids"]:
-        lines += [
-            f"**trailing bytes after EOI** ({report['trailing_bytes']['decision']}): "
-            f"{_ids(report['trailing_bytes']['ids'])}",
-            "",
-        ]
-    items = report["defects"]["label_mismatch"]["items"]
-    if items:
-        lines += ["### Folder vs CSV label", ""]
-        lines += _table(
-            ["image_id", "folder", "csv", "status"],
-            [[i["image_id"], i["folder_label"], i["csv_label"], i["status"]] for i in items],
-        )
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------- build / load
 
 
-def report_paths(out_path: str | Path) -> tuple[Path, Path]:
-    """Where `build` writes the report for a manifest: `<stem>.report.json` and `.md` beside it."""
-    out_path = Path(out_path)
-    return out_path.with_name(f"{out_path.stem}.report.json"), out_path.with_name(f"{out_path.stem}.report.md")
+# Until study.py and tests/test_scoring_skips.py call datareport.paths (issue #13).
+report_paths = datareport.paths
 
 
 def build(
@@ -494,7 +415,7 @@ def build(
     allow_truncated: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Scan, split, and write the manifest (Parquet) plus its report (see `report_paths`).
+    """Scan, split, and write the manifest (Parquet) plus its report (see `datareport.paths`).
 
     The Parquet file also records its provenance (see `provenance`), so a later job can tell a
     manifest of other data or other split settings from its own.
@@ -512,18 +433,19 @@ def build(
         balanced=balanced,
         allow_truncated=allow_truncated,
     )
+    root = Path(root).expanduser().resolve()
+    # Listed once: the audit and the provenance's image-list hash must see the same files.
+    csv, files = _read_csv(root), _list_files(root)
     df = assign_splits(
-        scan(root, allow_truncated=allow_truncated, progress=progress),
+        _audit(csv, files, allow_truncated=allow_truncated, progress=progress),
         seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         balanced=balanced,
     )
-    origin = provenance(root, **settings)
-    report = summarize(df, root=Path(root).expanduser().resolve(), **settings) | {"provenance": origin}
+    origin = provenance(root, images=_listing_hash(root, files), **settings)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = report_paths(out_path)
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), PROVENANCE_KEY: json.dumps(origin).encode()}
@@ -532,8 +454,7 @@ def build(
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out_path)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(render_markdown(report) + "\n")
+    datareport.write(summarize(df, root=root, **settings) | {"provenance": origin}, out_path)
     return df
 
 
@@ -543,13 +464,23 @@ PROVENANCE_KEY = b"fracture.provenance"
 
 
 def provenance(
-    root: str | Path, *, seed: int, val_fraction: float, test_fraction: float, balanced: bool, allow_truncated: bool
+    root: str | Path,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    balanced: bool,
+    allow_truncated: bool,
+    images: str | None = None,
 ) -> dict:
-    """What a manifest is made from: the data root, a hash of its image list, the split settings."""
+    """What a manifest is made from: the data root, a hash of its image list, the split settings.
+
+    `images` is that hash when the caller has already listed the folder (None: list it here).
+    """
     root = Path(root).expanduser().resolve()
     return {
         "root": str(root),
-        "images": image_list_hash(root),
+        "images": images or image_list_hash(root),
         "split": {
             "seed": int(seed),
             "val_fraction": float(val_fraction),
@@ -568,8 +499,12 @@ def image_list_hash(root: str | Path) -> str:
     """
     root = Path(root).expanduser().resolve()
     _read_csv(root)  # the same one-line errors as a scan
+    return _listing_hash(root, _list_files(root))
+
+
+def _listing_hash(root: Path, files: dict[str, tuple[Path, int]]) -> str:
     digest = hashlib.sha256((root / "dataset.csv").read_bytes())
-    for name, (path, folder_label) in sorted(_list_files(root).items()):
+    for name, (path, folder_label) in sorted(files.items()):
         digest.update(f"{folder_label}/{name}:{path.stat().st_size}\n".encode())
     return digest.hexdigest()
 
@@ -611,56 +546,3 @@ def load(path: str | Path) -> pd.DataFrame:
     if lacking:
         raise DataError(f"{path} is not a fracture manifest (lacks columns: {', '.join(lacking)})")
     return df
-
-
-def download(url: str, dest: str | Path, *, sha256: str | None = None) -> Path:
-    """Fetch a dataset archive (http(s):// or file://), verify it, unpack zip/tar into `dest`.
-
-    Args:
-        url: the archive, or a single file (copied into `dest` as is).
-        dest: the folder to unpack into (created).
-        sha256: expected hex digest of the downloaded bytes; None skips the check.
-    Returns:
-        The data root: the folder under `dest` that holds `dataset.csv`, else `dest`. When that
-        already exists nothing is fetched, so a job can pass `--download` on every run.
-    """
-    dest = Path(dest).expanduser()
-    if _data_root(dest):
-        return _data_root(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest, suffix=".part", delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(url) as response:
-                shutil.copyfileobj(response, tmp)
-        except (OSError, ValueError) as exc:
-            os.unlink(tmp.name)
-            raise DataError(f"cannot download {url}: {exc}") from None
-    archive = Path(tmp.name)
-    digest = _sha256_file(archive)
-    if sha256 and digest != sha256.lower():
-        archive.unlink()
-        raise DataError(f"checksum mismatch for {url}: expected {sha256}, got {digest}")
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest)  # zipfile strips absolute paths and ".." itself
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")  # refuses links and paths outside dest
-    else:
-        os.replace(archive, dest / (Path(urllib.parse.urlparse(url).path).name or "download"))
-    archive.unlink(missing_ok=True)
-    return _data_root(dest) or dest
-
-
-def _data_root(dest: Path) -> Path | None:
-    """`dest` or its one subfolder holding dataset.csv (archives often wrap a top folder)."""
-    found = sorted(dest.glob("dataset.csv")) + sorted(dest.glob("*/dataset.csv"))
-    return found[0].parent if found else None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
