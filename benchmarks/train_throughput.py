@@ -234,7 +234,7 @@ def main() -> None:
 
     tmp = _common.workdir()
     try:
-        device = torch.device("cuda" if cuda else "cpu")
+        device = engine.default_device()
         print(f"machine: {_common.machine()}; load {_common.load()} at start")
         root = _common.data_root(args.root, tmp, args.n)
         # GPU: leave about half the cores to Ray Data's augment tasks; CPU: the worker gets every core,

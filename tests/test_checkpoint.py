@@ -1,11 +1,12 @@
 """fracture.checkpoint: save -> load_model rebuilds the same model, and the files are what they claim."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from fracture import checkpoint
+from fracture import checkpoint, model
 from fracture.config import Config, OptimConfig
 from fracture.engine import build_optimizer, build_scheduler
 from fracture.model import FractureNet
@@ -72,6 +73,21 @@ def test_load_model_honours_the_saved_config(saved, loaded):
     assert net.dropout.p == pytest.approx(0.3)
     assert net.fc1.out_features == 32
     assert Config.from_dict(state["config"]) == cfg
+
+
+def test_load_model_never_fetches_the_backbone_weights_it_replaces(saved, tmp_path, monkeypatch):
+    directory, cfg, state, x, expected = saved
+
+    def fetch(net, weights):
+        raise AssertionError(f"load_model fetched {weights}, which model.pt replaces anyway")
+
+    monkeypatch.setattr(model, "_load_pretrained", fetch)
+    trained_from_imagenet = {**state, "config": cfg.replace(model={"weights": "imagenet"}).to_dict()}
+    shutil.copy(directory / checkpoint.MODEL_FILE, tmp_path)
+    (tmp_path / checkpoint.STATE_FILE).write_text(json.dumps(trained_from_imagenet))
+    net, _ = checkpoint.load_model(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(net(x), expected)
 
 
 def test_state_round_trips(saved, loaded):

@@ -14,6 +14,7 @@ from fracture.engine import (
     build_scheduler,
     evaluate,
     predict,
+    predict_batch,
     step_scheduler,
     to_model_input,
     train_one_epoch,
@@ -194,6 +195,20 @@ def test_evaluate_is_deterministic_and_accepts_sensitivity_threshold(net):
 def test_evaluate_on_empty_iterable_raises(net):
     with pytest.raises(ValueError, match="empty"):
         evaluate(net, [], device=CPU)
+
+
+def test_predict_batch_scores_in_eval_mode_without_gradients(net):
+    batches = _batches(n_batches=2, batch_size=6)
+    net.train()  # dropout on: scores would change from call to call if it stayed so
+    first = predict_batch(net, batches[0][IMAGE].numpy(), CPU)  # numpy, as evaluate and predict pass it
+    assert not net.training
+    assert first.dtype == np.float32 and first.shape == (6,)
+    assert ((first > 0) & (first < 1)).all()
+    np.testing.assert_array_equal(predict_batch(net, batches[0][IMAGE], CPU), first)
+    labels, probs = predict(net, batches, CPU)  # predict is predict_batch per batch, concatenated
+    np.testing.assert_array_equal(probs, np.concatenate([first, predict_batch(net, batches[1][IMAGE], CPU)]))
+    np.testing.assert_array_equal(labels, torch.cat([b[LABEL] for b in batches]).numpy())
+    assert not any(p.grad is not None for p in net.parameters())
 
 
 def test_predict_on_empty_iterable_gives_empty_arrays(net):

@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fracture import checkpoint, cli, config, data, evaluate, manifest, metrics, synthetic
+from fracture import checkpoint, cli, config, data, engine, evaluate, manifest, metrics, predict, presets, synthetic
 from fracture.model import build_model
+from fracture.presets import ID, IMAGE, LABEL, PATH
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -107,6 +108,19 @@ def test_score_is_a_probability_per_row_and_batch_invariant(scored):
     np.testing.assert_allclose(again, probs[:12], atol=1e-5)
 
 
+def test_evaluate_predict_and_training_validation_give_the_same_scores(scored, ckpt):
+    net, state, frame, probs = scored
+    size = evaluate.image_size(state)
+    images, reasons = presets.decode_checked(frame[PATH], size)
+    assert (reasons == "").all()
+    batches = [{IMAGE: torch.from_numpy(images), LABEL: torch.tensor(frame[LABEL].to_numpy())}]
+    _, validation = engine.predict(net, batches, engine.default_device())
+    predictor = predict.Predictor(str(ckpt))
+    predicted = predictor({ID: frame[ID].to_numpy(), PATH: frame[PATH].to_numpy()})[predict.PROBABILITY]
+    np.testing.assert_allclose(validation, probs, atol=1e-6)
+    np.testing.assert_allclose(predicted, probs, atol=1e-6)
+
+
 def test_report_keys_and_cis_contain_the_point_estimate(scored):
     _, state, frame, probs = scored
     labels = frame["label"].to_numpy()
@@ -127,9 +141,7 @@ def test_report_keys_and_cis_contain_the_point_estimate(scored):
     assert set(rep["ci95"]) == {"auc", "sensitivity", "specificity"}
     for name, (lo, hi) in rep["ci95"].items():
         assert lo <= rep["overall"][name] <= hi, name
-    c = rep["confusion"]
-    assert c["tp"] + c["fn"] == labels.sum() and c["tn"] + c["fp"] == (labels == 0).sum()
-    assert c["tp"] == ((probs >= 0.5) & (labels == 1)).sum()
+    assert rep["confusion"] == metrics.confusion(labels, probs, 0.5)
 
 
 def test_report_slices_partition_the_rows(scored):

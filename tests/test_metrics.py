@@ -31,6 +31,12 @@ def test_binary_metrics_hand_checked():
         assert m[k] == pytest.approx(v), k
 
 
+def test_confusion_hand_checked_and_inclusive_at_the_threshold():
+    assert metrics.confusion(LABELS, PROBS, 0.5) == {"tp": 1, "fn": 1, "tn": 2, "fp": 0}
+    # 0.35 >= 0.35 is a fracture call: the positive at exactly the threshold is a true positive
+    assert metrics.confusion(LABELS, PROBS, 0.35) == {"tp": 2, "fn": 0, "tn": 1, "fp": 1}
+
+
 def test_threshold_is_inclusive_and_accepts_column_probs():
     m = metrics.binary_metrics(np.array([[0], [1]]), np.array([[0.2], [0.35]]), 0.35)
     assert m["sensitivity"] == 1.0 and m["specificity"] == 1.0

@@ -10,6 +10,7 @@ A checkpoint is self-describing: `load_model(path)` rebuilds the exact model fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from fracture.config import Config
 from fracture.errors import UserError
-from fracture.model import FractureNet
+from fracture.model import FractureNet, build_model
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -143,6 +144,7 @@ def load_model(directory: str | Path) -> tuple[FractureNet, dict[str, Any]]:
     """
     state = read_state(directory)
     cfg = Config.from_dict(state["config"])
-    net = FractureNet(hidden=cfg.model.hidden, dropout=cfg.model.dropout, l2=cfg.model.l2, arch=cfg.model.arch)
+    # model.pt holds every weight, so the backbone's pretrained source (ImageNet, a file) is never fetched.
+    net, _ = build_model(dataclasses.replace(cfg.model, weights="none"))
     _load_weights(net, Path(directory) / MODEL_FILE)
     return net.eval(), state

@@ -1,7 +1,9 @@
 """Training and evaluation loops in plain PyTorch over any iterable of {"image", "label"} batches.
 
 Batches hold uint8 images (N, H, W, 3) as Ray Data yields them; `to_model_input` turns them into the
-float (N, 3, H, W) in [0, 1] that FractureNet normalises itself. No Ray, no MLflow, no files here.
+float (N, 3, H, W) in [0, 1] that FractureNet normalises itself. `predict_batch` is the one place
+that turns such images into fracture probabilities: training validation, evaluation and batch
+prediction all call it, so their scores cannot drift apart. No Ray, no MLflow, no files here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from fracture.model import FractureNet, param_groups
 from fracture.presets import IMAGE, LABEL, ROW
 
 Batch = dict[str, torch.Tensor]
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU: where scoring outside Ray Train runs (Ray Train picks its own)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -110,14 +117,23 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Fracture probabilities for every image: (labels, probs) as 1-D numpy arrays."""
+def predict_batch(model: nn.Module, images: torch.Tensor | np.ndarray, device: torch.device) -> np.ndarray:
+    """Fracture probabilities, float32 (N,), of uint8 images (N, H, W, 3).
+
+    The model must already be on `device`; it is put in eval mode (dropout off, batch statistics
+    frozen), and runs without gradients under `autocast(device)`.
+    """
     model.eval()
+    with autocast(device):
+        logits = model(to_model_input(torch.as_tensor(images), device))  # (N, 1)
+    return torch.sigmoid(logits.float()).view(-1).cpu().numpy()
+
+
+def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """predict_batch over every batch: (labels, probs) as 1-D numpy arrays."""
     labels, probs = [], []
     for batch in batches:
-        with autocast(device):
-            logits = model(to_model_input(batch[IMAGE], device))
-        probs.append(torch.sigmoid(logits.float()).view(-1).cpu().numpy())
+        probs.append(predict_batch(model, batch[IMAGE], device))
         labels.append(batch[LABEL].view(-1).cpu().numpy())
     if not probs:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)

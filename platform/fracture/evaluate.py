@@ -116,10 +116,6 @@ def image_size(state: dict[str, Any]) -> int:
     return int(state["config"]["data"]["image_size"])
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # -------------------------------------------------------------------------------------------- rows
 
 
@@ -250,7 +246,6 @@ def _decode_all(paths, size: int, *, allow_truncated: bool = False) -> tuple[np.
         return presets.decode_checked(paths, size, allow_truncated=allow_truncated, map_fn=pool.map)
 
 
-@torch.no_grad()
 def score_rows(
     net: FractureNet, frame: pd.DataFrame, image_size: int, *, batch_size: int = 64, allow_truncated: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -266,8 +261,8 @@ def score_rows(
         (probabilities float32 (N,) in [0, 1], nan where the file did not decode; reasons (N,) str,
         "" where it did, see presets.decode_or_reason).
     """
-    dev = device()
-    net.to(dev).eval()
+    dev = engine.default_device()
+    net.to(dev)
     paths = frame[PATH].tolist()
     probs, reasons = np.full(len(paths), np.nan, np.float32), []
     for start in range(0, len(paths), batch_size):
@@ -276,9 +271,7 @@ def score_rows(
         ok = why == ""
         if not ok.any():
             continue
-        with engine.autocast(dev):
-            logits = net(engine.to_model_input(torch.from_numpy(images[ok]), dev))  # (B, 1), B = decoded rows
-        probs[start : start + len(why)][ok] = torch.sigmoid(logits.float()).view(-1).cpu().numpy()
+        probs[start : start + len(why)][ok] = engine.predict_batch(net, images[ok], dev)
     return probs, np.concatenate(reasons) if reasons else np.zeros(0, str)
 
 
@@ -345,7 +338,6 @@ def report(
         raise ValueError(f"{len(frame)} rows but {y.size} labels")
     if y.size == 0 or not np.isin(y, (0, 1)).all():
         raise manifest.DataError("evaluation needs labelled images (label 0 or 1): a folder needs its dataset.csv")
-    pred = p >= threshold
     ci = metrics.bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed, metrics=CI_METRICS)
     out: dict[str, Any] = {
         "images": int(y.size),
@@ -353,12 +345,7 @@ def report(
         "threshold": float(threshold),
         "overall": metrics.binary_metrics(y, p, threshold),
         "ci95": {k: [lo, hi] for k, (lo, hi) in ci.items()},
-        "confusion": {
-            "tp": int((pred & (y == 1)).sum()),
-            "fn": int((~pred & (y == 1)).sum()),
-            "tn": int((~pred & (y == 0)).sum()),
-            "fp": int((pred & (y == 0)).sum()),
-        },
+        "confusion": metrics.confusion(y, p, threshold),
     }
     for column in SLICE_COLUMNS:
         if column in frame:
@@ -511,7 +498,7 @@ def explain_images(
     chosen = _choose(probs, k, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = device()
+    dev = engine.default_device()
     net.to(dev)
     rows = frame.iloc[[i for i, _ in chosen]].reset_index(drop=True)
     images = torch.from_numpy(_decode_all(rows[PATH], image_size, allow_truncated=allow_truncated)[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 PRIMARY = "val_auc"
 MODE = "max"
@@ -50,6 +50,18 @@ def _from_counts(tp, fn, tn, fp) -> dict[str, np.ndarray]:
     }
 
 
+def confusion(labels, probs, threshold: float) -> dict[str, int]:
+    """Confusion counts at one threshold (fracture when prob >= threshold): {tp, fn, tn, fp}."""
+    y, p = _as_arrays(labels, probs)
+    pred, pos = p >= threshold, y == 1
+    return {
+        "tp": int((pred & pos).sum()),
+        "fn": int((~pred & pos).sum()),
+        "tn": int((~pred & ~pos).sum()),
+        "fp": int((pred & ~pos).sum()),
+    }
+
+
 def binary_metrics(labels, probs, threshold: float) -> dict[str, float]:
     """Ranking metrics plus metrics at one operating point.
 
@@ -64,12 +76,11 @@ def binary_metrics(labels, probs, threshold: float) -> dict[str, float]:
     """
     y, p = _as_arrays(labels, probs)
     both = np.unique(y).size == 2
-    tn, fp, fn, tp = confusion_matrix(y, p >= threshold, labels=[0, 1]).ravel()
     out = {
         "auc": float(roc_auc_score(y, p)) if both else float("nan"),
         "auprc": float(average_precision_score(y, p)) if both else float("nan"),
     }
-    out |= {k: float(v) for k, v in _from_counts(tp, fn, tn, fp).items()}
+    out |= {k: float(v) for k, v in _from_counts(**confusion(y, p, threshold)).items()}
     return out | {"threshold": float(threshold)}
 
 

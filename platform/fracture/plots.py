@@ -55,7 +55,7 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     y = np.asarray(labels).ravel().astype(int)
     p = np.asarray(probs, dtype=float).ravel()
     out_dir = Path(out_dir)
-    m = metrics.binary_metrics(y, p, threshold)
+    m, counts = metrics.binary_metrics(y, p, threshold), metrics.confusion(y, p, threshold)
     head = f"{title}: " if title else ""
     op = f"threshold {threshold:.2f}"
     paths = {}
@@ -89,10 +89,9 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     precision, recall, _ = precision_recall_curve(y, p)
     ax.step(recall, precision, where="post", lw=2, label=f"PR (AP = {m['auprc']:.3f})")
     ax.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence ({y.mean():.2f})")
-    tp = int(((p >= threshold) & (y == 1)).sum())
-    n_pred = int((p >= threshold).sum())
+    n_pred = counts["tp"] + counts["fp"]
     if n_pred:  # precision is undefined with no positive calls
-        ax.plot(m["sensitivity"], tp / n_pred, "o", c="red", ms=8, label=op)
+        ax.plot(m["sensitivity"], counts["tp"] / n_pred, "o", c="red", ms=8, label=op)
     ax.set(
         xlabel="Recall (sensitivity)",
         ylabel="Precision",
@@ -105,8 +104,7 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
 
     fig = figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    cm = np.zeros((2, 2), dtype=int)  # rows: actual, cols: predicted
-    np.add.at(cm, (y, (p >= threshold).astype(int)), 1)
+    cm = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])  # rows: actual, cols: predicted
     ax.imshow(cm, cmap="Blues")
     for (i, j), count in np.ndenumerate(cm):
         ax.text(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fracture import checkpoint, engine, presets
 from fracture.config import Config
@@ -43,22 +42,18 @@ class Predictor:
     def __init__(self, ckpt_dir: str, allow_truncated: bool = False):
         net, state = checkpoint.load_model(ckpt_dir)
         cfg = Config.from_dict(state["config"])
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.net = net.to(self.device).eval()
+        self.device = engine.default_device()
+        self.net = net.to(self.device)
         self.size = cfg.data.image_size
         self.allow_truncated = allow_truncated
         self.threshold = float(state["threshold"])
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = presets.decode_batch(batch, size=self.size, allow_truncated=self.allow_truncated, mark_unreadable=True)
         ok = batch[REASON] == ""
         probs = np.full(ok.size, np.nan, np.float32)
         if ok.any():
-            x = engine.to_model_input(torch.from_numpy(batch[IMAGE][ok]), self.device)  # (B, 3, S, S) in [0, 1]
-            with engine.autocast(self.device):
-                logits = self.net(x)  # (B, 1), B = the rows that decoded
-            probs[ok] = torch.sigmoid(logits.float()).view(-1).cpu().numpy()
+            probs[ok] = engine.predict_batch(self.net, batch[IMAGE][ok], self.device)
         predicted = (probs >= self.threshold).astype(np.int8)
         return {ID: batch[ID], PROBABILITY: probs, PREDICTED: predicted, REASON: batch[REASON]}
 
