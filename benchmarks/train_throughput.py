@@ -137,18 +137,14 @@ def plain_epochs(state: dict, cfg, epochs: range, rows: list, device: torch.devi
 
 def ray_train(cfg, datasets: dict, pos_weight: float, storage: Path) -> dict:
     """One TorchTrainer run; per-epoch rows plus start-up / teardown seconds."""
-    run_config = ray.train.RunConfig(
-        name=f"bench-{cfg.cluster.num_workers}w",
+    fit = trainer.build_trainer(
+        cfg,
+        datasets,
+        pos_weight,
+        f"bench-{cfg.cluster.num_workers}w",
         storage_path=str(storage),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-    )  # every epoch stays in metrics_dataframe
-    fit = ray.train.torch.TorchTrainer(
-        timed_worker,
-        train_loop_config={"config": cfg.to_dict(), "pos_weight": pos_weight},
-        scaling_config=trainer.scaling_config(cfg),
-        run_config=run_config,
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=data.execution_options()),
+        train_fn=timed_worker,
+        keep=None,  # every epoch stays in metrics_dataframe
     )
     start = time.time()
     result = fit.fit()

@@ -5,7 +5,7 @@ Seconds of overhead per Ray Tune trial, two ways, each as (Tune wall - the same 
 * trivial: N trials of a function that sleeps --sleep s and reports, --reports times, run by
   ray.tune.Tuner one at a time (max_concurrent_trials=1), vs the same sleeps in a loop. This is
   Tune's own cost per trial: scheduling, a trial actor, result and experiment-state bookkeeping.
-* project: N trials of fracture.search.build_tuner(cfg) (each trial = a TorchTrainer with one Ray
+* project: N trials of fracture.search.build_tuner(cfg, datasets, pos_weight) (each trial = a TorchTrainer with one Ray
   Train worker and Ray Data, one epoch, checkpoint + report) on a tiny study (32 px, 1 epoch,
   synthetic n=60, no search space, so every trial is the same config), vs the same N single-epoch
   trainings (build model, train one epoch, evaluate val) with the plain engine loop over the decoded
@@ -76,19 +76,10 @@ def iterate_worker(config: dict) -> None:
 
 def bare_fit(cfg, fn, datasets: dict | None, storage) -> float:
     """Seconds of one TorchTrainer.fit() of `fn` with the study's scaling (one worker, its CPUs)."""
-    from ray.train.torch import TorchTrainer
-
     from fracture import trainer
 
     tick = time.perf_counter()
-    TorchTrainer(
-        fn,
-        train_loop_config={"config": cfg.to_dict()},
-        scaling_config=trainer.scaling_config(cfg),
-        run_config=ray.train.RunConfig(name=fn.__name__, storage_path=str(storage)),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    ).fit()
+    trainer.build_trainer(cfg, datasets, 1.0, fn.__name__, storage_path=str(storage), train_fn=fn).fit()
     return time.perf_counter() - tick
 
 
@@ -175,7 +166,7 @@ def main() -> None:
         plain_s, ckpt_s = plain_trainings(cfg, arrays, pos_weight, first)
         tick = time.perf_counter()
         with captured(tmp / "project.log"):
-            tuner = search.build_tuner(cfg)
+            tuner = search.build_tuner(cfg, data.build_datasets(cfg), pos_weight)
             build_s = time.perf_counter() - tick
             results = tuner.fit()
         study_s = time.perf_counter() - tick

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from fracture import data, study
+from fracture import data, storage, study
 from fracture.config import ConfigError
+from fracture.storage import StudyPaths
 
 
 def _earlier_study(cfg) -> None:
@@ -17,7 +19,7 @@ def _earlier_study(cfg) -> None:
     (base / "tune").mkdir(parents=True)
     (base / "train").mkdir()
     study.save_config(cfg)
-    study._save_record(cfg, str(base), "parent-1")
+    study._save_record(cfg, StudyPaths(str(base)), "parent-1")
 
 
 def test_a_fresh_name_is_free(tiny_config):
@@ -70,7 +72,7 @@ def test_overwrite_removes_the_earlier_study_but_keeps_shared_files(tiny_config)
     (cfg.run_dir / "mlflow.db").write_bytes(b"")
     study.claim(cfg, overwrite=True)
     left = {p.name for p in cfg.run_dir.iterdir()}
-    assert not left & set(study.STUDY_PARTS), left
+    assert not left & {Path(p).name for p in StudyPaths.of(cfg).parts}, left
     assert {"manifest.parquet", "mlflow.db"} <= left
     study.claim(cfg)  # the name is free again
 
@@ -78,9 +80,9 @@ def test_overwrite_removes_the_earlier_study_but_keeps_shared_files(tiny_config)
 def test_the_record_keeps_the_parent_run_and_data(tiny_config):
     cfg = tiny_config()
     _earlier_study(cfg)
-    record = study.study_record(str(cfg.run_dir / "tune"))  # as --resume names it
+    record = study.study_record(StudyPaths.at(cfg.run_dir / "tune"))  # as --resume names it
     assert record["parent_run_id"] == "parent-1" and record["data"]["images"]
-    assert json.loads((cfg.run_dir / study.STUDY_FILE).read_text()) == record
+    assert json.loads((cfg.run_dir / storage.STUDY_FILE).read_text()) == record
 
 
 def test_a_resume_reopens_the_parent_run_the_study_recorded(tiny_config, tmp_path):

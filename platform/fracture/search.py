@@ -18,9 +18,10 @@ import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fracture import data, metrics, progress
+from fracture import metrics, progress
 from fracture.config import Config, ConfigError, distribution
-from fracture.trainer import storage_uri, train_driver_fn
+from fracture.storage import TUNE_DIR, StudyPaths, is_remote
+from fracture.trainer import train_driver_fn
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ DOMAINS = {
     "randint": ray.tune.randint,
     "choice": lambda *options: ray.tune.choice(list(options)),
 }
-TUNE_DIR = "tune"
 
 
 def _domain(dotted: str, spec: Any):
@@ -102,16 +102,23 @@ def check_resources(cfg: Config) -> None:
 
 
 def build_tuner(
-    cfg: Config, *, callbacks: list | None = None, search: bool = True, verbose: bool = False
+    cfg: Config,
+    datasets: dict,
+    pos_weight: float,
+    *,
+    callbacks: list | None = None,
+    search: bool = True,
+    verbose: bool = False,
 ) -> ray.tune.Tuner:
     """A Tuner over train_driver_fn for this study.
 
     Args:
+        datasets, pos_weight: the study's (data.build_datasets, data.pos_weight), shared by every trial.
         callbacks: Tune callbacks (the MLflow trial logger from tracking.trial_logger).
         search: False for a single run of the config as it is (jobs/train.py): no searcher, no scheduler.
         verbose: also Tune's own console output (status tables, per-trial config and result tables).
     """
-    trainable = _trainable(cfg)
+    trainable = _trainable(datasets, pos_weight)
     space = search_space(cfg) if search else cfg.to_dict()
     searcher = scheduler = None
     if search and cfg.search.space:
@@ -189,10 +196,10 @@ class SchedulerState(ray.tune.Callback):
         log.info("ASHA: restored the results at each rung (epochs: trials) %s", restored)
 
 
-def _trainable(cfg: Config):
+def _trainable(datasets: dict, pos_weight: float):
     # The driver fn only orchestrates (the TorchTrainer's workers hold the CPUs/GPUs), so it asks for
     # (almost) no resources (Tune refuses an empty request); max_concurrent_trials bounds how many run at once.
-    fn = ray.tune.with_parameters(train_driver_fn, datasets=data.build_datasets(cfg), pos_weight=data.pos_weight(cfg))
+    fn = ray.tune.with_parameters(train_driver_fn, datasets=datasets, pos_weight=pos_weight)
     return ray.tune.with_resources(fn, {"cpu": DRIVER_CPU})
 
 
@@ -203,15 +210,11 @@ def _tune_verbosity(verbose: bool) -> int | None:
 def _run_config(cfg: Config, callbacks: list | None, verbose: bool) -> ray.tune.RunConfig:
     return ray.tune.RunConfig(
         name=TUNE_DIR,
-        storage_path=storage_uri(cfg),
+        storage_path=StudyPaths.of(cfg).root,
         callbacks=callbacks or [],
         failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures),
         verbose=_tune_verbosity(verbose),
     )
-
-
-def study_path(cfg: Config) -> str:
-    return storage_uri(cfg, TUNE_DIR)
 
 
 def resume_path(path: str | Path) -> str:
@@ -221,7 +224,7 @@ def resume_path(path: str | Path) -> str:
         ConfigError when a local path holds no Tune study.
     """
     path = str(path)
-    if "://" in path:
+    if is_remote(path):
         return path
     candidate = Path(path).expanduser().resolve()
     if (candidate / TUNE_DIR).is_dir():
@@ -234,7 +237,7 @@ def resume_path(path: str | Path) -> str:
     return str(candidate)
 
 
-def restore_tuner(path: str | Path, cfg: Config, *, verbose: bool = False) -> ray.tune.Tuner:
+def restore_tuner(path: str | Path, datasets: dict, pos_weight: float, *, verbose: bool = False) -> ray.tune.Tuner:
     """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
     unfinished ones resume from their Train run's latest checkpoint.
 
@@ -242,7 +245,7 @@ def restore_tuner(path: str | Path, cfg: Config, *, verbose: bool = False) -> ra
     back from the saved study, with the parent run and scheduler they were made for;
     Tuner.restore takes no new ones.
     """
-    tuner = ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(cfg), resume_errored=True)
+    tuner = ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(datasets, pos_weight), resume_errored=True)
     # Tuner.restore takes no RunConfig either: the verbosity is this invocation's, not the first one's.
     tuner._local_tuner.get_run_config().verbose = _tune_verbosity(verbose)
     return tuner

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from fracture import data, manifest, search, tracking
+from fracture import data, datareport, manifest, search, storage, tracking
 from fracture.config import Config, ConfigError, flat, load
 from fracture.errors import StudyIncomplete
 from fracture.model import build_model
-from fracture.trainer import storage_uri
+from fracture.storage import StudyPaths
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +57,6 @@ def check_cluster(cfg: Config) -> None:
         )
 
 
-CONFIG_FILE = "config.yaml"
-STUDY_FILE = "study.json"  # what made the study and where it is tracked: data fingerprint, parent run id
-# What a study's dir holds of the study itself; the manifest, decoded cache and embedded MLflow
-# store beside them are keyed by their inputs or shared, and stay when --overwrite starts over.
-STUDY_PARTS = (search.TUNE_DIR, "train", CONFIG_FILE, STUDY_FILE)
-
-
 def _data_fingerprint(cfg: Config) -> dict:
     recorded = manifest.recorded_provenance(data.manifest_path(cfg)) or {}
     return {
@@ -84,27 +76,28 @@ def claim(cfg: Config, *, overwrite: bool = False) -> None:
     Raises:
         ConfigError naming --resume, another name= and --overwrite.
     """
-    base = storage_uri(cfg)
-    if not any(_exists(f"{base}/{part}") for part in STUDY_PARTS):
+    paths = StudyPaths.of(cfg)
+    base = paths.root
+    if not any(storage.exists(part) for part in paths.parts):
         return
     if overwrite:
-        for part in STUDY_PARTS:
-            _remove(f"{base}/{part}")
+        for part in paths.parts:
+            storage.remove(part)
         log.info("--overwrite: removed the earlier study %s in %s", cfg.name, base)
         return
-    why = _difference(cfg, base)
+    why = _difference(cfg, paths)
     raise ConfigError(
         f"a study named {cfg.name} already exists in {base}{f' ({why})' if why else ''}: continue it with "
         f"`python jobs/tune.py --resume {base}`, start another with name=<new name>, or replace it with --overwrite"
     )
 
 
-def _difference(cfg: Config, base: str) -> str:
+def _difference(cfg: Config, paths: StudyPaths) -> str:
     """What the stored study was made from that this one is not ("" when nothing differs or nothing was stored)."""
-    text = _read_text(f"{base}/{CONFIG_FILE}")
+    text = storage.read_text(paths.config)
     if text is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp, CONFIG_FILE)
+            copy = Path(tmp, "config.yaml")
             copy.write_text(text)
             try:
                 ours, theirs = flat(load(copy).to_dict()), flat(cfg.to_dict())
@@ -113,7 +106,7 @@ def _difference(cfg: Config, base: str) -> str:
         differ = [f"{k}={ours[k]}" for k in ours if ours[k] != theirs.get(k)]
         if differ:
             return "made with " + ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
-    stored = _read_text(f"{base}/{STUDY_FILE}")
+    stored = storage.read_text(paths.record)
     if stored is not None:
         made_from, now = json.loads(stored).get("data", {}), _data_fingerprint(cfg)
         if made_from.get("root") != now["root"]:
@@ -123,87 +116,21 @@ def _difference(cfg: Config, base: str) -> str:
     return ""
 
 
-def study_record(study: str) -> dict:
+def study_record(paths: StudyPaths) -> dict:
     """The study's study.json ({} for a study from before it had one)."""
-    text = _read_text(_study_file(study))
+    text = storage.read_text(paths.record)
     return json.loads(text) if text else {}
 
 
-def _study_file(study: str) -> str:
-    """Where `study` (its dir or tune/ subdir, as for _config_location) keeps its study.json."""
-    return _config_location(study).rsplit("/", 1)[0] + "/" + STUDY_FILE
-
-
-def _save_record(cfg: Config, study: str, parent_run_id: str) -> None:
+def _save_record(cfg: Config, paths: StudyPaths, parent_run_id: str) -> None:
     record = {"name": cfg.name, "parent_run_id": parent_run_id, "data": _data_fingerprint(cfg)}
-    _write_text(_study_file(study), json.dumps(record, indent=2) + "\n")
+    storage.write_text(paths.record, json.dumps(record, indent=2) + "\n")
 
 
-def _config_location(study: str) -> str:
-    """Where `study` (a study's dir `<storage>/<name>`, or its tune/ subdir, as --resume takes) keeps its config."""
-    study = str(study).rstrip("/")
-    if study.endswith("/" + search.TUNE_DIR):
-        study = study[: -len(search.TUNE_DIR) - 1]
-    return f"{study}/{CONFIG_FILE}"
-
-
-def _read_text(location: str) -> str | None:
-    if "://" not in location:
-        path = Path(location).expanduser()
-        return path.read_text() if path.is_file() else None
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def _exists(location: str) -> bool:
-    if "://" not in location:
-        return Path(location).expanduser().exists()
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
-def _remove(location: str) -> None:
-    if "://" not in location:
-        path = Path(location).expanduser()
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-        return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    info = fs.get_file_info(path)
-    if info.type == pyarrow.fs.FileType.Directory:
-        fs.delete_dir(path)
-    elif info.type == pyarrow.fs.FileType.File:
-        fs.delete_file(path)
-
-
-def _write_text(location: str, text: str) -> None:
-    if "://" not in location:
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        Path(location).write_text(text)
-        return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(location)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
-def save_config(cfg: Config, location: str | None = None) -> str:
-    """Write the resolved config to `location` (default `<storage>/<name>/config.yaml`); returns where."""
-    location = location or storage_uri(cfg, CONFIG_FILE)
-    _write_text(location, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Config, paths: StudyPaths | None = None) -> str:
+    """Write the resolved config into the study's dir (default: cfg's own); returns where."""
+    location = (paths or StudyPaths.of(cfg)).config
+    storage.write_text(location, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return location
 
 
@@ -227,8 +154,8 @@ def resume_config(
     Raises:
         ConfigError naming each key the command line would change.
     """
-    location = _config_location(str(study) if "://" in str(study) else str(Path(study).expanduser().resolve()))
-    text = _read_text(location)
+    location = StudyPaths.at(study).config
+    text = storage.read_text(location)
     if text is None:
         if not (config or overrides):
             log.warning(
@@ -238,7 +165,7 @@ def resume_config(
             )
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp, CONFIG_FILE)
+        copy = Path(tmp, "config.yaml")
         copy.write_text(text)
         stored = load(copy)
         given = load(config or copy, overrides) if config or overrides else stored
@@ -262,36 +189,69 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     Returns:
         the summary from tracking.register_best, plus "trials": per-trial final metrics.
     """
-    resume = search.resume_path(resume) if resume else None  # a wrong --resume must not open MLflow runs
+    tune_dir = search.resume_path(resume) if resume else None  # a wrong --resume must not open MLflow runs
+    paths = StudyPaths.at(tune_dir) if tune_dir else StudyPaths.of(cfg)
     check_cluster(cfg)
-    study_dir = resume or search.study_path(cfg)
-    if not resume:
-        save_config(cfg)
-    elif _read_text(_config_location(resume)) is None:
-        save_config(cfg, _config_location(resume))  # an older study: from now on it has one
-    _announce(cfg, study_dir, resume=bool(resume), search_space=search_space)
+    if not resume or storage.read_text(paths.config) is None:
+        save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
+    _announce(cfg, paths, resume=bool(resume), search_space=search_space)
+    datasets, pos_weight = data.build_datasets(cfg), data.pos_weight(cfg)
+    report = list(datareport.paths(data.manifest_path(cfg)))
     # A resumed study reopens the parent run it recorded, by id: a name or a directory can be reused.
-    recorded = study_record(resume).get("parent_run_id") if resume else None
-    uri, parent = tracking.start_study(cfg, study_dir, resume=bool(resume), parent_run_id=recorded)
-    _save_record(cfg, resume or storage_uri(cfg), parent)
+    recorded = study_record(paths).get("parent_run_id") if resume else None
+    uri, parent = tracking.start_study(cfg, paths.tune, resume=bool(resume), parent_run_id=recorded)
+    _save_record(cfg, paths, parent)
     try:
-        summary = _fit_and_register(
-            cfg, uri, parent, study_dir, resume=resume, search_space=search_space, verbose=verbose
-        )
+        tracking.log_data_report(uri, parent, report)
+        if resume:  # its trial logger comes back with the saved study, on this parent run
+            tuner = search.restore_tuner(paths.tune, datasets, pos_weight, verbose=verbose)
+        else:
+            logger = tracking.trial_logger(cfg, uri, parent)
+            tuner = search.build_tuner(
+                cfg, datasets, pos_weight, callbacks=[logger], search=search_space, verbose=verbose
+            )
+        results = tuner.fit()
+        _check_complete(results, cfg, paths, search_space=search_space)
+        summary = tracking.register_best(results, cfg, uri, parent, report)
     except (StudyIncomplete, KeyboardInterrupt):
         tracking.end_study(uri, parent, "KILLED")
         raise
     except Exception:
         tracking.end_study(uri, parent, "FAILED")
         raise
-    summary["tracking_uri"] = uri
-    summary["study_dir"] = study_dir
-    return summary
+    return summary | {"trials": _trial_rows(results), "tracking_uri": uri, "study_dir": paths.tune}
 
 
-def _announce(cfg: Config, study_dir: str, *, resume: bool, search_space: bool) -> None:
+def _check_complete(results, cfg: Config, paths: StudyPaths, *, search_space: bool) -> None:
+    """Raise StudyIncomplete when Tune returned early (Ctrl-C / SIGINT: it saved the study first), and
+    RuntimeError when every trial failed; a partial study registers nothing.
+
+    Tune marks every trial TERMINATED on the way out, but only a finished or stopped trial's last
+    result is `done`.
+    """
+    unfinished = [r for r in results if not r.error and not r.metrics.get("done")]
+    if unfinished or len(results) < (cfg.search.num_trials if search_space else 1):
+        raise StudyIncomplete(f"the study was saved; continue it with: python jobs/tune.py --resume {paths.tune}")
+    errors = [r for r in results if r.error]
+    if len(errors) == len(results):
+        raise RuntimeError(f"every trial failed; first error: {errors[0].error}")
+
+
+def _trial_rows(results) -> list[dict]:
+    return [
+        {
+            "trial_id": r.metrics.get("trial_id"),
+            "epochs": r.metrics.get("epoch", -1) + 1,
+            "val_auc": r.metrics.get("val_auc"),
+            "error": bool(r.error),
+        }
+        for r in results
+    ]
+
+
+def _announce(cfg: Config, paths: StudyPaths, *, resume: bool, search_space: bool) -> None:
     if resume:
-        log.info("resuming study %s in %s", cfg.name, study_dir)
+        log.info("resuming study %s in %s", cfg.name, paths.tune)
         return
     trials = cfg.search.num_trials if search_space else 1
     how = f", searching {', '.join(cfg.search.space)}" if search_space and cfg.search.space else ""
@@ -302,44 +262,8 @@ def _announce(cfg: Config, study_dir: str, *, resume: bool, search_space: bool) 
         "s" * (trials != 1),
         cfg.train.epochs,
         how,
-        storage_uri(cfg),
+        paths.root,
     )
-
-
-def _fit_and_register(
-    cfg: Config, uri: str, parent: str, study_dir: str, *, resume: str | None, search_space: bool, verbose: bool
-) -> dict:
-    report = list(manifest.report_paths(data.manifest_path(cfg)))
-    tracking.log_data_report(uri, parent, report)
-    if resume:
-        tuner = search.restore_tuner(
-            resume, cfg, verbose=verbose
-        )  # its trial logger comes back with it, on this parent run
-    else:
-        tuner = search.build_tuner(
-            cfg, callbacks=[tracking.trial_logger(cfg, uri, parent)], search=search_space, verbose=verbose
-        )
-    results = tuner.fit()
-    # Ctrl-C / SIGINT: Tune saved the study and returned early; a partial study registers nothing.
-    # (Tune marks every trial TERMINATED on the way out, but only a finished or stopped trial's
-    # last result is `done`.)
-    unfinished = [r for r in results if not r.error and not r.metrics.get("done")]
-    if unfinished or len(results) < (cfg.search.num_trials if search_space else 1):
-        raise StudyIncomplete(f"the study was saved; continue it with: python jobs/tune.py --resume {study_dir}")
-    errors = [r for r in results if r.error]
-    if len(errors) == len(results):
-        raise RuntimeError(f"every trial failed; first error: {errors[0].error}")
-    summary = tracking.register_best(results, cfg, uri, parent, report)
-    summary["trials"] = [
-        {
-            "trial_id": r.metrics.get("trial_id"),
-            "epochs": r.metrics.get("epoch", -1) + 1,
-            "val_auc": r.metrics.get("val_auc"),
-            "error": bool(r.error),
-        }
-        for r in results
-    ]
-    return summary
 
 
 def print_summary(summary: dict) -> None:

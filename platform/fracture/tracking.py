@@ -488,9 +488,9 @@ def _params(params: dict[str, Any]):
 
 
 def trial_logger(cfg: Config, uri: str, parent_run_id: str) -> TrialLogger:
-    from fracture.trainer import storage_uri
+    from fracture.storage import StudyPaths
 
-    return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), storage_uri(cfg))
+    return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), StudyPaths.of(cfg).root)
 
 
 def best_checkpoint(results) -> tuple[Any, dict]:

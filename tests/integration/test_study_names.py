@@ -8,7 +8,8 @@ import json
 import mlflow
 import pytest
 
-from fracture import study, synthetic, tracking
+from fracture import synthetic, tracking
+from fracture.storage import STUDY_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def test_a_taken_name_is_refused_and_overwrite_starts_a_study_of_its_own(tmp_pat
     storage = tmp_path / "runs"
     first = _train(run_job, storage, synthetic_root)
     assert first.returncode == 0, first.stderr[-3000:]
-    record = json.loads((storage / "demo" / study.STUDY_FILE).read_text())
+    record = json.loads((storage / "demo" / STUDY_FILE).read_text())
     uri = f"sqlite:///{storage / 'demo' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     before = client.get_run(record["parent_run_id"]).info
@@ -48,7 +49,7 @@ def test_a_taken_name_is_refused_and_overwrite_starts_a_study_of_its_own(tmp_pat
 
     again = _train(run_job, storage, other, "--overwrite")
     assert again.returncode == 0, again.stderr[-3000:]
-    renewed = json.loads((storage / "demo" / study.STUDY_FILE).read_text())
+    renewed = json.loads((storage / "demo" / STUDY_FILE).read_text())
     assert renewed["parent_run_id"] != record["parent_run_id"] and renewed["data"]["root"] == str(other)
     after = client.get_run(record["parent_run_id"]).info
     assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)

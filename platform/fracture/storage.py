@@ -1,0 +1,127 @@
+"""Where a study's files live, and reading and writing them the same way on a local disk or a URI.
+
+A study's storage is `cluster.storage_path`: a local directory, or a URI (s3://, gs://, ...) that
+every node of a cluster reaches. Under it, `<storage>/<name>/` holds the study:
+
+    tune/         Tune's experiment (what `--resume` restores)
+    train/        one Ray Train run per trial (checkpoints)
+    config.yaml   the resolved config the study was started with
+    study.json    what made it (data fingerprint) and where it is tracked (MLflow parent run id)
+
+`StudyPaths` names each of those once. The functions below go through pyarrow's filesystems for
+both kinds of location, so no caller tests for "://" itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from fracture.config import Config
+
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+CONFIG_FILE = "config.yaml"
+STUDY_FILE = "study.json"
+
+
+def is_remote(location: str | Path) -> bool:
+    """A URI (s3://..., gs://...), not a path on this node's disk."""
+    return "://" in str(location)
+
+
+def local_or_uri(location: str | Path) -> str:
+    """A URI unchanged; a local path absolute (Ray and pyarrow want both that way)."""
+    return str(location) if is_remote(location) else str(Path(location).expanduser().resolve())
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPaths:
+    """Every path of one study, from its directory `<storage>/<name>` (a local path or a URI)."""
+
+    root: str
+
+    @classmethod
+    def of(cls, cfg: Config) -> StudyPaths:
+        base = cfg.cluster.storage_path
+        if is_remote(base):
+            return cls(f"{base.rstrip('/')}/{cfg.name}")
+        return cls(str(cfg.run_dir))  # the local default directory of the study's manifest, cache and store
+
+    @classmethod
+    def at(cls, study: str | Path) -> StudyPaths:
+        """The study that `--resume study` names: its directory or its tune/ subdirectory."""
+        root = local_or_uri(study).rstrip("/")
+        if root.endswith("/" + TUNE_DIR):
+            root = root[: -len(TUNE_DIR) - 1]
+        return cls(root)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts]) if is_remote(self.root) else str(Path(self.root, *parts))
+
+    @property
+    def tune(self) -> str:
+        return self.join(TUNE_DIR)
+
+    @property
+    def train(self) -> str:
+        return self.join(TRAIN_DIR)
+
+    @property
+    def config(self) -> str:
+        return self.join(CONFIG_FILE)
+
+    @property
+    def record(self) -> str:
+        return self.join(STUDY_FILE)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """What the study dir holds of the study itself: the manifest, decoded cache and embedded
+        MLflow store beside them are keyed by their inputs or shared, and outlive an --overwrite."""
+        return (self.tune, self.train, self.config, self.record)
+
+
+def _fs(location: str):
+    import pyarrow.fs
+
+    if is_remote(location):
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), local_or_uri(location)
+
+
+def read_text(location: str) -> str | None:
+    """The file's text; None when there is no file there."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_text(location: str, text: str) -> None:
+    fs, path = _fs(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def exists(location: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def remove(location: str) -> None:
+    """Delete a file or a whole directory; nothing there is fine."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    kind = fs.get_file_info(path).type
+    if kind == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pyarrow.fs.FileType.File:
+        fs.delete_file(path)
