@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from procs import job_env
 
-from fracture import checkpoint, cli, config, evaluate, manifest, metrics, predict, presets, synthetic
+from fracture import checkpoint, cli, config, datareport, evaluate, manifest, metrics, predict, presets, synthetic
 from fracture.model import build_model
 from fracture.presets import ID, PATH, REASON
 
@@ -162,7 +162,7 @@ def test_the_data_report_flags_converted_modes(tmp_path):
     out = tmp_path / "manifest.parquet"
     df = manifest.build(root, out, progress=False)
     assert df.set_index("image_id").loc["IMG_16bit.png", "mode"] == "I;16"
-    json_path, md_path = manifest.report_paths(out)
+    json_path, md_path = datareport.paths(out)
     converted = json.loads(json_path.read_text())["converted_modes"]
     assert set(converted) == {"I;16", "RGBA", "P"}  # L and RGB are decoded as stored
     assert converted["I;16"]["count"] == 1 and converted["I;16"]["ids"] == ["IMG_16bit.png"]

@@ -400,10 +400,6 @@ def _converted_modes(files: pd.DataFrame) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------- build / load
 
 
-# Until study.py and tests/test_scoring_skips.py call datareport.paths (issue #13).
-report_paths = datareport.paths
-
-
 def build(
     root: str | Path,
     out_path: str | Path,
