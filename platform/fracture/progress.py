@@ -144,11 +144,9 @@ def _without_shutdown_tracebacks(lines: Sequence[str]) -> list[str]:
         block = lines[i : end + 1]  # through the exception's own line
         frames = [line for line in block if line.lstrip().startswith("File ")]
         shutdown = end < len(lines) and lines[end].strip() == "InterruptedError"
-        if shutdown and frames and all(_INSIDE_RAY.match(f) for f in frames):
-            i = end + 1
-        else:
+        if not (shutdown and frames and all(_INSIDE_RAY.match(f) for f in frames)):
             kept.extend(block)
-            i = end + 1
+        i = end + 1
     return kept
 
 

@@ -97,7 +97,7 @@ def _difference(cfg: Config, paths: StudyPaths) -> str:
     text = storage.read_text(paths.config)
     if text is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp, "config.yaml")
+            copy = Path(tmp, storage.CONFIG_FILE)
             copy.write_text(text)
             try:
                 ours, theirs = flat(load(copy).to_dict()), flat(cfg.to_dict())
@@ -165,7 +165,7 @@ def resume_config(
             )
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp, "config.yaml")
+        copy = Path(tmp, storage.CONFIG_FILE)
         copy.write_text(text)
         stored = load(copy)
         given = load(config or copy, overrides) if config or overrides else stored

@@ -47,6 +47,7 @@ from fracture import metrics
 from fracture.config import Config, distribution, flat
 from fracture.errors import UserError
 from fracture.redact import redact  # also tracking.redact, for jobs that import this module anyway
+from fracture.storage import StudyPaths
 
 log = logging.getLogger(__name__)
 
@@ -488,8 +489,6 @@ def _params(params: dict[str, Any]):
 
 
 def trial_logger(cfg: Config, uri: str, parent_run_id: str) -> TrialLogger:
-    from fracture.storage import StudyPaths
-
     return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), StudyPaths.of(cfg).root)
 
 
