@@ -62,9 +62,10 @@ def build_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path or StudyPaths.of(cfg).train,
+            # Ranked by val AUROC only when some are dropped: kept all, they stay in epoch order.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=keep,
-                checkpoint_score_attribute=metrics.PRIMARY,
+                checkpoint_score_attribute=metrics.PRIMARY if keep is not None else None,
                 checkpoint_score_order=metrics.MODE,
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),

@@ -18,11 +18,10 @@ import pytest
 import ray
 import ray.train
 from ray.cluster_utils import Cluster
-from ray.train.torch import TorchTrainer
 
 from fracture import cli, data, study
 from fracture.config import Config, ConfigError, load
-from fracture.worker import train_fn_per_worker
+from fracture.trainer import build_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,18 +104,14 @@ def _worker_node_ids() -> set[str]:
 
 def test_worker_node_lost_mid_run_restarts_the_group_from_the_last_checkpoint(multinode):
     cfg = multinode.cfg
-    trainer = TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "pos_weight": multinode.pos_weight},
-        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1, SLOT: 1}),
-        run_config=ray.train.RunConfig(
-            name="faults",
-            storage_path=str(multinode.storage),
-            failure_config=ray.train.FailureConfig(max_failures=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-        ),  # keep all: the history shows restarts
-        datasets=multinode.datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    trainer = build_trainer(
+        cfg.replace(cluster={"max_failures": 3}),
+        multinode.datasets,
+        multinode.pos_weight,
+        "faults",
+        storage_path=str(multinode.storage),
+        scaling=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1, SLOT: 1}),
+        keep=None,  # keep all: the history shows restarts
     )
     run_dir = multinode.storage / "faults"
 
