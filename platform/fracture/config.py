@@ -122,7 +122,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
-        return _build(cls, raw, prefix="")
+        """Build and validate: every Config in a process, a trial's sampled one included, passed `validate`."""
+        cfg = _build(cls, raw, prefix="")
+        validate(cfg)
+        return cfg
 
     def replace(self, **sections: Any) -> Config:
         """Copy with whole fields or sections replaced, e.g. `cfg.replace(train={"epochs": 1})`."""
@@ -244,30 +247,39 @@ def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Confi
     Returns:
         The validated, frozen Config.
     """
+    if path is None:
+        return _overridden({}, overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    return loads(path.read_text(), overrides, where=str(path))
+
+
+def loads(text: str, overrides: Sequence[str] = (), *, where: str = "config") -> Config:
+    """load() of a study YAML's text, e.g. the config.yaml a study stored (where: its name, for errors)."""
     import yaml
 
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"study file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if raw is None:
-            # Most likely a wrong or unsaved file; the defaults alone are a real study (hours on CPU).
-            raise ConfigError(f"{path}: the study file is empty (leave out --config to run the default study)")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+    if raw is None:
+        # Most likely a wrong or unsaved file; the defaults alone are a real study (hours on CPU).
+        raise ConfigError(f"{where}: the study file is empty (leave out --config to run the default study)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    return _overridden(raw, overrides)
+
+
+def _overridden(raw: dict, overrides: Sequence[str]) -> Config:
+    import yaml
+
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         dotted, value = item.split("=", 1)
         set_path(raw, dotted.strip(), yaml.safe_load(value) if value else "")
-    cfg = resolve_paths(Config.from_dict(raw))
-    validate(cfg)
-    return cfg
+    return resolve_paths(Config.from_dict(raw))
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -383,8 +395,11 @@ def _check_sampled(cfg: Config, dotted: str, dist: Distribution, where: str = "s
     """Refuse a space whose extremes would make an invalid trial config (dropout 1.5, 7 blocks)."""
     section, key = dotted.split(".", 1)
     for value in dist.ends():
+        raw = cfg.to_dict()
+        raw[section][key] = value
         try:
-            _check_values(cfg.replace(**{section: {key: value}}))
+            # _build, not replace: Config.from_dict would validate the search space again, for ever
+            _check_values(_build(Config, raw, prefix=""))
         except ConfigError as exc:
             raise ConfigError(f"{where}.{dotted}: a trial would get {dotted}={value!r}: {exc}") from None
 

@@ -217,27 +217,20 @@ def _run_config(cfg: Config, callbacks: list | None, verbose: bool) -> ray.tune.
     )
 
 
-def resume_path(path: str | Path) -> str:
-    """The Tune experiment dir to restore for `--resume path` (the study dir or its tune/ subdir).
+def check_restorable(tune_dir: str, named: str | Path) -> None:
+    """Refuse `--resume named` when its Tune dir (StudyPaths.at(named).tune) holds no saved study.
 
     Raises:
-        ConfigError when a local path holds no Tune study.
+        ConfigError; a remote dir is left to Tuner.restore to judge.
     """
-    path = str(path)
-    if is_remote(path):
-        return path
-    candidate = Path(path).expanduser().resolve()
-    if (candidate / TUNE_DIR).is_dir():
-        candidate = candidate / TUNE_DIR
-    if not ray.tune.Tuner.can_restore(str(candidate)):
+    if not is_remote(tune_dir) and not ray.tune.Tuner.can_restore(tune_dir):
         raise ConfigError(
-            f"--resume {path}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
+            f"--resume {named}: no Tune study there (expected {TUNE_DIR}/ with tuner.pkl "
             "from an earlier jobs/tune.py run)"
         )
-    return str(candidate)
 
 
-def restore_tuner(path: str | Path, datasets: dict, pos_weight: float, *, verbose: bool = False) -> ray.tune.Tuner:
+def restore_tuner(tune_dir: str, datasets: dict, pos_weight: float, *, verbose: bool = False) -> ray.tune.Tuner:
     """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
     unfinished ones resume from their Train run's latest checkpoint.
 
@@ -245,7 +238,7 @@ def restore_tuner(path: str | Path, datasets: dict, pos_weight: float, *, verbos
     back from the saved study, with the parent run and scheduler they were made for;
     Tuner.restore takes no new ones.
     """
-    tuner = ray.tune.Tuner.restore(resume_path(path), trainable=_trainable(datasets, pos_weight), resume_errored=True)
+    tuner = ray.tune.Tuner.restore(tune_dir, trainable=_trainable(datasets, pos_weight), resume_errored=True)
     # Tuner.restore takes no RunConfig either: the verbosity is this invocation's, not the first one's.
     tuner._local_tuner.get_run_config().verbose = _tune_verbosity(verbose)
     return tuner

@@ -15,7 +15,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from fracture import data, metrics
-from fracture.config import Config, validate
+from fracture.config import Config
 from fracture.rendezvous import LoopbackTorchConfig
 from fracture.storage import StudyPaths
 from fracture.worker import train_fn_per_worker
@@ -82,8 +82,7 @@ def train_driver_fn(config: dict, *, datasets: dict, pos_weight: float) -> None:
     `datasets` and `pos_weight` are built once by the study driver (tune.with_parameters), so
     trials neither rescan the manifest nor race to build the decoded-image cache.
     """
-    cfg = Config.from_dict(config["config"])
-    validate(cfg)  # the values the searcher sampled, not only the study's YAML
+    cfg = Config.from_dict(config["config"])  # validates what the searcher sampled, not only the study's YAML
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, datasets, pos_weight, f"{cfg.name}-trial_{trial_id}", callbacks=[TuneReportCallback()])
     trainer.fit()
