@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import ray.tune
 
-from fracture import tracking
+from fracture import metrics, tracking, trials
 from fracture.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def _study(cfg) -> list[ray.tune.Result]:
 
 
 def test_trials_table_has_one_row_per_trial_with_status_epochs_best_and_searched_values(cfg):
-    table = tracking.trials_table(_study(cfg), cfg, {"a": "run-a", "b": "run-b"})
+    table = trials.trials_table(_study(cfg), cfg, {"a": "run-a", "b": "run-b"})
     assert list(table["trial_id"]) == ["a", "b", "c", "d"]
     assert list(table["run_id"]) == ["run-a", "run-b", "", ""]
     assert list(table["status"]) == ["finished", "scheduler_stopped", "early_stopped", "error"]
@@ -94,9 +94,24 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
         experiment.experiment_id, tags={"mlflow.parentRunId": parent, tracking.TRIAL_TAG: "a"}
     )
 
-    tracking.log_study_results(_study(cfg), cfg, uri, parent)
+    summary = {
+        "study": {"name": cfg.name},
+        "trial_id": "a",
+        "epoch": 1,
+        "val_auc": 0.7,
+        "threshold": 0.42,
+        "model_uri": "models:/fracture/3",
+        "champion": True,
+        "previous_champion_auc": None,
+    }
+    tracking.log_study_results(_study(cfg), cfg, uri, parent, summary)
 
-    params = client.get_run(parent).data.params
+    run = client.get_run(parent)
+    params = run.data.params
+    note = run.data.tags[tracking.RUN_NOTE_TAG]
+    assert "4 trials (1 finished, 1 scheduler stopped, 1 early stopped, 1 error)" in note
+    assert "**fracture/3**" in note and "now `@champion`" in note
+    assert run.data.metrics[metrics.BEST] == 0.7
     assert params["space.model.l2"] == "loguniform[1e-06, 0.001]"
     assert params["space.optim.lr_head"] == "loguniform[0.0001, 0.003]" and params["search.num_trials"] == "4"
     local = Path(
@@ -116,13 +131,13 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
 
 
 def test_optuna_study_takes_every_trial_that_reported_and_importances_need_two(cfg, tmp_path, caplog):
-    table = tracking.trials_table(_study(cfg), cfg, {})
-    study = tracking.optuna_study(table, cfg)
+    table = trials.trials_table(_study(cfg), cfg, {})
+    study = trials.optuna_study(table, cfg)
     assert [t.value for t in study.trials] == [0.7, 0.55, 0.52]  # the errored one has nothing to show
     assert study.best_trial.user_attrs["trial_id"] == "a"
 
-    with caplog.at_level(logging.INFO, logger="fracture.tracking"):
-        written = tracking.optuna_plots(tracking.optuna_study(table.head(1), cfg), tmp_path)
+    with caplog.at_level(logging.INFO, logger="fracture.trials"):
+        written = trials.optuna_plots(trials.optuna_study(table.head(1), cfg), tmp_path)
     assert {p.name for p in written} == {"optuna_optimization_history.png", "optuna_parallel_coordinate.png"}
     assert "param_importances plot skipped" in caplog.text
 
@@ -131,7 +146,7 @@ def test_optuna_plots_leave_matplotlib_style_as_it_was(cfg, tmp_path):
     import matplotlib
 
     before = dict(matplotlib.rcParams)
-    tracking.optuna_plots(tracking.optuna_study(tracking.trials_table(_study(cfg), cfg, {}), cfg), tmp_path)
+    trials.optuna_plots(trials.optuna_study(trials.trials_table(_study(cfg), cfg, {}), cfg), tmp_path)
     assert dict(matplotlib.rcParams) == before
 
 

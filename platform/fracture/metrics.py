@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 PRIMARY = "val_auc"
 MODE = "max"
+BEST = "best_" + PRIMARY  # the best PRIMARY a trial has reached so far, reported every epoch
 EPOCHS_DONE = "epochs_done"  # reported with every epoch; ASHA counts its rungs in it
 
 # The keys binary_metrics returns besides "threshold"; bootstrap_ci accepts any of them.

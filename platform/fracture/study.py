@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from fracture import data, datareport, manifest, search, storage, tracking
-from fracture.config import Config, ConfigError, flat, load
+from fracture import data, datareport, manifest, registry, search, storage, tracking
+from fracture.config import Config, ConfigError, flat, load, loads
 from fracture.errors import StudyIncomplete
 from fracture.model import build_model
 from fracture.storage import StudyPaths
@@ -96,13 +95,10 @@ def _difference(cfg: Config, paths: StudyPaths) -> str:
     """What the stored study was made from that this one is not ("" when nothing differs or nothing was stored)."""
     text = storage.read_text(paths.config)
     if text is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp, storage.CONFIG_FILE)
-            copy.write_text(text)
-            try:
-                ours, theirs = flat(load(copy).to_dict()), flat(cfg.to_dict())
-            except ConfigError:
-                return "its config.yaml no longer loads"
+        try:
+            ours, theirs = flat(loads(text, where=paths.config).to_dict()), flat(cfg.to_dict())
+        except ConfigError:
+            return "its config.yaml no longer loads"
         differ = [f"{k}={ours[k]}" for k in ours if ours[k] != theirs.get(k)]
         if differ:
             return "made with " + ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
@@ -164,11 +160,11 @@ def resume_config(
                 location,
             )
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp, storage.CONFIG_FILE)
-        copy.write_text(text)
-        stored = load(copy)
-        given = load(config or copy, overrides) if config or overrides else stored
+    stored = loads(text, where=location)
+    if config:
+        given = load(config, overrides)
+    else:
+        given = loads(text, overrides, where=location) if overrides else stored
     ours, theirs = flat(stored.to_dict()), flat(given.to_dict())
     differ = [f"{k}={theirs[k]!r} (the study has {ours[k]!r})" for k in ours if ours[k] != theirs[k]]
     if differ:
@@ -187,10 +183,11 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
         resume: the study to continue (see resume_config for the cfg to pass with it).
         verbose: also Tune's own console tables (fracture.progress prints a line per epoch either way).
     Returns:
-        the summary from tracking.register_best, plus "trials": per-trial final metrics.
+        the summary from tracking.register, plus "trials": per-trial final metrics.
     """
-    tune_dir = search.resume_path(resume) if resume else None  # a wrong --resume must not open MLflow runs
-    paths = StudyPaths.at(tune_dir) if tune_dir else StudyPaths.of(cfg)
+    paths = StudyPaths.at(resume) if resume else StudyPaths.of(cfg)
+    if resume:
+        search.check_restorable(paths.tune, resume)  # a wrong --resume must not open MLflow runs
     check_cluster(cfg)
     if not resume or storage.read_text(paths.config) is None:
         save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
@@ -212,7 +209,9 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
             )
         results = tuner.fit()
         _check_complete(results, cfg, paths, search_space=search_space)
-        summary = tracking.register_best(results, cfg, uri, parent, report)
+        summary = tracking.register(cfg, uri, parent, registry.candidate(results), report)
+        tracking.log_study_results(results, cfg, uri, parent, summary)
+        tracking.finish_study(uri, parent)
     except (StudyIncomplete, KeyboardInterrupt):
         tracking.end_study(uri, parent, "KILLED")
         raise

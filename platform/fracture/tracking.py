@@ -3,10 +3,11 @@
 Layout in MLflow: experiment `cfg.tracking.experiment` (tagged as custom model development, so the
 UI opens on its runs); one parent run per study invocation, holding the searched space as params;
 one child run per Tune trial (params = the sampled values, metrics per epoch, the full config as
-an artifact). After the study, the best trial's best checkpoint is logged to its run (our
-checkpoint files and an MLflow model) and registered with a description; alias `champion` moves
-only when the new version beats the current champion's val AUROC. The parent run then gets the
-trials table, Optuna's plots and a tag naming the version.
+an artifact). After the study, the checkpoint fracture.registry picked is logged to its trial's
+run (our checkpoint files and an MLflow model) and registered with a description; alias
+`champion` moves when registry.wins says so. The parent run then gets the trials table and
+Optuna's plots (fracture.trials) and a tag naming the version. This module does the logging; what
+to log and when the champion moves are decided in those two, without MLflow.
 
 The registered model loads two ways: `mlflow.pytorch.load_model` gives the torch module (logits,
 any batch size), `mlflow.pyfunc.load_model` gives P(fracture) and the decision at the model's
@@ -43,25 +44,25 @@ from typing import Any
 
 import ray.tune
 
-from fracture import metrics
-from fracture.config import Config, distribution, flat
+from fracture import metrics, registry, trials
+from fracture.config import Config, flat
 from fracture.errors import UserError
 from fracture.redact import redact  # also tracking.redact, for jobs that import this module anyway
+from fracture.registry import CHAMPION, Candidate
 from fracture.storage import StudyPaths
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 TRIAL_TAG = "fracture.trial_id"
 STUDY_TAG = "fracture.study"
 STUDY_DIR_TAG = "fracture.study_dir"
 CHECKPOINT_ARTIFACT = "checkpoint"
+CURVES_FILE = "training_curves.png"  # the registered checkpoint's learning curves, on its trial run
 STUDY_ARTIFACT = "study"  # the parent run's trials.csv and Optuna plots
 SELECTED_EPOCH_TAG = "fracture.selected_epoch"
 SELECTED_AUC_TAG = "fracture.selected_val_auc"
 REGISTERED_TAG = "fracture.registered_version"  # "<model name>/<version>"
 REGISTERED_URI_TAG = "fracture.registered_model_uri"  # "models:/<model name>/<version>"
-BEST = "best_" + metrics.PRIMARY
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview, not on its runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CUSTOM_MODEL_KIND = "custom_model_development"
@@ -348,9 +349,14 @@ def start_study(
     run = _retry(
         client.create_run, experiment_id, run_name=cfg.name, tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir}
     )
-    _retry(client.log_batch, run.info.run_id, params=_params(study_params(cfg)))
+    _retry(client.log_batch, run.info.run_id, params=_params(trials.study_params(cfg)))
     _retry(client.log_dict, run.info.run_id, cfg.to_dict(), "config.json")
     return uri, run.info.run_id
+
+
+def finish_study(uri: str, parent_run_id: str) -> None:
+    """Close a study's parent run that finished (registered its model and logged its results)."""
+    _retry(_client(uri).set_terminated, parent_run_id, "FINISHED")
 
 
 def end_study(uri: str, parent_run_id: str, status: str) -> None:
@@ -492,19 +498,6 @@ def trial_logger(cfg: Config, uri: str, parent_run_id: str) -> TrialLogger:
     return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), StudyPaths.of(cfg).root)
 
 
-def best_checkpoint(results) -> tuple[Any, dict]:
-    """(ray Result, metrics row) of the best epoch of the best trial that has a checkpoint on disk."""
-    best = results.get_best_result(metric=metrics.PRIMARY, mode=metrics.MODE, scope="all")
-    frame = best.metrics_dataframe
-    if frame is None or "checkpoint_path" not in frame:
-        raise RuntimeError(f"best trial {best.path} reported no checkpoint")
-    frame = frame[frame["checkpoint_path"].notna()].sort_values(metrics.PRIMARY, ascending=False)
-    for _, row in frame.iterrows():
-        if Path(row["checkpoint_path"]).joinpath("state.json").is_file() or "://" in row["checkpoint_path"]:
-            return best, row.to_dict()
-    raise RuntimeError(f"best trial {best.path}: none of its checkpoints is still on disk")
-
-
 def _champion_auc(client, name: str) -> float | None:
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
@@ -513,41 +506,43 @@ def _champion_auc(client, name: str) -> float | None:
     if metrics.PRIMARY in version.tags:
         return float(version.tags[metrics.PRIMARY])
     # Versions registered before the version tag existed kept their AUROC on their run only.
-    return client.get_run(version.run_id).data.metrics.get(BEST)
+    return client.get_run(version.run_id).data.metrics.get(metrics.BEST)
 
 
-def register_best(results, cfg: Config, uri: str, parent_run_id: str, data_report: list[Path] = ()) -> dict:
-    """Log the study's best checkpoint to its trial's run, register it, move @champion if it wins,
-    and give the study's parent run the whole study: trials table, Optuna plots, the new version.
+def register(cfg: Config, uri: str, parent_run_id: str, chosen: Candidate, data_report: list[Path] = ()) -> dict:
+    """Log the study's chosen checkpoint to its trial's run, register it, and move @champion if it wins.
 
+    Args:
+        chosen: registry.candidate(results), the checkpoint the study picked.
+        data_report: the data report's files, attached to the trial run beside the checkpoint.
     Returns:
-        summary dict: trial_id, run_id, checkpoint, epoch, val_auc, threshold, image_size, params,
-        metrics (the epoch's val_*), study, version, model_uri, ui_route, champion (bool),
+        summary dict: registry.summary's keys (trial_id, run_id, checkpoint, epoch, val_auc, threshold,
+        image_size, params, metrics, study, ...) plus version, model_uri, ui_route, champion (bool) and
         previous_champion_auc.
     """
-    from fracture import checkpoint
-
     client = _client(uri)
-    best, row = best_checkpoint(results)
-    net, state = checkpoint.load_model(row["checkpoint_path"])
-    summary = _selection(client, cfg, uri, best, row, state, parent_run_id)
+    experiment_id = _experiment_id(client, cfg, uri)
+    parent = _retry(client.get_run, parent_run_id)
+    summary = registry.summary(
+        cfg,
+        chosen,
+        run_id=_find_trial_run(client, experiment_id, chosen.trial_id) or parent_run_id,
+        parent_run_id=parent_run_id,
+        study_dir=parent.data.tags.get(STUDY_DIR_TAG, ""),
+    )
     _log_checkpoint(client, uri, summary, list(data_report))
-    summary["version"] = _log_model(uri, cfg, net, summary)
+    _log_curves(client, summary["run_id"], chosen.state.get("history", []))
+    summary["version"] = _log_model(uri, cfg, chosen.net, summary)
     summary["model_uri"] = f"models:/{cfg.tracking.model_name}/{summary['version']}"
-    summary["ui_route"] = ui_route(_experiment_id(client, cfg, uri))
+    summary["ui_route"] = ui_route(experiment_id)
     summary |= _promote(client, cfg, summary["version"], summary["val_auc"])
     _retry(
         client.update_model_version,
         cfg.tracking.model_name,
         summary["version"],
-        description=version_description(summary),
+        description=registry.version_description(summary),
     )
     _link_version(client, cfg, summary, [summary["run_id"], parent_run_id])
-    table = log_study_results(results, cfg, uri, parent_run_id)
-    _retry(client.set_tag, parent_run_id, RUN_NOTE_TAG, study_note(summary, table))
-    # The parent run has no per-epoch history, so one point here charts nothing out of step.
-    _retry(client.log_metric, parent_run_id, BEST, summary["val_auc"])
-    _retry(client.set_terminated, parent_run_id, "FINISHED")
     return summary
 
 
@@ -571,37 +566,6 @@ def champion_runs(uri: str, experiment: str, name: str = "fracture", alias: str 
     }
 
 
-def _selection(client, cfg: Config, uri: str, best, row: dict, state: dict, parent_run_id: str) -> dict:
-    """What was picked and where it came from: register_best's summary before anything is logged."""
-    trial_id = best.metrics["trial_id"]
-    trained = Config.from_dict(state["config"])
-    parent = _retry(client.get_run, parent_run_id)
-    return {
-        "trial_id": trial_id,
-        "run_id": _find_trial_run(client, _experiment_id(client, cfg, uri), trial_id) or parent_run_id,
-        "checkpoint": row["checkpoint_path"],
-        "epoch": int(row["epoch"]),
-        "val_auc": float(row[metrics.PRIMARY]),
-        "threshold": float(state["threshold"]),
-        "image_size": trained.data.image_size,
-        "arch": trained.model.arch,
-        "threshold_rule": _threshold_rule(trained),
-        "params": {k: v for k, v in flat(state["config"]).items() if k in cfg.search.space},
-        "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
-        "study": {
-            "name": cfg.name,
-            "parent_run_id": parent_run_id,
-            "study_dir": parent.data.tags.get(STUDY_DIR_TAG, ""),
-        },
-    }
-
-
-def _threshold_rule(cfg: Config) -> str:
-    if cfg.train.threshold == "sensitivity":
-        return f"the highest threshold with val sensitivity >= {cfg.train.target_sensitivity:g}"
-    return "Youden's J, max(sensitivity + specificity - 1)"
-
-
 def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) -> None:
     """The trial run keeps our checkpoint files (what champion_checkpoint downloads) and which epoch they are.
 
@@ -622,6 +586,21 @@ def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) ->
         ],
     )
     log_data_report(uri, run_id, data_report)
+
+
+def _log_curves(client, run_id: str, history: list[dict]) -> None:
+    """The registered checkpoint's learning curves as one picture, on its trial run.
+
+    The run charts each metric on its own; this one puts train and val loss on one axis, which is
+    where a model that does not learn (a flat train loss) or overfits shows first.
+    """
+    from fracture import plots
+
+    if not history:
+        return
+    with tempfile.TemporaryDirectory(prefix="fracture-curves-") as tmp:
+        path = plots.save_training_curves(history, Path(tmp) / CURVES_FILE)
+        _retry(client.log_artifact, run_id, str(path))
 
 
 def _log_model(uri: str, cfg: Config, net, summary: dict) -> str:
@@ -651,7 +630,7 @@ def _log_model(uri: str, cfg: Config, net, summary: dict) -> str:
             flavor=_FLAVOR,
             flavor_name="mlflow.pytorch",
             registered_model_name=cfg.tracking.model_name,
-            tags=_version_tags(summary),
+            tags=registry.version_tags(summary),
             metadata={"threshold": summary["threshold"], "image_size": size},
             pytorch_model=net,
             threshold=summary["threshold"],
@@ -662,18 +641,6 @@ def _log_model(uri: str, cfg: Config, net, summary: dict) -> str:
     # Reopening the run ended it anew: give back the trial's own end, or the UI shows its duration to now.
     _retry(client.set_terminated, run_id, ended.status, end_time=ended.end_time)
     return str(info.registered_model_version)
-
-
-def _version_tags(summary: dict) -> dict[str, str]:
-    m = summary["metrics"]
-    # Few tags: the UI lists them by name in a short box; the ids are in the description.
-    return {
-        "threshold": f"{summary['threshold']:.6f}",
-        metrics.PRIMARY: f"{summary['val_auc']:.6f}",
-        **{k: f"{m[k]:.6f}" for k in ("val_sensitivity", "val_specificity") if k in m},
-        "image_size": str(summary["image_size"]),
-        "study": summary["study"]["name"],
-    }
 
 
 def _save_model(path, mlflow_model, *, pytorch_model, threshold: float, **kwargs) -> None:
@@ -736,41 +703,10 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> _Scorer:
     return _Scorer(net, (model_config or {})["threshold"])
 
 
-def version_description(summary: dict) -> str:
-    """The model version's description (Markdown): how to call it, what it returns, where it came from."""
-    s, m, study = summary["image_size"], summary["metrics"], summary["study"]
-    shown = ", ".join(
-        f"{k.removeprefix('val_')} {m[k]:.4f}"
-        for k in (metrics.PRIMARY, "val_sensitivity", "val_specificity")
-        if k in m
-    )
-    return "\n".join(
-        [
-            f"Bone-fracture detector (FractureNet: {summary['arch']} features + head), trial "
-            f"{summary['trial_id']}, epoch {summary['epoch']} (counted from 0, as the step in its charts).",
-            "",
-            f"- **Input**: float32 images in [0, 1], shape N×3×{s}×{s} (RGB, channels first; image size "
-            f"S = {s} px, the size it was trained at; any batch size N). The model normalises them itself "
-            "(ImageNet mean/std).",
-            "- **Output, `mlflow.pyfunc.load_model(uri).predict(x)`**: a DataFrame with `probability` "
-            "(P(fracture)) and `fracture` (bool: probability >= threshold). Needs the `fracture` package "
-            "installed (its loader is `fracture.tracking`).",
-            "- **Output, `mlflow.pytorch.load_model(uri)(x)`**: a torch module returning logits, shape N×1; "
-            "probability = sigmoid(logit).",
-            f"- **Threshold**: {summary['threshold']:.6f}, chosen on the validation split by "
-            f"{summary['threshold_rule']}. Another operating point: "
-            '`mlflow.pyfunc.load_model(uri, model_config={"threshold": t})`.',
-            f"- **Validation** (at that threshold): {shown}.",
-            f"- **Study**: `{study['name']}`, parent run `{study['parent_run_id']}`, study dir "
-            f"`{study['study_dir']}`; trial run `{summary['run_id']}`.",
-        ]
-    )
-
-
 def _promote(client, cfg: Config, version: str, auc: float) -> dict:
-    """@champion moves only to a version that beats the current champion's val AUROC."""
+    """Move @champion to `version` when registry.wins says so."""
     current = _champion_auc(client, cfg.tracking.model_name)
-    promote = current is None or auc > current
+    promote = registry.wins(auc, current)
     if promote:
         _retry(client.set_registered_model_alias, cfg.tracking.model_name, CHAMPION, version)
     return {"champion": promote, "previous_champion_auc": current}
@@ -784,212 +720,21 @@ def _link_version(client, cfg: Config, summary: dict, run_ids: list[str]) -> Non
         _retry(client.set_tag, run_id, REGISTERED_URI_TAG, summary["model_uri"])
     model = _retry(client.get_registered_model, name)
     if not model.description:
-        _retry(
-            client.update_registered_model,
-            name,
-            description=(
-                "Bone-fracture detection on X-rays (VGG16 + small head). Each version's description says "
-                f"its input size, threshold and study; `models:/{name}@{CHAMPION}` is the best by val AUROC."
-            ),
-        )
+        _retry(client.update_registered_model, name, description=registry.model_description(name))
 
 
 # --- the study's view on its parent run ---
 
 
-def study_params(cfg: Config) -> dict[str, str]:
-    """The parent run's params: the searched space as written in the study, and what all trials share."""
-    space = {f"space.{k}": _spec_text(k, v) for k, v in cfg.search.space.items()}
-    values = flat(cfg.to_dict())
-    shared = (
-        "seed",
-        "search.num_trials",
-        "search.scheduler",
-        "search.grace_epochs",
-        "train.epochs",
-        "data.image_size",
-        "model.arch",
-        "model.weights",
-    )
-    return space | {k: str(values[k]) for k in shared if k in values}
-
-
-def _spec_text(dotted: str, spec) -> str:
-    """{"loguniform": [1e-6, 1e-3]} -> "loguniform[1e-06, 0.001]"."""
-    dist = distribution(dotted, spec)
-    return f"{dist.kind}[{', '.join(map(str, dist.args))}]"
-
-
-def trials_table(results, cfg: Config, run_ids: dict[str, str]):
-    """One row per trial of a Tune ResultGrid: trial_id, run_id, status, epochs, best_val_auc, searched values."""
-    import pandas as pd
-
-    rows = []
-    for result in results:
-        values = flat((result.config or {}).get("config", {}))
-        trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        rows.append(
-            {
-                "trial_id": trial_id,
-                "run_id": run_ids.get(trial_id, ""),
-                "status": _trial_status(result, values.get("train.epochs", cfg.train.epochs)),
-                "epochs": int(result.metrics.get(metrics.EPOCHS_DONE, 0)),
-                BEST: _best_auc(result),
-                **{k: values.get(k) for k in cfg.search.space},
-            }
-        )
-    return pd.DataFrame(rows, columns=["trial_id", "run_id", "status", "epochs", BEST, *cfg.search.space])
-
-
-def _trial_status(result, planned_epochs: int) -> str:
-    if result.error:
-        return "error"
-    if result.metrics.get("early_stopped"):
-        return "early_stopped"  # the trial's own patience
-    if result.metrics.get(metrics.EPOCHS_DONE, 0) < planned_epochs:
-        return "scheduler_stopped"  # ASHA judged it
-    return "finished"
-
-
-def _best_auc(result) -> float:
-    frame = result.metrics_dataframe
-    if frame is not None and metrics.PRIMARY in frame and frame[metrics.PRIMARY].notna().any():
-        return float(frame[metrics.PRIMARY].max())
-    return float(result.metrics.get(BEST, math.nan))
-
-
-def optuna_study(table, cfg: Config):
-    """An in-memory Optuna study holding the table's scored trials, for Optuna's own plots.
-
-    Tune's OptunaSearch keeps its study inside the searcher, out of reach of the ResultGrid. Every
-    trial that reported counts with the best val AUROC it reached, also one ASHA stopped early.
-    """
-    import optuna
-
-    scored = table[(table["status"] != "error") & table[BEST].notna()]
-    distributions = _optuna_distributions(cfg.search.space, scored)
-    with _optuna_quiet():
-        study = optuna.create_study(study_name=cfg.name, direction="maximize" if metrics.MODE == "max" else "minimize")
-    for _, row in scored.iterrows():
-        taken = {k: d for k, d in distributions.items() if _present(row[k])}  # a trial may lack a key
-        study.add_trial(
-            optuna.trial.create_trial(
-                value=float(row[BEST]),
-                params={k: _plain(row[k]) for k in taken},
-                distributions=taken,
-                user_attrs={"trial_id": row["trial_id"], "status": row["status"]},
-            )
-        )
-    return study
-
-
-def _optuna_distributions(space: dict, table) -> dict:
-    """Optuna's form of each searched distribution, widened to the values the trials really took.
-
-    Ray's quniform rounds to multiples of q, which can land just outside [low, high], and its
-    randint excludes the upper bound; Optuna refuses a trial whose value its distribution lacks.
-    """
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out = {}
-    for key, spec in space.items():
-        dist = distribution(key, spec)
-        values = [_plain(v) for v in table[key] if _present(v)]
-        try:
-            if dist.kind == "choice":
-                out[key] = CategoricalDistribution(dist.args)
-            elif dist.kind == "randint":
-                low, high = dist.ends()
-                out[key] = IntDistribution(min([low, *values]), max([high, *values]))
-            else:
-                low, high = dist.args[:2]
-                out[key] = FloatDistribution(min([low, *values]), max([high, *values]), log=dist.kind == "loguniform")
-        except (TypeError, ValueError) as exc:  # e.g. a choice of lists, which Optuna's categorical refuses
-            log.info("Optuna plots leave out %s (%s: %s)", key, dist.kind, exc)
-    return out
-
-
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def _plain(value):
-    """numpy scalars -> Python ones: Optuna's distributions check types."""
-    return value.item() if hasattr(value, "item") else value
-
-
-@contextlib.contextmanager
-def _optuna_quiet():
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(level)
-
-
-OPTUNA_PLOTS = {
-    "optimization_history": "plot_optimization_history",
-    "param_importances": "plot_param_importances",
-    "parallel_coordinate": "plot_parallel_coordinate",
-}
-
-
-def optuna_plots(study, out_dir: Path) -> list[Path]:
-    """Optuna's matplotlib plots of the study as PNGs; a plot the study cannot support is skipped with a log line."""
-    import warnings
-
-    import matplotlib
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import optuna.visualization.matplotlib as optuna_mpl
-    from optuna.exceptions import ExperimentalWarning
-
-    written = []
-    for name, function in OPTUNA_PLOTS.items():
-        reason = _cannot_plot(name, study)
-        if reason:
-            log.info("Optuna %s plot skipped: %s", name, reason)
-            continue
-        path = Path(out_dir) / f"optuna_{name}.png"
-        # Optuna draws through pyplot and sets a global style: keep both from outliving the plot.
-        with warnings.catch_warnings(), matplotlib.rc_context(), _optuna_quiet():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            # one trial: every axis of the parallel-coordinate plot spans a single value
-            warnings.filterwarnings("ignore", message="Attempting to set identical low and high")
-            try:
-                axes = getattr(optuna_mpl, function)(study, target_name="best val AUROC")
-                figure = np.ravel(axes)[0].figure
-                figure.savefig(path, dpi=120, bbox_inches="tight")
-                plt.close(figure)
-                written.append(path)
-            except Exception as exc:  # a plot is a view of the study, never a reason to fail it
-                log.warning("Optuna %s plot failed: %s", name, exc)
-    return written
-
-
-def _cannot_plot(name: str, study) -> str | None:
-    trials = study.trials
-    if not trials:
-        return "no trial reported a val AUROC"
-    searched = {k for t in trials for k in t.distributions}
-    varied = [k for k in searched if len({repr(t.params.get(k)) for t in trials}) > 1]
-    if name == "parallel_coordinate" and not searched:
-        return "nothing was searched"
-    if name == "param_importances" and (len(trials) < 2 or not varied):
-        return f"needs >= 2 trials with differing searched values ({len(trials)} trial(s), {len(varied)} varied)"
-    return None
-
-
-def log_study_results(results, cfg: Config, uri: str, parent_run_id: str):
-    """Attach the whole study to its parent run, under `study/`: trials.csv and Optuna's plots.
+def log_study_results(results, cfg: Config, uri: str, parent_run_id: str, summary: dict):
+    """Attach the whole study to its parent run: trials.csv and Optuna's plots under `study/`, and a
+    description saying how the study went and what it registered.
 
     Args:
         results: the study's Tune ResultGrid (what tuner.fit() returned).
+        summary: what register returned.
     Returns:
-        the trials table (trials_table) that went into trials.csv.
+        the trials table (trials.trials_table) that went into trials.csv.
     """
     client = _client(uri)
     runs = _retry(
@@ -999,41 +744,18 @@ def log_study_results(results, cfg: Config, uri: str, parent_run_id: str):
         max_results=10000,
     )
     run_ids = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
-    table = trials_table(results, cfg, run_ids)
+    table = trials.trials_table(results, cfg, run_ids)
     with tempfile.TemporaryDirectory(prefix="fracture-study-") as tmp:
         table.to_csv(Path(tmp) / "trials.csv", index=False)
         try:
-            optuna_plots(optuna_study(table, cfg), Path(tmp))
+            trials.optuna_plots(trials.optuna_study(table, cfg), Path(tmp))
         except Exception as exc:  # the plots are a view of a study already registered: never fail it
             log.warning("Optuna plots of study %s skipped: %s", cfg.name, exc)
         _retry(client.log_artifacts, parent_run_id, tmp, STUDY_ARTIFACT)
+    _retry(client.set_tag, parent_run_id, RUN_NOTE_TAG, trials.study_note(summary, table, artifact_dir=STUDY_ARTIFACT))
+    # The parent run has no per-epoch history, so one point here charts nothing out of step.
+    _retry(client.log_metric, parent_run_id, metrics.BEST, summary["val_auc"])
     return table
-
-
-def study_note(summary: dict, table) -> str:
-    """The parent run's description (Markdown): how the study went and what it registered."""
-    counts = table["status"].value_counts()
-    outcome = ", ".join(
-        f"{counts[k]} {k.replace('_', ' ')}"
-        for k in ("finished", "scheduler_stopped", "early_stopped", "error")
-        if k in counts
-    )
-    flag = (
-        "now `@champion`"
-        if summary["champion"]
-        else (f"`@champion` kept (its val_auc {summary['previous_champion_auc']:.4f})")
-    )
-    return "\n".join(
-        [
-            f"Study **{summary['study']['name']}**: {len(table)} trial{'s' * (len(table) != 1)} ({outcome}). "
-            f"The searched space is in this run's params; `{STUDY_ARTIFACT}/trials.csv` has one row per trial, "
-            "Optuna's plots lie beside it.",
-            "",
-            f"Best: trial `{summary['trial_id']}`, epoch {summary['epoch']}, val_auc {summary['val_auc']:.4f}, "
-            f"threshold {summary['threshold']:.4f}; registered as **{summary['model_uri'].removeprefix('models:/')}** "
-            f"(`{summary['model_uri']}`), {flag}.",
-        ]
-    )
 
 
 def _find_trial_run(client, experiment_id: str, trial_id: str) -> str | None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fracture import checkpoint, data, manifest, presets, search, study, tracking, worker
+from fracture import checkpoint, data, manifest, presets, registry, search, study, tracking, worker
 from fracture.model import FractureNet
 
 pytestmark = pytest.mark.integration
@@ -49,6 +49,9 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
 
     version = client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION)
     assert int(version.version) == int(summary["version"]) and summary["champion"]
+    # Beside its checkpoint, the registered trial's run shows its learning curves as one picture.
+    logged = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {tracking.CURVES_FILE, tracking.CHECKPOINT_ARTIFACT} <= logged, logged
 
     # The registered checkpoint loads back, weights_only, and predicts exactly as the trained one.
     x = _images(cfg)
@@ -65,8 +68,8 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     assert champion_state["config"]["name"] == cfg.name and "history" in state
 
     # A model that does not beat the champion's val AUROC is registered but does not take the alias.
-    again = tracking.register_best(
-        results, cfg, summary["tracking_uri"], tracking.start_study(cfg, summary["study_dir"])[1]
+    again = tracking.register(
+        cfg, summary["tracking_uri"], tracking.start_study(cfg, summary["study_dir"])[1], registry.candidate(results)
     )
     assert int(again["version"]) == int(summary["version"]) + 1 and not again["champion"]
     assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(

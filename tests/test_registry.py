@@ -1,0 +1,75 @@
+"""The registry's decisions without an MLflow store: which checkpoint a study registers, when it is champion."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import ray.tune
+import torch
+
+from fracture import checkpoint, metrics, registry
+from fracture.config import Config
+from fracture.model import FractureNet
+
+
+def _saved(path, cfg: Config, *, epoch: int, threshold: float = 0.3) -> str:
+    net = FractureNet(hidden=8, arch="vgg16_bn")
+    optimizer = torch.optim.Adam(net.parameters())
+    checkpoint.save(path, net, optimizer, {"epoch": epoch, "config": cfg.to_dict(), "threshold": threshold})
+    return str(path)
+
+
+def _trial(frame: pd.DataFrame) -> ray.tune.Result:
+    last = frame.iloc[-1].to_dict() | {"trial_id": "t1"}
+    return ray.tune.Result(metrics=last, checkpoint=None, error=None, path="/nowhere/t1", metrics_dataframe=frame)
+
+
+class _Grid(list):
+    """The one ResultGrid method registry uses, over a list of Results."""
+
+    def get_best_result(self, metric, mode, scope):
+        assert (metric, mode, scope) == (metrics.PRIMARY, metrics.MODE, "all")
+        return max(self, key=lambda r: r.metrics_dataframe[metric].max())
+
+
+@pytest.fixture
+def cfg():
+    return Config.from_dict({"model": {"hidden": 8, "arch": "vgg16_bn", "weights": "none"}, "data": {"image_size": 32}})
+
+
+def test_the_best_epoch_whose_checkpoint_is_still_on_disk_is_registered(tmp_path, cfg):
+    # Epoch 2 scored best but its checkpoint is gone (num_to_keep): epoch 0, the next best kept one, wins.
+    kept = _saved(tmp_path / "e0", cfg, epoch=0, threshold=0.25)
+    frame = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            metrics.PRIMARY: [0.8, 0.7, 0.9],
+            "val_sensitivity": [0.6, 0.5, 0.7],
+            "checkpoint_path": [kept, None, str(tmp_path / "gone")],
+        }
+    )
+    chosen = registry.candidate(_Grid([_trial(frame)]))
+    assert chosen.checkpoint == kept and chosen.trial_id == "t1" and chosen.state["epoch"] == 0
+
+    summary = registry.summary(cfg, chosen, run_id="r", parent_run_id="p", study_dir="/s")
+    assert (summary["epoch"], summary["val_auc"], summary["threshold"]) == (0, 0.8, 0.25)
+    assert summary["metrics"] == {metrics.PRIMARY: 0.8, "val_sensitivity": 0.6}
+    assert summary["image_size"] == 32
+    assert summary["study"] == {"name": cfg.name, "parent_run_id": "p", "study_dir": "/s"}
+
+    text = registry.version_description(summary)
+    assert "N×3×32×32" in text and "0.250000" in text and "Youden" in text and "trial run `r`" in text
+    assert registry.version_tags(summary)[metrics.PRIMARY] == "0.800000"
+
+
+def test_a_study_with_no_checkpoint_left_registers_nothing(tmp_path):
+    frame = pd.DataFrame({"epoch": [0], metrics.PRIMARY: [0.8], "checkpoint_path": [str(tmp_path / "gone")]})
+    with pytest.raises(RuntimeError, match="none of its checkpoints is still on disk"):
+        registry.best_checkpoint(_Grid([_trial(frame)]))
+
+
+def test_champion_moves_only_to_a_strictly_better_val_auroc():
+    assert registry.wins(0.70, None)  # the first version
+    assert registry.wins(0.71, 0.70)
+    assert not registry.wins(0.70, 0.70)  # a tie keeps the version people already use
+    assert not registry.wins(0.69, 0.70)
