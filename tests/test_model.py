@@ -44,13 +44,24 @@ def test_forward_gives_finite_n_by_1_logits(net, size):
     assert torch.isfinite(out).all()
 
 
-def test_eval_forward_is_deterministic_and_train_uses_dropout(net):
+def test_dropout_is_active_in_train_mode_only_at_the_configured_rate(net):
     torch.manual_seed(0)
-    x = torch.rand(4, 3, 32, 32)
-    net.eval()
+    x = torch.rand(16, 3, 32, 32)
+    seen = []
+    net.dropout.register_forward_hook(lambda _m, inputs, out: seen.append((inputs[0], out)))
     with torch.no_grad():
+        net.train()
+        assert not torch.equal(net(x), net(x))  # a fresh mask each pass
+        net.eval()
         assert torch.equal(net(x), net(x))
-    assert isinstance(net.dropout, nn.Dropout) and net.dropout.p == pytest.approx(0.5)
+    rate = ModelConfig().dropout
+    before, after = seen[0]
+    live = before > 0  # after the ReLU: units the mask can visibly zero
+    dropped = (after[live] == 0).float().mean().item()
+    assert dropped == pytest.approx(rate, abs=0.06)
+    kept = after[live] != 0
+    assert torch.allclose(after[live][kept], before[live][kept] / (1 - rate))  # inverted dropout: rescaled
+    assert torch.equal(seen[-1][0], seen[-1][1])  # eval: the identity
 
 
 def test_backbone_is_torchvision_vgg16_features(net, reference_vgg16):

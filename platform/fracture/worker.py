@@ -19,6 +19,7 @@ import torch
 
 from fracture import checkpoint, data, engine, metrics
 from fracture.config import Config
+from fracture.early_stop import Progress
 from fracture.model import build_model
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     restored = ray.train.get_checkpoint()
     state = checkpoint.restore(restored, net, optimizer, scheduler) or {}
     start = state.get("epoch", -1) + 1
-    history: list[dict] = state.get("history", [])
     train_order: list = state.pop("train_order", [])[:start]  # rows each epoch saw (checkpoint.ORDER_FILE)
-    best = state.get("best_val_auc", float("-inf"))
-    stale = state.get("stale_epochs", 0)
-    early_stopped = 0 < cfg.train.patience <= stale
+    progress = Progress.from_state(state, cfg.train.patience)
     if state:
         # Tune may never have received the restored epoch's report: a driver stopped or killed
         # between this report and Tune's next save of the study loses it (its metrics, ASHA's
@@ -72,15 +70,15 @@ def train_fn_per_worker(loop_config: dict) -> None:
         _report(
             state["metrics"],
             weights=state["weights"],
-            early_stopped=early_stopped,
+            early_stopped=progress.stopped,
             replayed=True,
             checkpoint_path=restored.path,
         )
-        if start >= cfg.train.epochs or early_stopped:
+        if start >= cfg.train.epochs or progress.stopped:
             log.info("restored a finished run (epoch %d): its last result reported again", start - 1)
             return
     if start:
-        log.info("resuming from epoch %d (best val_auc %.4f)", start, best)
+        log.info("resuming from epoch %d (best val_auc %.4f)", start, progress.best)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([loop_config["pos_weight"]], device=device))
 
     model, blocks = None, None
@@ -114,20 +112,18 @@ def train_fn_per_worker(loop_config: dict) -> None:
             target_sensitivity=cfg.train.target_sensitivity,
         )
         auc = result[metrics.PRIMARY]
-        improved = auc > best
-        best, stale = (auc, 0) if improved else (best, stale + 1)
+        stop = progress.update(auc)
         engine.step_scheduler(scheduler, auc)
         result |= {
             "epoch": epoch,
             metrics.EPOCHS_DONE: epoch + 1,
-            "best_val_auc": best,
+            metrics.BEST: progress.best,
             "trainable_blocks": blocks,
             "lr_head": optimizer.param_groups[0]["lr"],
             "lr_backbone": optimizer.param_groups[1]["lr"],
             "epoch_s": time.perf_counter() - tick,
         }
-        history.append(result)
-        stop = cfg.train.patience > 0 and stale >= cfg.train.patience
+        progress.record(result)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if is_rank0():
@@ -142,14 +138,12 @@ def train_fn_per_worker(loop_config: dict) -> None:
                         "metrics": result,
                         "weights": weights_source,
                         "pos_weight": loop_config["pos_weight"],
-                        "best_val_auc": best,
-                        "stale_epochs": stale,
-                        "history": history,
+                        **progress.state(),
                     },
                     scheduler,
                     train_order,
                 )
             _report(result, ckpt, weights=weights_source, early_stopped=stop)
         if stop:
-            log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, stale)
+            log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, progress.stale)
             break
