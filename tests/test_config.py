@@ -290,3 +290,12 @@ def test_sampled_extremes_inside_the_ranges_load():
         ],
     )
     assert set(cfg.search.space) == {"model.trainable_blocks", "optim.lr_backbone"}
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [("model", "dropout", 1.5), ("model", "trainable_blocks", 7)])
+def test_a_config_built_from_a_dict_is_validated_as_a_trial_gets_it(section, key, value):
+    # Tune hands each trial a dict with sampled values; Config.from_dict is where the worker builds it.
+    raw = Config().to_dict()
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}"):
+        Config.from_dict(raw)
