@@ -31,7 +31,7 @@ import _plain
 import numpy as np
 import torch
 
-from fracture import checkpoint, cli, evaluate, presets, study
+from fracture import checkpoint, cli, evaluate, presets, scoring, study
 from fracture.model import build_model
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "fracatlas.yaml"
@@ -48,8 +48,8 @@ def _machine() -> str:
 def _evaluate(cfg, net, threshold: float) -> dict:
     rows = {}
     for split in ("val", "test"):
-        frame = evaluate.frame_for(cfg, split)
-        probs = evaluate.score(net, frame, cfg.data.image_size)
+        frame = scoring.frame_for(cfg, split)
+        probs = scoring.score(net, frame, cfg.data.image_size)
         rep = evaluate.report(frame[presets.LABEL].values, probs, threshold, frame, seed=cfg.seed)
         rows[split] = rep["overall"] | {"n": rep["images"], "positives": rep["positives"], "ci95": rep["ci95"]}
     return rows

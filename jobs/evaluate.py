@@ -7,29 +7,28 @@ and ROC / PR / confusion / calibration plots (default <storage_path>/<name>/eval
 overlays with --explain K, and log all of it to MLflow. Exits 2 when no image could be scored.
 """
 
-from pathlib import Path
-
 from fracture import cli
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
-    p.add_argument("--model", help="checkpoint dir or models:/<name>@<alias> (default: models:/fracture@champion)")
-    p.add_argument("--split", help="manifest split to score (default: test)")
-    p.add_argument("--folder", type=Path, help="score every usable image of this FracAtlas-layout folder instead")
-    p.add_argument("--out", type=Path, help="output directory (default: <storage_path>/<name>/evaluate)")
-    p.add_argument("--explain", type=int, default=0, metavar="K", help="Grad-CAM: K most confident + K random images")
+    p = cli.scoring_flags(
+        cli.parser(__doc__),
+        split_help="manifest split to score (default: test)",
+        folder_help="score every usable image of this FracAtlas-layout folder instead",
+        out_help="output directory (default: <storage_path>/<name>/evaluate)",
+    )
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import evaluate, tracking  # after parsing: --help must not wait for torch and MLflow
+        # after parsing: --help must not wait for torch and MLflow
+        from fracture import evaluate, model_source, scoring, tracking
 
         uri = tracking.tracking_uri(cfg)
         tracking.check_reachable(uri)  # before scoring: the run is logged after it
         split = args.split or evaluate.DEFAULT_SPLIT
-        source = args.model or evaluate.champion_uri(cfg)
-        net, state = evaluate.load(source, cfg)
-        frame, skipped = evaluate.select_rows(cfg, split, args.folder)
+        source = args.model or model_source.champion_uri(cfg)
+        net, state = model_source.load(source, cfg)
+        frame, skipped = scoring.select_rows(cfg, split, args.folder)
         where = f"folder-{args.folder.resolve().name}" if args.folder else split
         out = (args.out or cfg.run_dir / "evaluate").resolve()
         report, files = evaluate.run(
@@ -44,7 +43,7 @@ def main() -> None:
             allow_truncated=cfg.data.allow_truncated,
         )
         print(evaluate.format_table(report))
-        for line in evaluate.skipped_lines(report["skipped"], out / evaluate.SKIPPED_FILE, scored=report["images"]):
+        for line in scoring.skipped_lines(report["skipped"], out / scoring.SKIPPED_FILE, scored=report["images"]):
             print(line)
         run_id = tracking.log_evaluation(
             cfg,

@@ -18,7 +18,22 @@ import pytest
 import torch
 from PIL import Image
 
-from fracture import checkpoint, cli, config, data, engine, evaluate, manifest, metrics, predict, presets, synthetic
+from fracture import (
+    checkpoint,
+    cli,
+    config,
+    data,
+    engine,
+    evaluate,
+    gradcam_examples,
+    manifest,
+    metrics,
+    model_source,
+    predict,
+    presets,
+    scoring,
+    synthetic,
+)
 from fracture.model import build_model
 from fracture.presets import ID, IMAGE, LABEL, PATH
 
@@ -68,8 +83,8 @@ def ckpt(untrained):
 def scored(cfg, root, untrained):
     net, directory = untrained
     state = checkpoint.read_state(directory)
-    frame = evaluate.frame_for(cfg, folder=root)
-    return net, state, frame, evaluate.score(net, frame, evaluate.image_size(state))
+    frame = scoring.frame_for(cfg, folder=root)
+    return net, state, frame, scoring.score(net, frame, model_source.image_size(state))
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +119,13 @@ def test_score_is_a_probability_per_row_and_batch_invariant(scored):
     net, state, frame, probs = scored
     assert probs.shape == (len(frame),) and probs.dtype == np.float32
     assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
-    again = evaluate.score(net, frame.iloc[11::-1], evaluate.image_size(state), batch_size=5)[::-1]
+    again = scoring.score(net, frame.iloc[11::-1], model_source.image_size(state), batch_size=5)[::-1]
     np.testing.assert_allclose(again, probs[:12], atol=1e-5)
 
 
 def test_evaluate_predict_and_training_validation_give_the_same_scores(scored, ckpt):
     net, state, frame, probs = scored
-    size = evaluate.image_size(state)
+    size = model_source.image_size(state)
     images, reasons = presets.decode_checked(frame[PATH], size)
     assert (reasons == "").all()
     batches = [{IMAGE: torch.from_numpy(images), LABEL: torch.tensor(frame[LABEL].to_numpy())}]
@@ -187,14 +202,14 @@ def test_report_refuses_unlabelled_rows(scored):
 
 def test_explain_images_writes_overlays_and_scores_the_pointing_game(scored, root, tmp):
     net, state, frame, probs = scored
-    result = evaluate.explain_images(net, frame, probs, evaluate.image_size(state), root, tmp / "cam", 2)
+    result = gradcam_examples.explain_images(net, frame, probs, model_source.image_size(state), root, tmp / "cam", 2)
     assert result["explained"] == 4
     assert [it["reason"] for it in result["items"]] == ["top", "top", "random", "random"]
     top = sorted(probs, reverse=True)[:2]
     assert [it["probability"] for it in result["items"][:2]] == pytest.approx(top)
     for item in result["items"]:
         with Image.open(item["overlay"]) as img:
-            assert min(img.size) >= evaluate.DISPLAY_PX
+            assert min(img.size) >= gradcam_examples.DISPLAY_PX
         assert (item["hit"] is None) == (item["label"] != 1 or item["boxes"] == 0)
     assert Path(result["grid"]).is_file()
     game = result["pointing_game"]
@@ -207,21 +222,21 @@ def test_explain_images_writes_overlays_and_scores_the_pointing_game(scored, roo
 
 def test_load_refuses_what_is_not_a_checkpoint(cfg, tmp):
     with pytest.raises(config.ConfigError, match="not a checkpoint"):
-        evaluate.load(str(tmp), cfg)
+        model_source.load(str(tmp), cfg)
     with pytest.raises(config.ConfigError, match="models:/<name>@<alias>"):
-        evaluate.load("models:/fracture/3", cfg)
+        model_source.load("models:/fracture/3", cfg)
 
 
 def test_frame_for_a_split_and_for_a_folder(cfg, root):
     df = manifest.load(data.ensure_manifest(cfg))
-    test = evaluate.frame_for(cfg, "test")
+    test = scoring.frame_for(cfg, "test")
     assert len(test) and set(test["image_id"]) == set(df.loc[df["usable"] & (df["split"] == "test"), "image_id"])
     assert (test["split"] == "test").all()
-    folder = evaluate.frame_for(cfg, folder=root)
+    folder = scoring.frame_for(cfg, folder=root)
     assert set(folder["image_id"]) == set(df.loc[df["usable"], "image_id"])
     assert {"image_id", "path", "label", "body_part", "hardware", "view"} <= set(folder.columns)
     with pytest.raises(config.ConfigError):
-        evaluate.frame_for(cfg, "holdout")
+        scoring.frame_for(cfg, "holdout")
 
 
 def test_frame_for_a_plain_image_folder(cfg, root, tmp):
@@ -229,7 +244,7 @@ def test_frame_for_a_plain_image_folder(cfg, root, tmp):
     plain.mkdir(parents=True)
     for path in sorted((root / "images" / "Fractured").glob("*.jpg"))[:2]:
         (plain / path.name).write_bytes(path.read_bytes())
-    frame = evaluate.frame_for(cfg, folder=tmp / "plain")
+    frame = scoring.frame_for(cfg, folder=tmp / "plain")
     assert len(frame) == 2 and (frame["label"] == -1).all() and frame["image_id"].str.startswith("sub/").all()
 
 
@@ -290,7 +305,7 @@ def test_predict_job_writes_one_row_per_usable_image(jobs, tmp, root, cfg):
     out = finished(jobs["predict"])
     frame = pd.read_csv(tmp / "pred" / "predict.csv")
     assert list(frame.columns) == ["image_id", "probability", "predicted"]
-    usable = evaluate.frame_for(cfg, folder=root)
+    usable = scoring.frame_for(cfg, folder=root)
     assert list(frame["image_id"]) == list(usable["image_id"])
     assert frame["probability"].between(0, 1).all()
     assert (frame["predicted"] == (frame["probability"] >= 0.5)).all()
@@ -322,10 +337,10 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
     version = client.create_model_version("fracture", f"runs:/{run_id}/checkpoint", run_id=run_id)
     client.set_registered_model_alias("fracture", "champion", version.version)
 
-    net, state = evaluate.load("models:/fracture@champion", cfg)
+    net, state = model_source.load("models:/fracture@champion", cfg)
     assert state["threshold"] == 0.5 and state["source"] == "models:/fracture@champion"
     assert state["resolved"] == f"models:/fracture/{version.version}"  # what was scored, though aliases move
     saved = torch.load(ckpt / checkpoint.MODEL_FILE, weights_only=True)
     assert torch.equal(net.fc2.weight, saved["fc2.weight"])
     with pytest.raises(tracking.TrackingError, match="models:/fracture@nope"):
-        evaluate.load("models:/fracture@nope", cfg)
+        model_source.load("models:/fracture@nope", cfg)

@@ -19,7 +19,19 @@ import torch
 from PIL import Image
 from procs import job_env
 
-from fracture import checkpoint, cli, config, datareport, evaluate, manifest, metrics, predict, presets, synthetic
+from fracture import (
+    checkpoint,
+    cli,
+    config,
+    datareport,
+    evaluate,
+    manifest,
+    metrics,
+    predict,
+    presets,
+    scoring,
+    synthetic,
+)
 from fracture.model import build_model
 from fracture.presets import ID, PATH, REASON
 
@@ -196,50 +208,50 @@ def test_predictor_scores_every_file_that_decodes(plain, broken, ckpt, allow_tru
 
 
 def test_select_rows_lists_what_the_audit_left_out(cfg, atlas, broken):
-    rows, skipped = evaluate.select_rows(cfg, folder=atlas)
+    rows, skipped = scoring.select_rows(cfg, folder=atlas)
     assert len(rows) == GOOD and not set(rows["image_id"]) & set(broken.values())
     reasons = {Path(p).name: r for p, r in skipped.itertuples(index=False)}
     assert reasons == {
-        broken["corrupt"]: evaluate.SKIP_REASONS["unreadable"],
-        broken["truncated"]: evaluate.SKIP_REASONS["truncated"],
+        broken["corrupt"]: scoring.SKIP_REASONS["unreadable"],
+        broken["truncated"]: scoring.SKIP_REASONS["truncated"],
     }
     truncated_ok = cfg.replace(data={"allow_truncated": True})
-    rows, skipped = evaluate.select_rows(truncated_ok, folder=atlas, labelled=False)
+    rows, skipped = scoring.select_rows(truncated_ok, folder=atlas, labelled=False)
     assert len(rows) == GOOD + 1 and len(skipped) == 1
 
 
 def test_evaluate_run_scores_the_readable_rows_and_writes_skipped_csv(cfg, atlas, plain, broken, ckpt, tmp):
     net, state = checkpoint.load_model(ckpt)
-    rows, left_out = evaluate.select_rows(cfg, folder=atlas)
+    rows, left_out = scoring.select_rows(cfg, folder=atlas)
     # a file that passed the audit and broke afterwards is caught by decoding, in the same pass
     late = rows.iloc[[0]].assign(image_id="late.jpg", path=str(plain / broken["corrupt"]))
     frame = pd.concat([rows, late], ignore_index=True)
     rep, files = evaluate.run(net, state, frame, tmp / "eval_in_process", skipped=left_out)
     assert rep["images"] == GOOD and len(pd.read_csv(tmp / "eval_in_process" / "predictions.csv")) == GOOD
-    skipped = pd.read_csv(tmp / "eval_in_process" / evaluate.SKIPPED_FILE)
+    skipped = pd.read_csv(tmp / "eval_in_process" / scoring.SKIPPED_FILE)
     assert list(skipped.columns) == ["path", "reason"] and len(skipped) == 3
     assert skipped["path"].iloc[-1] == str(plain / broken["corrupt"])
     assert skipped["reason"].iloc[-1] == "unreadable: not an image PIL can open"
     assert rep["skipped"] == skipped.to_dict("records") and evaluate.flat_metrics(rep)["skipped"] == 3
-    assert tmp / "eval_in_process" / evaluate.SKIPPED_FILE in files
+    assert tmp / "eval_in_process" / scoring.SKIPPED_FILE in files
 
 
 def test_evaluate_run_fails_when_nothing_decodes(cfg, all_corrupt, ckpt, tmp):
     net, state = checkpoint.load_model(ckpt)
-    frame = evaluate.select_rows(cfg, folder=all_corrupt)[0].assign(label=0)
+    frame = scoring.select_rows(cfg, folder=all_corrupt)[0].assign(label=0)
     out = tmp / "eval_nothing"
     with pytest.raises(manifest.DataError, match=r"^no image could be scored \(3 skipped, see .*skipped.csv\)$"):
         evaluate.run(net, state, frame, out)
-    assert len(pd.read_csv(out / evaluate.SKIPPED_FILE)) == 3
+    assert len(pd.read_csv(out / scoring.SKIPPED_FILE)) == 3
 
 
 def test_skipped_lines_count_and_cap():
-    table = evaluate.skips([f"/x/{i}.jpg" for i in range(25)], ["unreadable: not an image PIL can open"] * 25)
-    lines = evaluate.skipped_lines(table, Path("/out/skipped.csv"), scored=5)
+    table = scoring.skips([f"/x/{i}.jpg" for i in range(25)], ["unreadable: not an image PIL can open"] * 25)
+    lines = scoring.skipped_lines(table, Path("/out/skipped.csv"), scored=5)
     assert lines[0] == "skipped 25 of 30 images (reasons in /out/skipped.csv):"
-    assert len(lines) == 1 + evaluate.SKIPPED_SHOWN + 1 and lines[-1] == "  ... and 5 more, see skipped.csv"
+    assert len(lines) == 1 + scoring.SKIPPED_SHOWN + 1 and lines[-1] == "  ... and 5 more, see skipped.csv"
     assert lines[1] == "  /x/0.jpg: unreadable: not an image PIL can open"
-    assert evaluate.skipped_lines(evaluate.skips(), "skipped.csv", scored=5) == []
+    assert scoring.skipped_lines(scoring.skips(), "skipped.csv", scored=5) == []
 
 
 # ------------------------------------------------------------------------------------------- jobs
@@ -289,7 +301,7 @@ def test_predict_job_scores_the_good_images_and_lists_the_rest(jobs, tmp, broken
     assert rc == 0, err[-3000:]
     preds = pd.read_csv(tmp / "pred" / "predict.csv")
     assert list(preds.columns) == ["image_id", "probability", "predicted"] and len(preds) == GOOD
-    skipped = pd.read_csv(tmp / "pred" / evaluate.SKIPPED_FILE)
+    skipped = pd.read_csv(tmp / "pred" / scoring.SKIPPED_FILE)
     reasons = {Path(p).name: r for p, r in skipped.itertuples(index=False)}
     assert set(reasons) == set(broken.values()) and not set(preds["image_id"]) & set(reasons)
     assert reasons[broken["corrupt"]].startswith("unreadable:") and reasons[broken["truncated"]].startswith(
@@ -304,7 +316,7 @@ def test_predict_job_follows_the_runs_allow_truncated(jobs, tmp, broken):
     rc, out, err = finished(jobs["predict_truncated_ok"])
     assert rc == 0, err[-3000:]
     assert broken["truncated"] in set(pd.read_csv(tmp / "pred_ok" / "p.csv")["image_id"])
-    skipped = pd.read_csv(tmp / "pred_ok" / evaluate.SKIPPED_FILE)
+    skipped = pd.read_csv(tmp / "pred_ok" / scoring.SKIPPED_FILE)
     assert [Path(p).name for p in skipped["path"]] == [broken["corrupt"]]
     assert f"wrote {tmp / 'pred_ok' / 'p.csv'}: {GOOD + 1} images" in out
 
@@ -312,7 +324,7 @@ def test_predict_job_follows_the_runs_allow_truncated(jobs, tmp, broken):
 @pytest.mark.integration
 def test_predict_job_with_nothing_readable_exits_2_with_one_error_line(jobs, tmp):
     rc, out, err = finished(jobs["predict_nothing"])
-    skipped_csv = tmp / "pred_bad" / evaluate.SKIPPED_FILE
+    skipped_csv = tmp / "pred_bad" / scoring.SKIPPED_FILE
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and errors == [f"error: no image could be scored (3 skipped, see {skipped_csv})"], err[-3000:]
     assert len(pd.read_csv(skipped_csv)) == 3 and not (tmp / "pred_bad" / "p.csv").exists()
@@ -325,7 +337,7 @@ def test_evaluate_job_on_a_folder_says_what_it_left_out(jobs, tmp, broken):
     assert rc == 0, err[-3000:]
     report = json.loads((tmp / "eval" / "metrics.json").read_text())
     assert report["images"] == GOOD and len(report["skipped"]) == 2
-    skipped = pd.read_csv(tmp / "eval" / evaluate.SKIPPED_FILE)
+    skipped = pd.read_csv(tmp / "eval" / scoring.SKIPPED_FILE)
     assert {Path(p).name for p in skipped["path"]} == set(broken.values())
     assert f"skipped 2 of {GOOD + 2} images" in out
 
@@ -334,7 +346,7 @@ def test_evaluate_job_with_nothing_readable_exits_2_with_one_error_line(tmp, atl
     """No Ray and no MLflow: the audit leaves nothing to score, so the job stops before both."""
     args = ["--folder", str(all_corrupt_atlas), "--out", str(tmp / "eval_bad"), "--model", str(ckpt)]
     rc, out, err = finished(start(tmp, "evaluate.py", *args, *overrides(tmp, atlas)))
-    skipped_csv = tmp / "eval_bad" / evaluate.SKIPPED_FILE
+    skipped_csv = tmp / "eval_bad" / scoring.SKIPPED_FILE
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and errors == [f"error: no image could be scored (3 skipped, see {skipped_csv})"], err[-3000:]
     assert "Traceback" not in err

@@ -61,6 +61,25 @@ def parse(
     return cfg, args
 
 
+def scoring_flags(
+    p: argparse.ArgumentParser, *, split_help: str, folder_help: str, out_help: str
+) -> argparse.ArgumentParser:
+    """Add the flags of the jobs that score a model (evaluate, predict): --model, --split, --folder, --out, --explain.
+
+    Args:
+        p: the job's parser (see `parser`).
+        split_help, folder_help, out_help: what --split, --folder and --out mean for this job.
+    Returns:
+        `p`, with the five flags (all default to None, --explain to 0: the job fills in its defaults).
+    """
+    p.add_argument("--model", help="checkpoint dir or models:/<name>@<alias> (default: models:/fracture@champion)")
+    p.add_argument("--split", help=split_help)
+    p.add_argument("--folder", type=Path, help=folder_help)
+    p.add_argument("--out", type=Path, help=out_help)
+    p.add_argument("--explain", type=int, default=0, metavar="K", help="Grad-CAM: K most confident + K random images")
+    return p
+
+
 def _job_working_dir() -> Path | None:
     """The uploaded copy of the project this driver runs in, under `ray job submit --working-dir`."""
     raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the entrypoint
