@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tiny_study(work: Path, *, trials: int, epochs: int, experiment: str) -> str:
     """A real study on synthetic data in `work`; returns its sqlite tracking URI."""
-    from fracture import cli, study, synthetic
+    from fracture import cluster, study, synthetic
     from fracture.config import load
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the study's own embedded store, not a server's
@@ -60,7 +60,7 @@ def run_tiny_study(work: Path, *, trials: int, epochs: int, experiment: str) -> 
         ],
     )
     study.preflight(cfg)
-    cli.init_ray(cfg)
+    cluster.init_ray(cfg)
     summary = study.run(cfg)
     import ray
 
@@ -79,7 +79,7 @@ def mlflow_server(uri: str, log_path: Path, tries: int = 3):
     A free port can be taken by another process before the server binds it (Ray and other test
     runs share the machine): then the server exits, and a new port is tried.
     """
-    from fracture.cli import free_port
+    from fracture.cluster import free_port
 
     mlflow = Path(sys.executable).parent / "mlflow"
     for _ in range(tries):

@@ -31,7 +31,7 @@ import _plain
 import numpy as np
 import torch
 
-from fracture import checkpoint, cli, evaluate, presets, scoring, study
+from fracture import checkpoint, cli, cluster, evaluate, presets, scoring, study
 from fracture.model import build_model
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "fracatlas.yaml"
@@ -121,7 +121,7 @@ def main() -> None:
     report: dict = {"machine": _machine(), "image_size": cfg.data.image_size, "epochs": cfg.train.epochs}
     with cli.user_errors():
         study.preflight(cfg)
-        cli.init_ray(cfg)
+        cluster.init_ray(cfg)
         curves: dict[str, list[dict]] = {}
         if args.plain:
             _common.quiet_data_context()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture import cli, data
+from fracture import cli, cluster, data
 from fracture.presets import ID, IMAGE, LABEL, ROW
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "cpu_scratch.yaml"
@@ -45,7 +45,7 @@ def main() -> None:
     cfg, args = cli.parse(p=p)
     import ray
 
-    cli.init_ray(cfg)
+    cluster.init_ray(cfg)
     cached = data.decoded(cfg, "train")
     frame = cached.to_pandas().sort_values(ID).reset_index(drop=True)  # the old cache: id order
     position = {int(r): i for i, r in enumerate(frame[ROW])}  # ROW -> place in id order

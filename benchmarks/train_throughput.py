@@ -234,7 +234,7 @@ def main() -> None:
         print(f"machine: {_common.machine()}; load {_common.load()} at start")
         root = _common.data_root(args.root, tmp, args.n)
         # GPU: leave about half the cores to Ray Data's augment tasks; CPU: the worker gets every core,
-        # as the plain loop's torch does (cli.init_ray adds 2 logical CPUs for Ray Data beside it).
+        # as the plain loop's torch does (cluster.init_ray adds 2 logical CPUs for Ray Data beside it).
         cpus = max(1, os.cpu_count() // (2 * max(workers))) if cuda else os.cpu_count()
         cfg = _common.make_config(
             tmp,

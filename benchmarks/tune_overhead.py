@@ -134,7 +134,7 @@ def main() -> None:
             "search.max_concurrent=1",
         )
         tick = time.perf_counter()
-        _common.init_ray(cpus + 2, args.ray_worker_niceness)  # as cli.init_ray: trial CPUs + 2 for Ray Data
+        _common.init_ray(cpus + 2, args.ray_worker_niceness)  # as cluster.init_ray: trial CPUs + 2 for Ray Data
         init_s = time.perf_counter() - tick
         rows = [["ray.init", "-", init_s, "-", "-", _common.load()]]
 

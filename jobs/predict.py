@@ -7,7 +7,7 @@ checkpoint's threshold) into a CSV (default <storage_path>/<name>/predict.csv), 
 Grad-CAM overlays and a grid for the K most confident + K random images beside the CSV (<out>_gradcam/).
 """
 
-from fracture import cli
+from fracture import cli, cluster
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
 
         ckpt = model_source.checkpoint_dir(args.model or model_source.champion_uri(cfg), cfg)
         frame, left_out = scoring.select_rows(cfg, args.split or evaluate.DEFAULT_SPLIT, args.folder, labelled=False)
-        cli.init_ray(cfg, verbose=args.verbose)
+        cluster.init_ray(cfg, verbose=args.verbose)
         preds, unreadable = predict.predict_paths(ckpt, frame, allow_truncated=cfg.data.allow_truncated)
         out = (args.out or cfg.run_dir / "predict.csv").resolve()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ or a GPU box. It goes through the same Tune -> Train -> MLflow path as jobs/tune
 Like a study, it refuses a name= an earlier run holds unless --overwrite is given.
 """
 
-from fracture import cli
+from fracture import cli, cluster
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
         from fracture import study  # after parsing: --help must not wait for torch and Ray to import
 
         study.preflight(cfg, overwrite=args.overwrite)  # bad data / weights / MLflow URI / a taken name: before Ray
-        cli.init_ray(cfg, verbose=args.verbose)
+        cluster.init_ray(cfg, verbose=args.verbose)
         study.print_summary(study.run(cfg, search_space=False, verbose=args.verbose))
 
 

@@ -16,7 +16,7 @@ study holds, whatever its config or data, and says how to go on (--resume, anoth
 
 from pathlib import Path
 
-from fracture import cli
+from fracture import cli, cluster
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
         study.preflight(
             cfg, resume=args.resume, overwrite=args.overwrite
         )  # bad data / weights / MLflow URI / a taken name: before Ray
-        cli.init_ray(cfg, verbose=args.verbose)
+        cluster.init_ray(cfg, verbose=args.verbose)
         study.print_summary(study.run(cfg, resume=args.resume, verbose=args.verbose))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from procs import job_env
 
-from fracture import synthetic
+from fracture import cluster, synthetic
 from fracture.config import Config, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +26,8 @@ def ray_local():
     """One real local Ray instance for the in-process integration tests (4 logical CPUs on 2 cores)."""
     import ray
 
-    from fracture import cli
-
     if not ray.is_initialized():
-        cli.init_ray(Config().replace(cluster={"num_workers": 2, "cpus_per_worker": 1}))
+        cluster.init_ray(Config().replace(cluster={"num_workers": 2, "cpus_per_worker": 1}))
     yield ray
     ray.shutdown()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from procs import job_env
 
-from fracture import cli
+from fracture import cli, cluster
 from fracture.redact import RedactingFilter, redact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_jobs_never_print_the_password_of_an_unreachable_server(tmp_path, synthe
     from fracture.config import load
     from fracture.model import build_model
 
-    port = cli.free_port()
+    port = cluster.free_port()
     uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
     common = [f"cluster.storage_path={tmp_path / 'runs'}", "data.image_size=32", f"data.root={synthetic_root}"]
     cfg = load(cli.DEFAULT_STUDY, common)

@@ -21,7 +21,7 @@ import mlflow
 import pytest
 from procs import job_env, stop_session
 
-from fracture import cli, tracking
+from fracture import cli, cluster, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_a_server_that_stops_answering_fails_the_study_within_the_bound(tmp_path
         "MLFLOW_HTTP_REQUEST_TIMEOUT",
     ):
         monkeypatch.delenv(name, raising=False)
-    uri = f"http://alice:{SECRET}@127.0.0.1:{cli.free_port()}"
+    uri = f"http://alice:{SECRET}@127.0.0.1:{cluster.free_port()}"
     logger = tracking.TrialLogger(uri, "test", "parent-run", [], study_dir=str(tmp_path / "demo"))
     trial = SimpleNamespace(trial_id="t1", config={"config": {}})
     started = time.monotonic()
@@ -175,7 +175,7 @@ def test_a_study_whose_server_dies_stops_and_resumes_as_its_error_says(tmp_path,
     """The issue's case end to end: a real `mlflow server` killed once the trial has started. The
     job must end within the bound with one error line (password masked) naming the command that
     continues the study, and that command must work once the server is back."""
-    bound, port, env = 5, cli.free_port(), {tracking.TIMEOUT_ENV: "5"}
+    bound, port, env = 5, cluster.free_port(), {tracking.TIMEOUT_ENV: "5"}
     argv = [f"data.root={synthetic_root}", f"cluster.storage_path={tmp_path / 'runs'}", "data.image_size=32"]
     argv += ["train.epochs=2", "search.num_trials=1", "train.batch_size_per_worker=8", "cluster.cpus_per_worker=1"]
     argv += ["tracking.experiment=test", f"tracking.uri=http://alice:{SECRET}@127.0.0.1:{port}"]

@@ -2,7 +2,7 @@
 
 Ray Train starts DDP by giving every worker MASTER_ADDR:MASTER_PORT and letting torch's env://
 rendezvous make rank 0 host a TCPStore there. torch's libuv TCPStore listens on all interfaces
-whatever MASTER_ADDR says, so a laptop study (whose Ray keeps to loopback, see cli.init_ray)
+whatever MASTER_ADDR says, so a laptop study (whose Ray keeps to loopback, see cluster.init_ray)
 would still open one port to its network. When worker 0's node IP is loopback, the single-machine
 case, worker 0 hosts the store itself on a socket bound to 127.0.0.1 and every rank joins it as a
 client (torch's "agent store" mode, meant for exactly this: a store someone else serves). On a

@@ -18,7 +18,7 @@ import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fracture import metrics, progress
+from fracture import cluster, metrics, progress
 from fracture.config import Config, ConfigError, distribution
 from fracture.storage import TUNE_DIR, StudyPaths, is_remote
 from fracture.trainer import train_driver_fn
@@ -66,39 +66,6 @@ def points_to_evaluate(cfg: Config) -> list[dict[str, Any]]:
             flat[f"config/{section}/{key}"] = point.get(dotted, base[section][key])
         points.append(flat)
     return points
-
-
-DRIVER_CPU = 0.01  # each trial's driver fn: it only orchestrates, and Tune refuses an empty request
-DATA_CPU = 1.0  # Ray Data's read/augment tasks (1 CPU each) beside the training workers
-
-
-def check_resources(cfg: Config) -> None:
-    """Refuse, instead of waiting forever, a trial that this cluster can never place.
-
-    A trial holds its driver's sliver of a CPU and its workers' CPUs (and GPUs); Ray Data's tasks
-    need a whole CPU beyond that, or the workers wait for batches that are never made. Each worker
-    must also fit on one node.
-    """
-    total = ray.cluster_resources()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    workers, cpus = cfg.cluster.num_workers, cfg.cluster.cpus_per_worker
-    need_cpu = workers * cpus + DRIVER_CPU + DATA_CPU
-    need_gpu = workers if cfg.cluster.use_gpu else 0
-    have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
-    shape = f"cluster.num_workers={workers}, cpus_per_worker={cpus:g}, use_gpu={cfg.cluster.use_gpu}"
-    if need_cpu > have_cpu or need_gpu > have_gpu:
-        raise ConfigError(
-            f"one trial needs {need_cpu:g} CPU ({workers} x {cpus:g} for its workers, {DATA_CPU:g} for Ray Data, "
-            f"{DRIVER_CPU:g} for its driver) and {need_gpu} GPU ({shape}), but the cluster has {have_cpu:g} CPU "
-            f"and {have_gpu:g} GPU in all: lower cluster.*, add nodes, or give `ray start` more --num-cpus"
-        )
-    gpu_each = 1 if cfg.cluster.use_gpu else 0
-    if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpu_each for n in nodes):
-        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        raise ConfigError(
-            f"one training worker needs {cpus:g} CPU and {gpu_each} GPU on a single node ({shape}), but the "
-            f"largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU"
-        )
 
 
 def build_tuner(
@@ -200,7 +167,7 @@ def _trainable(datasets: dict, pos_weight: float):
     # The driver fn only orchestrates (the TorchTrainer's workers hold the CPUs/GPUs), so it asks for
     # (almost) no resources (Tune refuses an empty request); max_concurrent_trials bounds how many run at once.
     fn = ray.tune.with_parameters(train_driver_fn, datasets=datasets, pos_weight=pos_weight)
-    return ray.tune.with_resources(fn, {"cpu": DRIVER_CPU})
+    return ray.tune.with_resources(fn, {"cpu": cluster.DRIVER_CPU})
 
 
 def _tune_verbosity(verbose: bool) -> int | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from fracture import data, datareport, manifest, registry, search, storage, tracking
+from fracture import cluster, data, datareport, manifest, registry, search, storage, tracking
 from fracture.config import Config, ConfigError, flat, load, loads
 from fracture.errors import StudyIncomplete
 from fracture.model import build_model
@@ -40,20 +40,6 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
     tracking.check_reachable(tracking.tracking_uri(cfg))  # a server answers; an existing sqlite store opens
-
-
-def check_cluster(cfg: Config) -> None:
-    """Checks that need the running cluster: resources a trial needs, storage every node reaches."""
-    import ray
-
-    search.check_resources(cfg)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if "://" not in cfg.cluster.storage_path and not cfg.cluster.storage_shared and len(nodes) > 1:
-        raise ConfigError(
-            f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
-            f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
-            "a shared mount with cluster.storage_shared=true"
-        )
 
 
 def _data_fingerprint(cfg: Config) -> dict:
@@ -188,7 +174,7 @@ def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = N
     paths = StudyPaths.at(resume) if resume else StudyPaths.of(cfg)
     if resume:
         search.check_restorable(paths.tune, resume)  # a wrong --resume must not open MLflow runs
-    check_cluster(cfg)
+    cluster.check_cluster(cfg)
     if not resume or storage.read_text(paths.config) is None:
         save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
     _announce(cfg, paths, resume=bool(resume), search_space=search_space)

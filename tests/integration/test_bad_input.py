@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from procs import job_env
 
-from fracture import cli, synthetic
+from fracture import cluster, synthetic
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def _cases(tmp: Path, data_root: Path) -> dict[str, dict]:
     study.write_text("name: typo\ntrain:\n  epochz: 3\n")
     (tmp / "torch-home").mkdir()
     (tmp / "empty-dir").mkdir()
-    closed = f"http://127.0.0.1:{cli.free_port()}"  # nothing listens: a proxy or a server that is down
+    closed = f"http://127.0.0.1:{cluster.free_port()}"  # nothing listens: a proxy or a server that is down
     no_network = {
         "TORCH_HOME": str(tmp / "torch-home"),
         "HTTPS_PROXY": closed,

@@ -19,7 +19,7 @@ import ray
 import ray.train
 from ray.cluster_utils import Cluster
 
-from fracture import cli, data, study
+from fracture import cluster, data
 from fracture.config import Config, ConfigError, load
 from fracture.trainer import build_trainer
 
@@ -77,7 +77,7 @@ def multinode(tmp_path_factory, synthetic_root):
         cluster.shutdown()
         patch.undo()
         if was_local:  # put the session's local instance back for later modules (as conftest's ray_local)
-            cli.init_ray(Config().replace(cluster={"num_workers": 2, "cpus_per_worker": 1}))
+            cluster.init_ray(Config().replace(cluster={"num_workers": 2, "cpus_per_worker": 1}))
 
 
 def _registered_epochs(run_dir: Path) -> list[int]:
@@ -148,19 +148,19 @@ def test_check_cluster_refuses_a_trial_the_cluster_can_never_place(multinode):
         match=r"one trial needs 65.01 CPU \(64 x 1 for its workers, 1 for Ray Data, "
         r"0.01 for its driver\) .* but the cluster has .* lower cluster",
     ):
-        study.check_cluster(multinode.cfg.replace(cluster={"num_workers": 64}))
+        cluster.check_cluster(multinode.cfg.replace(cluster={"num_workers": 64}))
     # Enough CPUs in all (4 or 5), but no node has room for one worker of 2.5.
     with pytest.raises(
         ConfigError,
         match=r"one training worker needs 2.5 CPU and 0 GPU on a single node .* "
         r"the largest node has 2 CPU",
     ):
-        study.check_cluster(multinode.cfg.replace(cluster={"num_workers": 1, "cpus_per_worker": 2.5}))
+        cluster.check_cluster(multinode.cfg.replace(cluster={"num_workers": 1, "cpus_per_worker": 2.5}))
 
 
 def test_check_cluster_wants_storage_that_every_node_reaches(multinode):
     local = multinode.cfg.replace(cluster={"storage_shared": False})
     with pytest.raises(ConfigError, match=r"is local to this node, but the cluster has \d+ nodes"):
-        study.check_cluster(local)
-    study.check_cluster(multinode.cfg)  # storage_shared=true
-    study.check_cluster(local.replace(cluster={"storage_path": "s3://bucket/runs"}))  # a URI every node reaches
+        cluster.check_cluster(local)
+    cluster.check_cluster(multinode.cfg)  # storage_shared=true
+    cluster.check_cluster(local.replace(cluster={"storage_path": "s3://bucket/runs"}))  # a URI every node reaches

@@ -24,7 +24,7 @@ import mlflow
 import pytest
 from procs import stop_session
 
-from fracture import cli, tracking
+from fracture import cluster, tracking
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +62,7 @@ def head(tmp_path):
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
     ports = {
-        name: cli.free_port()
+        name: cluster.free_port()
         for name in (
             "port",
             "dashboard-port",

@@ -21,7 +21,7 @@ import pytest
 import torch
 from procs import stop_session
 
-from fracture import checkpoint, cli, study, tracking
+from fracture import checkpoint, cluster, study, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @contextlib.contextmanager
 def mlflow_server(directory: Path):
     """`make mlflow` on a free port, with this interpreter's venv; yields the tracking URI."""
-    port, venv = cli.free_port(), Path(sys.executable).parent.parent
+    port, venv = cluster.free_port(), Path(sys.executable).parent.parent
     log = directory.parent / "mlflow-server.log"
     with log.open("w") as out:
         # -o: use the venv as it is; the test must not reinstall anything.
