@@ -106,3 +106,33 @@ def test_jobs_never_print_the_password_of_an_unreachable_server(tmp_path, synthe
         assert len(errors) == 1 and f"http://***@127.0.0.1:{port}" in errors[0] and "unreachable" in errors[0], stderr
     # evaluate checked MLflow first: a server that is down costs no scoring, and writes no report.
     assert not (out / "metrics.json").exists()
+
+
+def test_copies_of_the_config_that_leave_the_driver_hold_no_password(tmp_path, capsys):
+    import mlflow
+
+    from fracture import tracking
+    from fracture.config import load
+    from fracture.redact import redact_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    secret_root = f"https://alice:{SECRET}@data.example/fracatlas"  # any string field, not only the URI
+    cfg = load(None, [f"tracking.uri={uri}", f"data.root={secret_root}", "tracking.experiment=t"])
+    assert redact_config({"a": {"b": [secret_root]}, "n": 3}) == {
+        "a": {"b": ["https://***@data.example/fracatlas"]},
+        "n": 3,
+    }
+
+    # --print-config
+    with pytest.raises(SystemExit):
+        cli.parse(argv=["--print-config", f"data.root={secret_root}"])
+    printed = capsys.readouterr().out
+    assert "data.example/fracatlas" in printed and SECRET not in printed
+
+    # the parent run's config.json (trial runs log theirs through the same redact_config)
+    _, parent = tracking.start_study(cfg, str(tmp_path / "study"))
+    got = mlflow.artifacts.download_artifacts(
+        run_id=parent, artifact_path="config.json", dst_path=str(tmp_path / "got"), tracking_uri=uri
+    )
+    text = Path(got).read_text()
+    assert "data.example/fracatlas" in text and SECRET not in text

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fracture.config import Config, ConfigError, load
 from fracture.errors import StudyIncomplete, UserError
-from fracture.redact import RedactingFilter, redact
+from fracture.redact import RedactingFilter, redact, redact_config
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "jobs" / "studies" / "demo.yaml"
 
@@ -56,7 +56,7 @@ def parse(
     if args.print_config:
         import yaml
 
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        print(yaml.safe_dump(redact_config(cfg.to_dict()), sort_keys=False))
         sys.exit(0)
     return cfg, args
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 MASK = "***"
 
@@ -49,6 +50,20 @@ def redact(text: object) -> str:
     text = str(text)
     text = _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
     return _SECRET_QUERY.sub(lambda m: m["name"] + MASK, text)
+
+
+def redact_config(raw: Any) -> Any:
+    """A config dict (Config.to_dict()) with credentials masked in every string, for copies others read.
+
+    What leaves the driver's own disk (MLflow's config.json artifacts, a checkpoint's state.json,
+    which is uploaded with the registered model, --print-config) goes through here; the study's own
+    config.yaml keeps the real URI, since --resume needs it.
+    """
+    if isinstance(raw, dict):
+        return {k: redact_config(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [redact_config(v) for v in raw]
+    return redact(raw) if isinstance(raw, str) else raw
 
 
 class RedactingFilter(logging.Filter):

@@ -47,7 +47,7 @@ import ray.tune
 from fracture import metrics, registry, trials
 from fracture.config import Config, flat
 from fracture.errors import UserError
-from fracture.redact import redact  # also tracking.redact, for jobs that import this module anyway
+from fracture.redact import redact, redact_config  # also tracking.redact, for jobs that import this module anyway
 from fracture.registry import CHAMPION, Candidate
 from fracture.storage import StudyPaths
 
@@ -350,7 +350,7 @@ def start_study(
         client.create_run, experiment_id, run_name=cfg.name, tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir}
     )
     _retry(client.log_batch, run.info.run_id, params=_params(trials.study_params(cfg)))
-    _retry(client.log_dict, run.info.run_id, cfg.to_dict(), "config.json")
+    _retry(client.log_dict, run.info.run_id, redact_config(cfg.to_dict()), "config.json")
     return uri, run.info.run_id
 
 
@@ -450,7 +450,7 @@ class TrialLogger(ray.tune.Callback):
                 )
             }
             _retry(self.client.log_batch, run_id, params=_params(params))
-            _retry(self.client.log_dict, run_id, cfg, "config.json")
+            _retry(self.client.log_dict, run_id, redact_config(cfg), "config.json")
             self._runs[trial.trial_id] = run_id
         return self._runs[trial.trial_id]
 

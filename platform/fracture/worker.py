@@ -21,6 +21,7 @@ from fracture import checkpoint, data, engine, metrics
 from fracture.config import Config
 from fracture.early_stop import Progress
 from fracture.model import build_model
+from fracture.redact import redact_config
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
                     optimizer,
                     {
                         "epoch": epoch,
-                        "config": cfg.to_dict(),
+                        "config": redact_config(cfg.to_dict()),  # uploaded with the registered model
                         "threshold": result["val_threshold"],
                         "metrics": result,
                         "weights": weights_source,
