@@ -17,21 +17,7 @@ from fracture import datareport, manifest, synthetic
 from fracture.manifest import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-CSV_COLUMNS = [
-    "image_id",
-    "hand",
-    "leg",
-    "hip",
-    "shoulder",
-    "mixed",
-    "hardware",
-    "multiscan",
-    "fractured",
-    "fracture_count",
-    "frontal",
-    "lateral",
-    "oblique",
-]
+CSV_COLUMNS = synthetic.CSV_COLUMNS  # FracAtlas' dataset.csv columns
 
 
 def jpeg_bytes(seed: int, size=(40, 30), mode="RGB") -> bytes:
