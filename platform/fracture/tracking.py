@@ -335,17 +335,10 @@ def start_study(
     if resume and parent_run_id:
         _retry(client.update_run, parent_run_id, status="RUNNING")
         return uri, parent_run_id
-    if resume:
-        runs = _retry(
-            client.search_runs,
-            [experiment_id],
-            filter_string=f"tags.`{STUDY_DIR_TAG}` = '{study_dir}'",
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
-        )
-        if runs:
-            _retry(client.update_run, runs[0].info.run_id, status="RUNNING")
-            return uri, runs[0].info.run_id
+    first = _run_tagged(client, experiment_id, STUDY_DIR_TAG, study_dir, newest=False) if resume else None
+    if first:
+        _retry(client.update_run, first, status="RUNNING")
+        return uri, first
     run = _retry(
         client.create_run, experiment_id, run_name=cfg.name, tags={STUDY_TAG: cfg.name, STUDY_DIR_TAG: study_dir}
     )
@@ -759,11 +752,16 @@ def log_study_results(results, cfg: Config, uri: str, parent_run_id: str, summar
 
 
 def _find_trial_run(client, experiment_id: str, trial_id: str) -> str | None:
+    return _run_tagged(client, experiment_id, TRIAL_TAG, trial_id, newest=True)
+
+
+def _run_tagged(client, experiment_id: str, tag: str, value: str, *, newest: bool) -> str | None:
+    """The id of the newest (or first) run in the experiment with tag=value; None when there is none."""
     runs = _retry(
         client.search_runs,
         [experiment_id],
-        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
-        order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{tag}` = '{value}'",
+        order_by=[f"attributes.start_time {'DESC' if newest else 'ASC'}"],
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
