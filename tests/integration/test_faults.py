@@ -57,15 +57,15 @@ def multinode(tmp_path_factory, synthetic_root):
     patch = pytest.MonkeyPatch()
     patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     patch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
-        assert cluster.address.startswith("127.0.0.1:"), cluster.address
-        ray.init(address=cluster.address, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+        assert nodes.address.startswith("127.0.0.1:"), nodes.address
+        ray.init(address=nodes.address, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
         ray.data.DataContext.get_current().enable_progress_bars = False
         datasets = data.build_datasets(cfg)  # materialized on the head, before any worker node exists
-        workers = [cluster.add_node(num_cpus=1, resources={SLOT: 1}) for _ in range(3)]
+        workers = [nodes.add_node(num_cpus=1, resources={SLOT: 1}) for _ in range(3)]
         yield SimpleNamespace(
-            cluster=cluster,
+            cluster=nodes,
             workers=workers,
             cfg=cfg,
             datasets=datasets,
@@ -74,7 +74,7 @@ def multinode(tmp_path_factory, synthetic_root):
         )
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        nodes.shutdown()
         patch.undo()
         if was_local:  # put the session's local instance back for later modules (as conftest's ray_local)
             cluster.init_ray(Config().replace(cluster={"num_workers": 2, "cpus_per_worker": 1}))
