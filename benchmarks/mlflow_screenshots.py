@@ -140,7 +140,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def pages(uri: str, experiment: str, model_name: str) -> dict[str, str]:
     """{file name: UI route} of the champion's experiment, study (parent) run, trial run and version."""
-    from fracture import tracking
+    from fracture import metrics, tracking
 
     ids = tracking.champion_runs(uri, experiment, model_name)
     exp, parent, ml = ids["experiment_id"], ids["study_run_id"], tracking.UI_QUERY  # see tracking.UI_QUERY
@@ -150,7 +150,7 @@ def pages(uri: str, experiment: str, model_name: str) -> dict[str, str]:
         "2_parent_run.png": tracking.ui_route(exp, parent),
         "3_parent_artifacts.png": f"/#/experiments/{exp}/runs/{parent}/artifacts/{tracking.STUDY_ARTIFACT}/"
         f"optuna_parallel_coordinate.png{ml}",
-        "4_trial_metrics.png": _metric_route(exp, ids["trial_run_id"], ["val_auc", tracking.BEST]) + "&" + ml[1:],
+        "4_trial_metrics.png": _metric_route(exp, ids["trial_run_id"], ["val_auc", metrics.BEST]) + "&" + ml[1:],
         "5_model_version.png": f"/#/models/{model_name}/versions/{ids['version']}{ml}",
     }
 

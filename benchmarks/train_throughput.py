@@ -247,7 +247,7 @@ def main() -> None:
             f"cluster.cpus_per_worker={cpus}",
             f"cluster.num_workers={max(workers)}",
         )
-        # As cli.init_ray sizes a local instance: the trial's CPUs + 2 for Ray Data's tasks.
+        # As cluster.init_ray sizes a local instance: the trial's CPUs + 2 for Ray Data's tasks.
         _common.init_ray(max(round(max(workers) * cpus + 2), os.cpu_count()), args.ray_worker_niceness)
         tick = time.perf_counter()
         pos_weight = data.pos_weight(cfg)

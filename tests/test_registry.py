@@ -73,3 +73,6 @@ def test_champion_moves_only_to_a_strictly_better_val_auroc():
     assert registry.wins(0.71, 0.70)
     assert not registry.wins(0.70, 0.70)  # a tie keeps the version people already use
     assert not registry.wins(0.69, 0.70)
+    # The champion's AUROC is read back from its 6-decimal tag: the same model must not beat itself.
+    assert not registry.wins(23 / 24, float(f"{23 / 24:.6f}"))
+    assert registry.wins(0.958334, 0.958333)

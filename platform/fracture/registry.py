@@ -51,9 +51,16 @@ def candidate(results) -> Candidate:
     return Candidate(trial_id=best.metrics["trial_id"], row=row, net=net, state=state)
 
 
+TAG_DIGITS = 6  # version tags hold metrics to 6 decimals (version_tags): the champion's AUROC is read back from them
+
+
 def wins(val_auc: float, champion_val_auc: float | None) -> bool:
-    """The champion rule: a new version takes `@champion` only when it beats the current one's val AUROC."""
-    return champion_val_auc is None or val_auc > champion_val_auc
+    """The champion rule: a new version takes `@champion` only when it beats the current one's val AUROC.
+
+    Compared at the tags' precision: the champion's AUROC comes back from its tag as 0.958333, and
+    the same model registered again (0.9583333...) must not beat itself.
+    """
+    return champion_val_auc is None or round(val_auc, TAG_DIGITS) > round(champion_val_auc, TAG_DIGITS)
 
 
 def summary(cfg: Config, chosen: Candidate, *, run_id: str, parent_run_id: str, study_dir: str) -> dict:
@@ -91,9 +98,9 @@ def version_tags(summary: dict) -> dict[str, str]:
     m = summary["metrics"]
     # Few tags: the UI lists them by name in a short box; the ids are in the description.
     return {
-        "threshold": f"{summary['threshold']:.6f}",
-        metrics.PRIMARY: f"{summary['val_auc']:.6f}",
-        **{k: f"{m[k]:.6f}" for k in ("val_sensitivity", "val_specificity") if k in m},
+        "threshold": f"{summary['threshold']:.{TAG_DIGITS}f}",
+        metrics.PRIMARY: f"{summary['val_auc']:.{TAG_DIGITS}f}",
+        **{k: f"{m[k]:.{TAG_DIGITS}f}" for k in ("val_sensitivity", "val_specificity") if k in m},
         "image_size": str(summary["image_size"]),
         "study": summary["study"]["name"],
     }

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import _tiny
 
-from fracture import checkpoint, study, tracking
+from fracture import checkpoint, metrics, study, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_runs_link_to_the_version_and_trial_charts_stay_per_epoch(registered):
     note = parent.data.tags[tracking.RUN_NOTE_TAG]  # the UI's run description
     assert f"**{name}**" in note and "1 trial (1 finished)" in note and "@champion" in note
     # Registration adds no point to the trial's per-epoch best_val_auc chart.
-    history = client.get_metric_history(summary["run_id"], tracking.BEST)
+    history = client.get_metric_history(summary["run_id"], metrics.BEST)
     assert [m.step for m in history] == list(range(len(history)))
     assert trial.data.tags[tracking.SELECTED_EPOCH_TAG] == str(summary["epoch"])
     assert (
