@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fracture import checkpoint, metrics
+from fracture import checkpoint, metrics, storage
 from fracture.config import Config, flat
 
 CHAMPION = "champion"  # the registry alias that serving and evaluation load by default
@@ -39,7 +39,8 @@ def best_checkpoint(results) -> tuple[Any, dict]:
         raise RuntimeError(f"best trial {best.path} reported no checkpoint")
     frame = frame[frame["checkpoint_path"].notna()].sort_values(metrics.PRIMARY, ascending=False)
     for _, row in frame.iterrows():
-        if Path(row["checkpoint_path"]).joinpath("state.json").is_file() or "://" in row["checkpoint_path"]:
+        path = row["checkpoint_path"]
+        if storage.is_remote(path) or Path(path).joinpath("state.json").is_file():
             return best, row.to_dict()
     raise RuntimeError(f"best trial {best.path}: none of its checkpoints is still on disk")
 
