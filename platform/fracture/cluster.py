@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from fracture import storage
 from fracture.config import Config, ConfigError
 
 DRIVER_CPU = 0.01  # each trial's driver fn: it only orchestrates, and Tune refuses an empty request
@@ -53,7 +54,7 @@ def check_cluster(cfg: Config) -> None:
 
     check_resources(cfg)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if "://" not in cfg.cluster.storage_path and not cfg.cluster.storage_shared and len(nodes) > 1:
+    if not storage.is_remote(cfg.cluster.storage_path) and not cfg.cluster.storage_shared and len(nodes) > 1:
         raise ConfigError(
             f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
             f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
