@@ -23,18 +23,20 @@ import logging
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fracture import datareport, manifest
+from fracture import datareport, manifest, metrics, split_audit
 from fracture.config import Config
 from fracture.presets import ID, IMAGE, LABEL, PATH, ROW, augment, decode_batch
 
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 32
+TRAINING_SPLITS = ("train", "val")  # what build_datasets gives trials; the test split never reaches them
 
 
 def manifest_path(cfg: Config) -> Path:
@@ -131,6 +133,35 @@ def ensure_manifest(cfg: Config) -> Path:
     return path
 
 
+_audited: dict[tuple, list] = {}  # (manifest, its mtime) -> findings, so preflight and run hash once
+
+
+def audit_split(cfg: Config) -> list[split_audit.Finding]:
+    """split_audit.audit of the study's manifest: DataError naming the findings, or (with
+    data.allow_leaky_split) a warning and the findings, for the study to record in MLflow.
+
+    Manifests from before the `phash` column are hashed here, each time a job starts (~2 s for
+    FracAtlas); jobs/prepare.py writes the hashes into the manifest once.
+    """
+    path = ensure_manifest(cfg)
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _audited:
+        frame = manifest.load(path)
+        if "phash" not in frame:
+            log.info("%s has no perceptual hashes: hashing its %d usable images", path, int(frame["usable"].sum()))
+            with ThreadPoolExecutor(max_workers=4) as pool:  # PIL's decoder releases the GIL
+                frame["phash"] = list(pool.map(split_audit.hash_file, frame[PATH].where(frame["usable"], "")))
+        # Model selection reads the ranked metric's split; it must be one the trials are given, never test.
+        selection = tuple(dict.fromkeys((*TRAINING_SPLITS, metrics.ranked(cfg).split("_")[0])))
+        findings = split_audit.audit(frame, selection=selection)
+        if findings and not cfg.data.allow_leaky_split:
+            raise manifest.DataError(split_audit.refusal(findings, path))
+        if findings:
+            log.warning("data.allow_leaky_split=true: running anyway on %s", split_audit.refusal(findings, path))
+        _audited[key] = findings
+    return _audited[key]
+
+
 def split_frame(cfg: Config, split: str) -> pd.DataFrame:
     """Usable rows of one split of the manifest (image_id, path, label)."""
     df = manifest.load(ensure_manifest(cfg))
@@ -215,7 +246,7 @@ def decoded(cfg: Config, split: str):
 def build_datasets(cfg: Config) -> dict:
     """{"train", "val"} Ray Datasets of {image, label, row}, as decoded; `epoch_batches` shuffles and augments."""
     # Workers get numbers only: the string ids stay behind (iter_torch_batches cannot tensorise them).
-    out = {split: decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]) for split in ("train", "val")}
+    out = {split: decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]) for split in TRAINING_SPLITS}
     for ds in out.values():
         # blocks in stored order (Ray Data may otherwise yield whichever block is ready first)
         ds.context.execution_options.preserve_order = True

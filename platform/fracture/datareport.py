@@ -81,6 +81,20 @@ def render_markdown(report: dict) -> str:
             f"{_ids(report['trailing_bytes']['ids'])}",
             "",
         ]
+    near = report.get("near_duplicates")  # absent from reports written before the perceptual hash
+    if near and near["pairs"]:
+        lines += [
+            "### Near-duplicate pairs",
+            "",
+            f"Not byte-identical, but within {near['threshold_bits']} of {near['hash_bits']} bits of each other's "
+            "perceptual hash (re-saved or re-cropped copies of one film). The study refuses to train when a pair "
+            "lies in two splits (see `fracture.split_audit`).",
+            "",
+        ]
+        lines += _table(
+            ["a", "b", "bits apart", "splits"],
+            [[p["a"], p["b"], p["distance"], " / ".join(s or "-" for s in p["splits"])] for p in near["pairs"]],
+        )
     items = report["defects"]["label_mismatch"]["items"]
     if items:
         lines += ["### Folder vs CSV label", ""]

@@ -9,6 +9,7 @@ with its provenance. Plain pandas / PIL / numpy: no Ray, torch or MLflow here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracture import datareport, presets
+from fracture import datareport, presets, split_audit
 from fracture.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ SCHEMA = {  # column -> dtype of the written manifest; "str" columns never hold 
     "split": "str",
     "group": "str",
     "trailing_bytes": "int32",
+    "phash": "str",  # split_audit.phash (near-duplicates); "" when the file does not decode
 }
+OPTIONAL = {"phash"}  # columns a manifest from before them may lack (load accepts it; the audit hashes then)
 FOLDERS = {"Fractured": 1, "Non_fractured": 0}  # images/<folder> -> folder label
 BODY_PARTS = ("hand", "leg", "hip", "shoulder")  # plus the CSV's own "mixed" flag
 VIEWS = ("frontal", "lateral", "oblique")
@@ -93,7 +96,7 @@ def _audit(
         for image_id in sorted(set(csv) | set(files))
     ]
     df = pd.DataFrame(rows, columns=[c for c in SCHEMA if c != "split"])
-    df = _mark_duplicates(df)
+    df = _group_near_duplicates(_mark_duplicates(df))
     df["usable"] = df["status"].isin(["ok", "label_mismatch"] + (["truncated"] if allow_truncated else []))
     df["split"] = ""
     return df[list(SCHEMA)].astype(SCHEMA)
@@ -162,6 +165,7 @@ def _inspect(path: Path) -> dict:
         "mode": "",
         "defect": "",
         "trailing_bytes": 0,
+        "phash": "",
     }
     try:
         image = Image.open(io.BytesIO(data))
@@ -171,10 +175,13 @@ def _inspect(path: Path) -> dict:
         fact.update(width=image.width, height=image.height, mode=image.mode)
         try:
             if image.format == "JPEG":
-                image.draft(image.mode, (1, 1))  # DCT 1/8 scale: still reads every scan byte, far cheaper
+                # Reduced DCT scale: still reads every scan byte, far cheaper; >= 64 px is enough to hash
+                image.draft(image.mode, split_audit.DRAFT)
             image.load()
         except Exception:  # PIL stops before the image is complete
             return fact | {"defect": "truncated"}
+        with contextlib.suppress(Exception):  # a mode PIL cannot make grayscale: no near-duplicate check
+            fact["phash"] = split_audit.phash(image)
     if image.format == "JPEG":
         fact["trailing_bytes"] = _bytes_after_eoi(data)
         if fact["trailing_bytes"] < 0:
@@ -197,7 +204,7 @@ def _bytes_after_eoi(jpeg: bytes) -> int:
 
 def _row(image_id: str, rec: dict | None, file: tuple[Path, int] | None, fact: dict | None) -> dict:
     path, folder_label = file if file else ("", -1)
-    fact = fact or {"sha256": "", "width": 0, "height": 0, "mode": "", "defect": "", "trailing_bytes": 0}
+    fact = fact or {"sha256": "", "width": 0, "height": 0, "mode": "", "defect": "", "trailing_bytes": 0, "phash": ""}
     if rec is None:
         status, label = "orphan_file", folder_label
     elif file is None:
@@ -223,6 +230,7 @@ def _row(image_id: str, rec: dict | None, file: tuple[Path, int] | None, fact: d
         "duplicate_of": "",
         "group": image_id,
         "trailing_bytes": fact["trailing_bytes"],
+        "phash": fact["phash"],
     }
 
 
@@ -252,6 +260,31 @@ def _mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
         copies = df["image_id"].isin(ids) & (df["image_id"] != kept)
         df.loc[df["image_id"].isin(ids), "group"] = kept
         df.loc[copies, ["status", "duplicate_of"]] = ["duplicate", kept]
+    return df
+
+
+def _group_near_duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Near-copies of one film (split_audit.THRESHOLD) join one `group`, so the split keeps them together.
+
+    Both stay usable: unlike byte-identical copies they may differ (a crop, a re-save), and which
+    one is "the" image is not ours to say. FracAtlas has 65 such pairs (IMG00026xx-29xx re-saved as
+    IMG0004xxx); split by id alone, 31 of them straddled two splits.
+    """
+    rows = df[(df["phash"] != "") & (df["status"] != "duplicate")]
+    parent = {g: g for g in df["group"]}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    groups = rows["group"].to_numpy()
+    for i, j, _ in split_audit.near_pairs(rows["phash"].tolist()):
+        a, b = root(groups[i]), root(groups[j])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    df["group"] = df["group"].map(root)
     return df
 
 
@@ -376,6 +409,11 @@ def summarize(
         "trailing_bytes": {
             "ids": df.loc[df["trailing_bytes"] > 0, "image_id"].tolist(),
             "decision": "kept: stale bytes after the JPEG end marker; the image decodes fully",
+        },
+        "near_duplicates": {
+            "threshold_bits": split_audit.THRESHOLD,
+            "hash_bits": split_audit.SIDE**2,
+            "pairs": split_audit.near_duplicates(with_file),
         },
     }
 
@@ -538,7 +576,7 @@ def load(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"no manifest at {path}; build it with: python jobs/prepare.py --root DATA_ROOT --out {path}")
     df = pd.read_parquet(path)
-    lacking = sorted(set(SCHEMA) - set(df.columns))
+    lacking = sorted(set(SCHEMA) - OPTIONAL - set(df.columns))
     if lacking:
         raise DataError(f"{path} is not a fracture manifest (lacks columns: {', '.join(lacking)})")
     return df
