@@ -144,6 +144,8 @@ def test_bool_refuses_other_ints():
         ("train.imbalance=focal", "train.imbalance"),
         ("train.threshold=f1", "train.threshold"),
         ("search.scheduler=pbt", "search.scheduler"),
+        ("search.objective=f1", "search.objective"),
+        ("search.rank_by=upper_bound", "search.rank_by"),
     ],
 )
 def test_choice_validation(override, key):
@@ -158,6 +160,8 @@ def test_choice_validation(override, key):
         ("model.trainable_blocks=6", "model.trainable_blocks"),
         ("data.image_size=16", "data.image_size"),
         ("train.epochs=0", "train.epochs"),
+        ("search.target_sensitivity=0", "search.target_sensitivity"),
+        ("search.target_sensitivity=1.0", "search.target_sensitivity"),
     ],
 )
 def test_range_validation(override, key):
@@ -168,6 +172,13 @@ def test_range_validation(override, key):
 def test_valid_choices_load():
     cfg = load(None, ["optim.schedule=cosine", "optim.name=adamw"])
     assert (cfg.optim.schedule, cfg.optim.name) == ("cosine", "adamw")
+
+
+def test_the_objective_defaults_to_val_auroc_by_its_point_estimate():
+    cfg = load(None)
+    assert (cfg.search.objective, cfg.search.rank_by, cfg.search.target_sensitivity) == ("auroc", "point", 0.9)
+    cfg = load(None, ["search.objective=specificity_at_sensitivity", "search.rank_by=lower_bound"])
+    assert (cfg.search.objective, cfg.search.rank_by) == ("specificity_at_sensitivity", "lower_bound")
 
 
 def test_replace_returns_a_new_config():

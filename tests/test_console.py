@@ -32,6 +32,9 @@ RAY_CHATTER = [
     "'3873e4a9463e6288e89c977f01000000' has constructor arguments in the object store and max_restarts > 0",
     "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.",
     "Wrote the latest version of all result files and experiment state to '/tmp/r/tune' in 0.0102s.",
+    "(pid=gcs_server) [2026-12-07 12:31:12,838 E 22897 22897] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill "
+    "actor a9e4a4cc15a0d51313c7ec4101000000, return status: Invalid: KillActor RPC failed for actor "
+    "a9e4a4cc15a0d51313c7ec4101000000: RpcError: RPC error: Socket closed rpc_code: 14",
 ]
 DEPRECATION = [
     "/venv/ray/data/iterator.py:577: RayDeprecationWarning: Passing a function to "
@@ -140,6 +143,16 @@ def test_an_epoch_line_has_the_metrics_speed_and_eta():
 )
 def test_the_end_line_says_how_the_trial_ended(result, says):
     assert progress.end_line("trial_002", RESULT | result, epochs=3, patience=5) == says
+
+
+def test_lines_speak_of_the_metric_the_study_ranks_by():
+    result = RESULT | {"val_spec_at_sens_lower": 0.41234, "best_val_spec_at_sens_lower": 0.45, "done": True}
+    line = progress.epoch_line("trial_001", result, epochs=3, ranked="val_spec_at_sens_lower")
+    assert "val AUROC 0.8388" in line and "val_spec_at_sens_lower 0.4123" in line
+    ended = progress.end_line(
+        "trial_002", result | {"epochs_done": 3}, epochs=3, patience=5, ranked="val_spec_at_sens_lower"
+    )
+    assert ended == "trial_002 finished 3/3 epochs: best val_spec_at_sens_lower 0.4500, 1m20s"
 
 
 def test_ray_chatter_is_dropped_and_what_a_user_can_act_on_is_kept():

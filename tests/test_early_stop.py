@@ -76,3 +76,14 @@ def test_empty_state_starts_afresh():
     assert (progress.best, progress.stale, progress.history) == (float("-inf"), 0, [])
     assert not progress.stopped
     assert progress.update(0.0) is False and progress.best == 0.0  # any real AUC beats the start
+
+
+def test_the_count_follows_the_studys_ranking_metric_and_saves_its_best_under_its_name():
+    # search.rank_by=lower_bound with the specificity objective: the worker feeds this metric.
+    progress = Progress(patience=2, metric="val_spec_at_sens_lower")
+    assert _run(progress, [0.40, 0.45, 0.44]) is None
+    saved = json.loads(json.dumps(progress.state()))
+    assert set(saved) == {"best_val_spec_at_sens_lower", "stale_epochs", "history"}
+    after = Progress.from_state(saved, patience=2, metric="val_spec_at_sens_lower")
+    assert (after.best, after.stale) == (0.45, 1)
+    assert Progress.from_state(saved, patience=2).best == float("-inf")  # best_val_auc: not what was counted

@@ -1,6 +1,7 @@
 """Metric functions against hand-checked values and sklearn."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +117,88 @@ def test_bootstrap_ci_contains_estimate_and_is_deterministic():
     assert metrics.bootstrap_ci(labels, probs, 0.5, n_boot=500, seed=8) != ci
     with pytest.raises(ValueError):
         metrics.bootstrap_ci(labels, probs, 0.5, metrics=("threshold",))
+
+
+# Sorted by score: .9+ .8+ .7- then a tie at .6 (one of each) and .2-. Three positives, three
+# negatives: the ROC runs (0,0) (0,1/3) (0,2/3) (1/3,2/3), diagonally through the tie to (2/3,1), (1,1).
+TIED_LABELS = [1, 1, 0, 1, 0, 0]
+TIED_PROBS = [0.9, 0.8, 0.7, 0.6, 0.6, 0.2]
+
+
+@pytest.mark.parametrize(
+    "target, spec",
+    [
+        (0.5, 1.0),  # on the vertical segment from (0, 1/3) to (0, 2/3)
+        (2 / 3, 1.0),  # reached exactly at (0, 2/3): that point's specificity, not a later one's
+        (0.9, 1 - (1 / 3 + 0.7 / 3)),  # 70% along the tie's diagonal (1/3, 2/3) -> (2/3, 1): spec 13/30
+        (1.0, 1 / 3),  # the whole tie is needed
+    ],
+)
+def test_spec_at_sensitivity_interpolates_the_roc(target, spec):
+    assert metrics.spec_at_sensitivity(TIED_LABELS, TIED_PROBS, target) == pytest.approx(spec)
+
+
+def test_spec_at_sensitivity_is_nan_where_the_target_is_never_reached():
+    # The ROC always ends at (1, 1), so only a curve without positives never gets there.
+    assert math.isnan(metrics.spec_at_sensitivity([0, 0, 0], [0.1, 0.5, 0.9], 0.9))
+    assert math.isnan(metrics.spec_at_sensitivity([1, 1], [0.1, 0.5], 0.9))
+    # A curve cut short below the target (the second row) has no point there either.
+    tpr = np.array([[0.0, 0.5, 1.0], [0.0, 0.5, 0.8]])
+    fpr = np.array([[0.0, 0.2, 0.6], [0.0, 0.2, 0.6]])
+    got = metrics._spec_at(tpr, fpr, 0.9)
+    assert got[0] == pytest.approx(1 - (0.2 + 0.8 * 0.4)) and math.isnan(got[1])
+    with pytest.raises(ValueError, match="target"):
+        metrics.spec_at_sensitivity(TIED_LABELS, TIED_PROBS, 0.0)
+
+
+def test_weighted_spec_at_sensitivity_matches_the_roc_of_the_repeated_items():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 80)
+    probs = np.round(rng.random(80), 1)  # many ties: interpolation inside tied runs
+    counts = rng.integers(0, 4, size=(6, 80))
+    for target in (0.3, 0.9, 0.95):
+        got = metrics._weighted_metrics(counts, labels, probs, 0.5, ("spec_at_sens",), target)["spec_at_sens"]
+        for b in range(6):
+            ref = metrics.spec_at_sensitivity(np.repeat(labels, counts[b]), np.repeat(probs, counts[b]), target)
+            assert got[b] == pytest.approx(ref), (target, b)
+
+
+def _val_like(n=600, seed=0):
+    """~600 val predictions with FracAtlas' ~18% fractures and an AUROC near 0.85."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.18).astype(int)
+    return labels, np.clip(0.3 * labels + 0.7 * rng.random(n), 0, 1)
+
+
+def test_lower_bounds_are_deterministic_and_below_the_point_estimates():
+    labels, probs = _val_like()
+    got = metrics.ranking_metrics(labels, probs, target_sensitivity=0.9)
+    assert got.keys() == {"spec_at_sens", "auc_lower", "spec_at_sens_lower"}
+    assert metrics.ranking_metrics(labels, probs, target_sensitivity=0.9) == got  # fixed seed
+    assert got["spec_at_sens"] == metrics.spec_at_sensitivity(labels, probs, 0.9)
+    auc = metrics.binary_metrics(labels, probs, 0.5)["auc"]
+    assert 0 < got["auc_lower"] < auc and 0 < got["spec_at_sens_lower"] < got["spec_at_sens"]
+    # The bound is the 95% interval's low end: of the same resamples as bootstrap_ci's.
+    ci = metrics.bootstrap_ci(
+        labels, probs, 0.5, n_boot=metrics.LOWER_BOUND_RESAMPLES, seed=metrics.LOWER_BOUND_SEED, metrics=("auc",)
+    )
+    assert got["auc_lower"] == ci["auc"][0]
+    # Worse predictions of the same images get a lower bound, not just a lower point estimate.
+    noisier = np.clip(probs + np.random.default_rng(1).normal(0, 0.3, probs.size), 0, 1)
+    assert metrics.ranking_metrics(labels, noisier)["auc_lower"] < got["auc_lower"]
+
+
+def test_lower_bounds_cost_little_next_to_an_epoch():
+    labels, probs = _val_like()
+    metrics.ranking_metrics(labels, probs)  # warm
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        metrics.ranking_metrics(labels, probs)
+        times.append(time.perf_counter() - start)
+    cost = sorted(times)[2]
+    print(f"ranking_metrics on 600 val predictions, 200 resamples: {cost * 1000:.1f} ms (median of 5)")
+    assert cost < 0.5  # an epoch is >= 20 s; a few tens of ms on the 2 shared test cores
 
 
 def test_prefixed_val_scores_hold_the_primary_metric():

@@ -19,16 +19,21 @@ def _saved(path, cfg: Config, *, epoch: int, threshold: float = 0.3) -> str:
     return str(path)
 
 
-def _trial(frame: pd.DataFrame) -> ray.tune.Result:
-    last = frame.iloc[-1].to_dict() | {"trial_id": "t1"}
-    return ray.tune.Result(metrics=last, checkpoint=None, error=None, path="/nowhere/t1", metrics_dataframe=frame)
+def _trial(frame: pd.DataFrame, trial_id: str = "t1") -> ray.tune.Result:
+    last = frame.iloc[-1].to_dict() | {"trial_id": trial_id}
+    return ray.tune.Result(
+        metrics=last, checkpoint=None, error=None, path=f"/nowhere/{trial_id}", metrics_dataframe=frame
+    )
 
 
 class _Grid(list):
-    """The one ResultGrid method registry uses, over a list of Results."""
+    """The one ResultGrid method registry uses, over a list of Results; `asked` is the metric it ranked by."""
+
+    asked = metrics.PRIMARY
 
     def get_best_result(self, metric, mode, scope):
-        assert (metric, mode, scope) == (metrics.PRIMARY, metrics.MODE, "all")
+        assert (mode, scope) == (metrics.MODE, "all")
+        self.asked = metric
         return max(self, key=lambda r: r.metrics_dataframe[metric].max())
 
 
@@ -60,6 +65,64 @@ def test_the_best_epoch_whose_checkpoint_is_still_on_disk_is_registered(tmp_path
     text = registry.version_description(summary)
     assert "N×3×32×32" in text and "0.250000" in text and "Youden" in text and "trial run `r`" in text
     assert registry.version_tags(summary)[metrics.PRIMARY] == "0.800000"
+
+
+# Two trials of two epochs, each setting's best somewhere else: (trial, epoch) per row of the parametrize.
+RANKED = {
+    "t1": {
+        metrics.PRIMARY: [0.80, 0.90],
+        "val_auc_lower": [0.70, 0.72],
+        "val_spec_at_sens": [0.50, 0.55],
+        "val_spec_at_sens_lower": [0.45, 0.40],
+    },
+    "t2": {
+        metrics.PRIMARY: [0.85, 0.86],
+        "val_auc_lower": [0.78, 0.75],
+        "val_spec_at_sens": [0.52, 0.60],
+        "val_spec_at_sens_lower": [0.41, 0.43],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "objective, rank_by, ranked, trial, epoch",
+    [
+        ("auroc", "point", "val_auc", "t1", 1),
+        ("auroc", "lower_bound", "val_auc_lower", "t2", 0),
+        ("specificity_at_sensitivity", "point", "val_spec_at_sens", "t2", 1),
+        ("specificity_at_sensitivity", "lower_bound", "val_spec_at_sens_lower", "t1", 0),
+    ],
+)
+def test_the_objective_and_rank_by_pick_the_checkpoint_and_the_champions_score(
+    tmp_path, cfg, objective, rank_by, ranked, trial, epoch
+):
+    cfg = cfg.replace(search={"objective": objective, "rank_by": rank_by})
+    assert metrics.ranked(cfg) == ranked and metrics.best(cfg) == "best_" + ranked
+    grid = _Grid()
+    for trial_id, values in RANKED.items():
+        paths = [_saved(tmp_path / trial_id / f"e{e}", cfg, epoch=e) for e in (0, 1)]
+        grid.append(_trial(pd.DataFrame({"epoch": [0, 1], **values, "checkpoint_path": paths}), trial_id))
+
+    chosen = registry.candidate(grid, metrics.ranked(cfg))
+    assert grid.asked == ranked  # Tune's best trial is judged by the same metric as its epochs
+    assert (chosen.trial_id, chosen.state["epoch"]) == (trial, epoch)
+
+    summary = registry.summary(cfg, chosen, run_id="r", parent_run_id="p", study_dir="/s")
+    point = metrics.objective(cfg)
+    assert summary["score"] == RANKED[trial][ranked][epoch] and summary["ranked_by"] == ranked
+    assert (summary["point"], summary["lower"]) == (RANKED[trial][point][epoch], RANKED[trial][point + "_lower"][epoch])
+    tags = registry.version_tags(summary)
+    assert {metrics.PRIMARY, point, point + "_lower"} <= tags.keys()  # the objective and its bound, for the next study
+    assert "lower" in registry.version_description(summary)
+    # The next study reads the champion's score back from its tag: the same model must not beat itself.
+    champion = float(tags[ranked])
+    assert not registry.wins(summary["score"], champion)
+    assert registry.wins(summary["score"] + 1e-6, champion) and not registry.wins(summary["score"] - 1e-6, champion)
+
+
+def test_a_champion_whose_score_is_nan_is_beaten():
+    assert registry.wins(0.1, float("nan"))
+    assert not registry.wins(float("nan"), 0.1)
 
 
 def test_a_study_with_no_checkpoint_left_registers_nothing(tmp_path):

@@ -99,10 +99,15 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
         "trial_id": "a",
         "epoch": 1,
         "val_auc": 0.7,
+        "objective": "val_auc",
+        "point": 0.7,
+        "lower": 0.61,
+        "ranked_by": "val_auc",
+        "score": 0.7,
         "threshold": 0.42,
         "model_uri": "models:/fracture/3",
         "champion": True,
-        "previous_champion_auc": None,
+        "previous_champion_score": None,
     }
     tracking.log_study_results(_study(cfg), cfg, uri, parent, summary)
 
@@ -111,6 +116,7 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
     note = run.data.tags[tracking.RUN_NOTE_TAG]
     assert "4 trials (1 finished, 1 scheduler stopped, 1 early stopped, 1 error)" in note
     assert "**fracture/3**" in note and "now `@champion`" in note
+    assert "val_auc 0.7000 (95% lower bound 0.6100)" in note
     assert run.data.metrics[metrics.BEST] == 0.7
     assert params["space.model.l2"] == "loguniform[1e-06, 0.001]"
     assert params["space.optim.lr_head"] == "loguniform[0.0001, 0.003]" and params["search.num_trials"] == "4"
@@ -153,7 +159,8 @@ def test_optuna_plots_leave_matplotlib_style_as_it_was(cfg, tmp_path):
 def test_experiment_opens_on_runs_new_or_existing(cfg, tmp_path):
     uri = cfg.tracking.uri
     client = tracking._client(uri)
-    client.create_experiment("older")  # made before the tag existed: no kind
+    # made before the tag existed: no kind (its artifacts in tmp, not in ./mlruns of the checkout)
+    client.create_experiment("older", artifact_location=(tmp_path / "art").as_uri())
     tracking.start_study(cfg.replace(tracking={"experiment": "older"}), str(tmp_path / "s1"))
     tracking.start_study(cfg, str(tmp_path / "s2"))
     for name in ("older", "test"):
@@ -163,6 +170,8 @@ def test_experiment_opens_on_runs_new_or_existing(cfg, tmp_path):
 
 def test_experiment_kind_a_user_chose_is_kept(cfg, tmp_path):
     client = tracking._client(cfg.tracking.uri)
-    client.create_experiment("test", tags={tracking.EXPERIMENT_KIND_TAG: "finetuning"})
+    client.create_experiment(
+        "test", artifact_location=(tmp_path / "art").as_uri(), tags={tracking.EXPERIMENT_KIND_TAG: "finetuning"}
+    )
     tracking.start_study(cfg, str(tmp_path / "s"))
     assert client.get_experiment_by_name("test").tags[tracking.EXPERIMENT_KIND_TAG] == "finetuning"

@@ -64,8 +64,8 @@ NOISE = re.compile(
             r"Tune detects GPUs, but no trials are using GPUs",
             # Tune timing its own callbacks: slow only while MLflow is waited on, which the job reports itself
             r"which may be a performance bottleneck",
-            # the GCS asked to kill an actor that had already exited when a Dataset's execution ended
-            r"Failed to kill actor NIL_ID",
+            # the GCS asked to kill an actor that had already exited (a Dataset's execution or a trial ended)
+            r"Failed to kill actor (NIL_ID|\w+, return status: Invalid: KillActor RPC failed .*Socket closed)",
         ]
     )
 )
@@ -206,8 +206,15 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def epoch_line(name: str, result: dict, epochs: int, workers: int = 1) -> str:
-    """One epoch of one trial, from the worker's report (see worker.train_fn_per_worker)."""
+def _label(metric: str) -> str:
+    return "val AUROC" if metric == metrics.PRIMARY else metric
+
+
+def epoch_line(name: str, result: dict, epochs: int, workers: int = 1, ranked: str = metrics.PRIMARY) -> str:
+    """One epoch of one trial, from the worker's report (see worker.train_fn_per_worker).
+
+    ranked: the study's ranking metric (metrics.ranked), shown after the AUROC when it is another.
+    """
     done = int(result.get(metrics.EPOCHS_DONE, result.get("epoch", -1) + 1))
     rate = result.get("train_images_per_s", 0.0)  # rank 0's: shards are equal, so each worker's
     speed = f"{rate:.1f} img/s" if workers == 1 else f"{workers}x{rate:.1f} img/s"
@@ -217,30 +224,31 @@ def epoch_line(name: str, result: dict, epochs: int, workers: int = 1) -> str:
         f"val AUROC {result.get(metrics.PRIMARY, float('nan')):.4f}  "
         f"sens {result.get('val_sensitivity', float('nan')):.3f} "
         f"spec {result.get('val_specificity', float('nan')):.3f}  "
-        f"{speed}  {duration(epoch_s)}/epoch"
+        + (f"{ranked} {result.get(ranked, float('nan')):.4f}  " if ranked != metrics.PRIMARY else "")
+        + f"{speed}  {duration(epoch_s)}/epoch"
     )
     if done < epochs and not result.get("early_stopped"):
         line += f"  ETA {duration((epochs - done) * epoch_s)}"  # to max epochs: ASHA may stop it sooner
     return line
 
 
-def end_line(name: str, result: dict, epochs: int, patience: int) -> str:
-    """How a trial ended, from its last result (Tune marks a result `done` when the trial ends)."""
+def end_line(name: str, result: dict, epochs: int, patience: int, ranked: str = metrics.PRIMARY) -> str:
+    """How a trial ended, from its last result (Tune marks a result `done` when the trial ends), in `ranked`'s terms."""
     done = int(result.get(metrics.EPOCHS_DONE, 0))
     took = duration(result.get("time_total_s", 0.0))
-    auc = result.get(metrics.PRIMARY, float("nan"))
-    best = result.get("best_val_auc", auc)
+    value = result.get(ranked, float("nan"))
+    best, label = result.get("best_" + ranked, value), _label(ranked)
     if not result.get("done"):
         return f"{name} paused after {done}/{epochs} epochs (the study was interrupted), {took}"
     if done >= epochs:
-        return f"{name} finished {done}/{epochs} epochs: best val AUROC {best:.4f}, {took}"
+        return f"{name} finished {done}/{epochs} epochs: best {label} {best:.4f}, {took}"
     if result.get("early_stopped"):
         return (
-            f"{name} stopped early after {done}/{epochs} epochs: no val AUROC gain for {patience} epochs "
+            f"{name} stopped early after {done}/{epochs} epochs: no {label} gain for {patience} epochs "
             f"(best {best:.4f}), {took}"
         )
     return (
-        f"{name} stopped by ASHA after {done}/{epochs} epochs: val AUROC {auc:.4f} was below its rung's cutoff, {took}"
+        f"{name} stopped by ASHA after {done}/{epochs} epochs: {label} {value:.4f} was below its rung's cutoff, {took}"
     )
 
 
@@ -260,9 +268,11 @@ class TrialProgress(ray.tune.Callback):
     `--resume` (which unpickles this callback) prints the same kind of lines.
     """
 
-    def __init__(self, searched: Sequence[str], *, epochs: int, patience: int, workers: int):
+    ranked = metrics.PRIMARY  # class default: a callback pickled before it had one unpickles to this
+
+    def __init__(self, searched: Sequence[str], *, epochs: int, patience: int, workers: int, ranked: str):
         self.keys = short_keys(list(searched))
-        self.epochs, self.patience, self.workers = epochs, patience, workers
+        self.epochs, self.patience, self.workers, self.ranked = epochs, patience, workers, ranked
 
     def on_trial_start(self, iteration, trials, trial, **info):
         done = (trial.last_result or {}).get(metrics.EPOCHS_DONE)
@@ -272,10 +282,10 @@ class TrialProgress(ray.tune.Callback):
             log.info("%s started: %s", trial, searched_values(trial.config.get("config", {}), self.keys))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        log.info(epoch_line(str(trial), result, self.epochs, self.workers))
+        log.info(epoch_line(str(trial), result, self.epochs, self.workers, self.ranked))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        log.info(end_line(str(trial), trial.last_result or {}, self.epochs, self.patience))
+        log.info(end_line(str(trial), trial.last_result or {}, self.epochs, self.patience, self.ranked))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         log.warning("%s failed and is retried from its latest checkpoint: %s", trial, _last_error_line(trial))
@@ -288,5 +298,9 @@ class TrialProgress(ray.tune.Callback):
 def trial_progress(cfg: Config) -> TrialProgress:
     """The study's console callback: the values of search.space printed at each trial's start."""
     return TrialProgress(
-        list(cfg.search.space), epochs=cfg.train.epochs, patience=cfg.train.patience, workers=cfg.cluster.num_workers
+        list(cfg.search.space),
+        epochs=cfg.train.epochs,
+        patience=cfg.train.patience,
+        workers=cfg.cluster.num_workers,
+        ranked=metrics.ranked(cfg),
     )

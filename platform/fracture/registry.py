@@ -7,6 +7,7 @@ policy out of tracking lets it be read, and tested, without an MLflow store.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,16 @@ class Candidate:
         return self.row["checkpoint_path"]
 
 
-def best_checkpoint(results) -> tuple[Any, dict]:
-    """(ray Result, metrics row) of the best epoch of the best trial that has a checkpoint on disk."""
-    best = results.get_best_result(metric=metrics.PRIMARY, mode=metrics.MODE, scope="all")
+def best_checkpoint(results, metric: str = metrics.PRIMARY) -> tuple[Any, dict]:
+    """(ray Result, metrics row) of the best epoch of the best trial that has a checkpoint on disk.
+
+    metric: what ranks trials and epochs, the study's metrics.ranked(cfg).
+    """
+    best = results.get_best_result(metric=metric, mode=metrics.MODE, scope="all")
     frame = best.metrics_dataframe
     if frame is None or "checkpoint_path" not in frame:
         raise RuntimeError(f"best trial {best.path} reported no checkpoint")
-    frame = frame[frame["checkpoint_path"].notna()].sort_values(metrics.PRIMARY, ascending=False)
+    frame = frame[frame["checkpoint_path"].notna()].sort_values(metric, ascending=metrics.MODE == "min")
     for _, row in frame.iterrows():
         path = row["checkpoint_path"]
         if storage.is_remote(path) or Path(path).joinpath("state.json").is_file():
@@ -45,23 +49,27 @@ def best_checkpoint(results) -> tuple[Any, dict]:
     raise RuntimeError(f"best trial {best.path}: none of its checkpoints is still on disk")
 
 
-def candidate(results) -> Candidate:
-    """The study's best checkpoint (best_checkpoint), loaded: what tracking.register logs and registers."""
-    best, row = best_checkpoint(results)
+def candidate(results, metric: str = metrics.PRIMARY) -> Candidate:
+    """The study's best checkpoint by `metric` (best_checkpoint), loaded: what tracking.register logs and registers."""
+    best, row = best_checkpoint(results, metric)
     net, state = checkpoint.load_model(row["checkpoint_path"])
     return Candidate(trial_id=best.metrics["trial_id"], row=row, net=net, state=state)
 
 
-TAG_DIGITS = 6  # version tags hold metrics to 6 decimals (version_tags): the champion's AUROC is read back from them
+TAG_DIGITS = 6  # version tags hold metrics to 6 decimals (version_tags): the champion's score is read back from them
 
 
-def wins(val_auc: float, champion_val_auc: float | None) -> bool:
-    """The champion rule: a new version takes `@champion` only when it beats the current one's val AUROC.
+def wins(score: float, champion_score: float | None) -> bool:
+    """The champion rule: a new version takes `@champion` only when it beats the current one's score.
 
-    Compared at the tags' precision: the champion's AUROC comes back from its tag as 0.958333, and
-    the same model registered again (0.9583333...) must not beat itself.
+    The score is the study's ranking metric (metrics.ranked: val AUROC by default, or an objective's
+    lower bound), the champion's read back from its version tag of that name. Compared at the tags'
+    precision: the champion's 0.958333 from its tag must not lose to the same model registered
+    again (0.9583333...).
     """
-    return champion_val_auc is None or round(val_auc, TAG_DIGITS) > round(champion_val_auc, TAG_DIGITS)
+    if champion_score is None or math.isnan(champion_score):  # nan: a one-class val set scored it; anything beats it
+        return True
+    return round(score, TAG_DIGITS) > round(champion_score, TAG_DIGITS)
 
 
 def summary(cfg: Config, chosen: Candidate, *, run_id: str, parent_run_id: str, study_dir: str) -> dict:
@@ -73,12 +81,19 @@ def summary(cfg: Config, chosen: Candidate, *, run_id: str, parent_run_id: str, 
     """
     trained = Config.from_dict(chosen.state["config"])
     row = chosen.row
+    objective = metrics.objective(cfg)
     return {
         "trial_id": chosen.trial_id,
         "run_id": run_id,
         "checkpoint": chosen.checkpoint,
         "epoch": int(row["epoch"]),
         "val_auc": float(row[metrics.PRIMARY]),
+        # The objective on val, its bootstrap lower bound, and which of them ranked (the score).
+        "objective": objective,
+        "point": float(row[objective]),
+        "lower": float(row.get(objective + metrics.LOWER, float("nan"))),
+        "ranked_by": metrics.ranked(cfg),
+        "score": float(row[metrics.ranked(cfg)]),
         "threshold": float(chosen.state["threshold"]),
         "image_size": trained.data.image_size,
         "arch": trained.model.arch,
@@ -97,11 +112,14 @@ def threshold_rule(cfg: Config) -> str:
 
 def version_tags(summary: dict) -> dict[str, str]:
     m = summary["metrics"]
+    objective = summary.get("objective", metrics.PRIMARY)
+    # The objective and its lower bound: the next study's champion rule reads its score (wins) from them.
+    ranking = (objective, objective + metrics.LOWER)
     # Few tags: the UI lists them by name in a short box; the ids are in the description.
     return {
         "threshold": f"{summary['threshold']:.{TAG_DIGITS}f}",
         metrics.PRIMARY: f"{summary['val_auc']:.{TAG_DIGITS}f}",
-        **{k: f"{m[k]:.{TAG_DIGITS}f}" for k in ("val_sensitivity", "val_specificity") if k in m},
+        **{k: f"{m[k]:.{TAG_DIGITS}f}" for k in ("val_sensitivity", "val_specificity", *ranking) if k in m},
         "image_size": str(summary["image_size"]),
         "study": summary["study"]["name"],
     }
@@ -110,9 +128,12 @@ def version_tags(summary: dict) -> dict[str, str]:
 def version_description(summary: dict) -> str:
     """The model version's description (Markdown): how to call it, what it returns, where it came from."""
     s, m, study = summary["image_size"], summary["metrics"], summary["study"]
+    objective = summary.get("objective", metrics.PRIMARY)
     shown = ", ".join(
         f"{k.removeprefix('val_')} {m[k]:.4f}"
-        for k in (metrics.PRIMARY, "val_sensitivity", "val_specificity")
+        for k in dict.fromkeys(
+            (metrics.PRIMARY, "val_sensitivity", "val_specificity", objective, objective + metrics.LOWER)
+        )
         if k in m
     )
     return "\n".join(
@@ -142,5 +163,6 @@ def model_description(name: str) -> str:
     """The registered model's own description, set once, when its first version arrives."""
     return (
         "Bone-fracture detection on X-rays (VGG16 + small head). Each version's description says "
-        f"its input size, threshold and study; `models:/{name}@{CHAMPION}` is the best by val AUROC."
+        f"its input size, threshold and study; `models:/{name}@{CHAMPION}` is the best by its study's ranking "
+        "metric (val AUROC unless search.objective / search.rank_by say otherwise)."
     )

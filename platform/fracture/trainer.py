@@ -52,7 +52,7 @@ def build_trainer(
         train_fn: the worker loop (benchmarks wrap the production one to time it).
         scaling: default scaling_config(cfg).
         callbacks: Train callbacks, e.g. TuneReportCallback inside a Tune trial.
-        keep: checkpoints kept, the best by val AUROC (None: all of them).
+        keep: checkpoints kept, the best by the study's ranking metric, metrics.ranked (None: all of them).
     """
     return TorchTrainer(
         train_fn,
@@ -62,10 +62,10 @@ def build_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path or StudyPaths.of(cfg).train,
-            # Ranked by val AUROC only when some are dropped: kept all, they stay in epoch order.
+            # Ranked (metrics.ranked) only when some are dropped: kept all, they stay in epoch order.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=keep,
-                checkpoint_score_attribute=metrics.PRIMARY if keep is not None else None,
+                checkpoint_score_attribute=metrics.ranked(cfg) if keep is not None else None,
                 checkpoint_score_order=metrics.MODE,
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),

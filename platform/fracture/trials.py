@@ -40,7 +40,7 @@ def _spec_text(dotted: str, spec) -> str:
 
 
 def trials_table(results, cfg: Config, run_ids: dict[str, str]):
-    """One row per trial of a Tune ResultGrid: trial_id, run_id, status, epochs, best_val_auc, searched values."""
+    """One row per trial of a Tune ResultGrid: trial_id, run_id, status, epochs, metrics.best(cfg), searched values."""
     import pandas as pd
 
     rows = []
@@ -53,11 +53,11 @@ def trials_table(results, cfg: Config, run_ids: dict[str, str]):
                 "run_id": run_ids.get(trial_id, ""),
                 "status": _trial_status(result, values.get("train.epochs", cfg.train.epochs)),
                 "epochs": int(result.metrics.get(metrics.EPOCHS_DONE, 0)),
-                metrics.BEST: _best_auc(result),
+                metrics.best(cfg): _best_score(result, cfg),
                 **{k: values.get(k) for k in cfg.search.space},
             }
         )
-    return pd.DataFrame(rows, columns=["trial_id", "run_id", "status", "epochs", metrics.BEST, *cfg.search.space])
+    return pd.DataFrame(rows, columns=["trial_id", "run_id", "status", "epochs", metrics.best(cfg), *cfg.search.space])
 
 
 def _trial_status(result, planned_epochs: int) -> str:
@@ -70,22 +70,23 @@ def _trial_status(result, planned_epochs: int) -> str:
     return "finished"
 
 
-def _best_auc(result) -> float:
-    frame = result.metrics_dataframe
-    if frame is not None and metrics.PRIMARY in frame and frame[metrics.PRIMARY].notna().any():
-        return float(frame[metrics.PRIMARY].max())
-    return float(result.metrics.get(metrics.BEST, math.nan))
+def _best_score(result, cfg: Config) -> float:
+    """The best value of the study's ranking metric (metrics.ranked) the trial reported."""
+    frame, ranked = result.metrics_dataframe, metrics.ranked(cfg)
+    if frame is not None and ranked in frame and frame[ranked].notna().any():
+        return float(frame[ranked].max())
+    return float(result.metrics.get(metrics.best(cfg), math.nan))
 
 
 def optuna_study(table, cfg: Config):
     """An in-memory Optuna study holding the table's scored trials, for Optuna's own plots.
 
     Tune's OptunaSearch keeps its study inside the searcher, out of reach of the ResultGrid. Every
-    trial that reported counts with the best val AUROC it reached, also one ASHA stopped early.
+    trial that reported counts with the best value of metrics.ranked it reached, also one ASHA stopped early.
     """
     import optuna
 
-    scored = table[(table["status"] != "error") & table[metrics.BEST].notna()]
+    scored = table[(table["status"] != "error") & table[metrics.best(cfg)].notna()]
     distributions = _optuna_distributions(cfg.search.space, scored)
     with _optuna_quiet():
         study = optuna.create_study(study_name=cfg.name, direction="maximize" if metrics.MODE == "max" else "minimize")
@@ -93,7 +94,7 @@ def optuna_study(table, cfg: Config):
         taken = {k: d for k, d in distributions.items() if _present(row[k])}  # a trial may lack a key
         study.add_trial(
             optuna.trial.create_trial(
-                value=float(row[metrics.BEST]),
+                value=float(row[metrics.best(cfg)]),
                 params={k: _plain(row[k]) for k in taken},
                 distributions=taken,
                 user_attrs={"trial_id": row["trial_id"], "status": row["status"]},
@@ -213,15 +214,19 @@ def study_note(summary: dict, table, *, artifact_dir: str) -> str:
     flag = (
         "now `@champion`"
         if summary["champion"]
-        else (f"`@champion` kept (its val_auc {summary['previous_champion_auc']:.4f})")
+        else (f"`@champion` kept (its {summary['ranked_by']} {summary['previous_champion_score']:.4f})")
     )
+    scores = f"val_auc {summary['val_auc']:.4f}"
+    if summary["objective"] != metrics.PRIMARY:
+        scores += f", {summary['objective']} {summary['point']:.4f}"
+    scores += f" (95% lower bound {summary['lower']:.4f})"
     return "\n".join(
         [
             f"Study **{summary['study']['name']}**: {len(table)} trial{'s' * (len(table) != 1)} ({outcome}). "
             f"The searched space is in this run's params; `{artifact_dir}/trials.csv` has one row per trial, "
             "Optuna's plots lie beside it.",
             "",
-            f"Best: trial `{summary['trial_id']}`, epoch {summary['epoch']}, val_auc {summary['val_auc']:.4f}, "
+            f"Best by {summary['ranked_by']}: trial `{summary['trial_id']}`, epoch {summary['epoch']}, {scores}, "
             f"threshold {summary['threshold']:.4f}; registered as **{summary['model_uri'].removeprefix('models:/')}** "
             f"(`{summary['model_uri']}`), {flag}.",
         ]

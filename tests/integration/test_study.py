@@ -72,7 +72,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
         cfg, summary["tracking_uri"], tracking.start_study(cfg, summary["study_dir"])[1], registry.candidate(results)
     )
     assert int(again["version"]) == int(summary["version"]) + 1
-    assert not again["champion"], (again["val_auc"], again["previous_champion_auc"], summary["val_auc"])
+    assert not again["champion"], (again["val_auc"], again["previous_champion_score"], summary["val_auc"])
     assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(
         version.version
     )
