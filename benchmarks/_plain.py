@@ -102,6 +102,8 @@ def fit(
     net.set_trainable_blocks(cfg.model.trainable_blocks)
     optimizer = engine.build_optimizer(net, cfg.optim)
     scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
+    average = engine.weight_average(net, cfg.train.ema_decay, device)
+    scored = average.module if average is not None else net  # as the worker scores and keeps it
     labels = train[1]
     pos_weight = (
         float((labels == 0).sum() / max((labels == 1).sum(), 1)) if cfg.train.imbalance == "pos_weight" else 1.0
@@ -129,17 +131,18 @@ def fit(
             penalty=net.l2_penalty,
             device=device,
             grad_clip=cfg.optim.grad_clip,
+            after_step=(lambda: average.update_parameters(net)) if average is not None else None,
         )
         val_batches = (
             {presets.IMAGE: torch.from_numpy(val[0][k : k + 128]), presets.LABEL: torch.from_numpy(val[1][k : k + 128])}
             for k in range(0, len(val[0]), 128)
         )
-        row |= engine.evaluate(net, val_batches, device=device, threshold=cfg.train.threshold)
+        row |= engine.evaluate(scored, val_batches, device=device, threshold=cfg.train.threshold)
         engine.step_scheduler(scheduler, row["val_auc"])
         row |= {"epoch": epoch, "epoch_s": time.perf_counter() - tick}
         history.append(row)
         if best is None or row["val_auc"] > max(h["val_auc"] for h in history[:-1]):
-            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         log(
             f"  epoch {epoch:2d}  train_loss {row['train_loss']:.4f}  val_auc {row['val_auc']:.4f}  "
             f"sens {row['val_sensitivity']:.3f}  spec {row['val_specificity']:.3f}  {row['epoch_s']:.0f}s"

@@ -168,3 +168,31 @@ def test_evaluate_job_on_a_crafted_model_file_prints_one_error_line(tmp_path, ru
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model.pt" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "pickled code ran" not in proc.stderr + proc.stdout
+
+
+def test_a_weight_average_is_what_loads_and_training_resumes_from_the_raw_weights(tmp_path):
+    import ray.train
+
+    from fracture.engine import weight_average
+
+    torch.manual_seed(0)
+    net = FractureNet(hidden=8)
+    average = weight_average(net, 0.9, torch.device("cpu"))
+    with torch.no_grad():
+        net.fc2.bias.fill_(1.0)
+        average.update_parameters(net)
+        net.fc2.bias.fill_(3.0)  # raw weights moved on; the average holds 1.0
+    state = {"epoch": 0, "config": Config().replace(model={"hidden": 8}).to_dict()}
+    directory = checkpoint.save(tmp_path / "c", average.module, None, state, train_net=net)
+
+    loaded, _ = checkpoint.load_model(directory)
+    assert loaded.fc2.bias.item() == pytest.approx(1.0)  # scoring and registering use the average
+    net2 = FractureNet(hidden=8)
+    average2 = weight_average(net2, 0.9, torch.device("cpu"))
+    checkpoint.restore(ray.train.Checkpoint.from_directory(str(directory)), net2, None, average=average2)
+    assert net2.fc2.bias.item() == pytest.approx(3.0)
+    assert average2.module.fc2.bias.item() == pytest.approx(1.0)
+    with torch.no_grad():
+        net2.fc2.bias.fill_(2.0)
+        average2.update_parameters(net2)  # it goes on averaging, not restarting from the raw weights
+    assert average2.module.fc2.bias.item() == pytest.approx(0.9 * 1.0 + 0.1 * 2.0)

@@ -18,6 +18,7 @@ from fracture.engine import (
     step_scheduler,
     to_model_input,
     train_one_epoch,
+    weight_average,
 )
 from fracture.model import FractureNet, build_model
 from fracture.presets import IMAGE, LABEL
@@ -262,3 +263,42 @@ def test_scheduler_plateau_halves_lr_when_auc_stalls():
     for auc in (0.8, 0.8):  # patience=1: the second epoch without gain halves it
         step_scheduler(sched, auc)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_weight_average_is_the_exponential_average_of_every_steps_weights(net):
+    assert weight_average(net, 0.0, CPU) is None
+    torch.manual_seed(0)
+    net.set_trainable_blocks(0)
+    decay = 0.9
+    average = weight_average(net, decay, CPU)
+    optimizer = build_optimizer(net, OptimConfig(lr_head=1e-2, lr_backbone=1e-5))
+    expected = net.fc1.weight.detach().clone()  # the average starts at the first step's weights, then decays
+    steps = []
+
+    def after_step():
+        average.update_parameters(net)
+        steps.append(net.fc1.weight.detach().clone())
+
+    train_one_epoch(
+        net, optimizer, _batches(n_batches=4), loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty,
+        device=CPU, after_step=after_step,
+    )  # fmt: skip
+    assert len(steps) == 4
+    expected = steps[0]
+    for weights in steps[1:]:
+        expected = decay * expected + (1 - decay) * weights
+    torch.testing.assert_close(average.module.fc1.weight, expected)
+    assert not torch.equal(average.module.fc1.weight, net.fc1.weight)  # it lags the raw weights
+
+
+def test_weight_average_keeps_batch_norm_statistics_of_its_own():
+    torch.manual_seed(0)
+    net = FractureNet(hidden=8, arch="vgg16_bn")
+    average = weight_average(net, 0.5, CPU)
+    train_one_epoch(
+        net, build_optimizer(net, OptimConfig()), _batches(n_batches=2), loss_fn=nn.BCEWithLogitsLoss(),
+        penalty=net.l2_penalty, device=CPU, after_step=lambda: average.update_parameters(net),
+    )  # fmt: skip
+    # Averaged with the weights (use_buffers), so the average scores without re-estimating them.
+    ours, raw = average.module.features[1].running_mean, net.features[1].running_mean
+    assert not torch.equal(ours, raw) and not torch.equal(ours, torch.zeros_like(ours))

@@ -226,3 +226,16 @@ def test_frozen_batch_norm_keeps_its_statistics_in_train_mode():
     net(torch.rand(4, 3, 32, 32))
     assert torch.equal(frozen_bn.running_mean, before[0])
     assert not torch.equal(trained_bn.running_mean, before[1])
+
+
+def test_flip_tta_scores_an_image_and_its_mirror_alike_at_inference_only():
+    torch.manual_seed(0)
+    net = FractureNet(hidden=8, flip_tta=True).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        scored = net(x)
+        torch.testing.assert_close(scored, net(x.flip(-1)))
+        torch.testing.assert_close(scored, (net._logits(x) + net._logits(x.flip(-1))) / 2)
+        net.train()
+        net.dropout.p = 0.0
+        torch.testing.assert_close(net(x), net._logits(x))  # training sees the image as it is

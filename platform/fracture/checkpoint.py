@@ -1,6 +1,8 @@
 """The checkpoint directory format, owned here and nowhere else.
 
-    model.pt      FractureNet state_dict (loads with torch.load(weights_only=True))
+    model.pt      FractureNet state_dict (loads with torch.load(weights_only=True)); with
+                  train.ema_decay, the weight average: what is scored and registered
+    train_model.pt with train.ema_decay only: the raw weights that training continues from
     optimizer.pt  optimizer + LR-scheduler state, for resuming
     state.json    epoch, resolved config, decision threshold, metrics, weights source, history
     train_order.npz  the cache rows each epoch so far trained on, in order (this rank's shard)
@@ -26,6 +28,7 @@ MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 ORDER_FILE = "train_order.npz"
+TRAIN_MODEL_FILE = "train_model.pt"
 
 
 def save(
@@ -35,10 +38,13 @@ def save(
     state: dict[str, Any],
     scheduler=None,
     train_order: list[np.ndarray] | None = None,
+    train_net: FractureNet | None = None,
 ) -> Path:
     """Write a checkpoint into `directory`.
 
     Args:
+        net: the model to score and register (the weight average when there is one).
+        train_net: the raw trained weights, when they differ from net (a weight average).
         state: JSON-able dict; must hold "epoch" and "config" (Config.to_dict()).
         train_order: per epoch, the cache rows trained on in order. Kept so that anyone can replay
             or audit exactly which images each epoch saw (e.g. a plain loop given the same batches).
@@ -46,6 +52,8 @@ def save(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), directory / MODEL_FILE)
+    if train_net is not None:
+        torch.save(train_net.state_dict(), directory / TRAIN_MODEL_FILE)
     if optimizer is not None:
         torch.save(
             {
@@ -67,11 +75,13 @@ def to_ray(
     state: dict[str, Any],
     scheduler=None,
     train_order: list[np.ndarray] | None = None,
+    train_net: FractureNet | None = None,
 ):
     """save() then wrap as a ray.train.Checkpoint for ray.train.report."""
     import ray.train
 
-    return ray.train.Checkpoint.from_directory(str(save(directory, net, optimizer, state, scheduler, train_order)))
+    saved = save(directory, net, optimizer, state, scheduler, train_order, train_net)
+    return ray.train.Checkpoint.from_directory(str(saved))
 
 
 def read_train_order(directory: str | Path) -> list[np.ndarray]:
@@ -116,16 +126,23 @@ def _load_weights(net: FractureNet, path: Path) -> None:
         ) from None
 
 
-def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None) -> dict[str, Any] | None:
+def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None, average=None) -> dict[str, Any] | None:
     """Load a ray.train.Checkpoint (or None) into net/optimizer/scheduler; return its state or None.
 
+    Args:
+        average: the run's weight average (engine.weight_average), or None. It gets model.pt, and
+            net the raw weights of train_model.pt.
     The state also holds "train_order" (see read_train_order).
     """
     if ray_checkpoint is None:
         return None
     with ray_checkpoint.as_directory() as directory:
         state = read_state(directory)
-        _load_weights(net, Path(directory) / MODEL_FILE)
+        raw = Path(directory) / TRAIN_MODEL_FILE
+        _load_weights(net, raw if raw.is_file() else Path(directory) / MODEL_FILE)
+        if average is not None:
+            _load_weights(average.module, Path(directory) / MODEL_FILE)
+            average.n_averaged.fill_(1)  # go on averaging, not start again from the next step's weights
         opt_path = Path(directory) / OPTIMIZER_FILE
         if optimizer is not None and opt_path.is_file():
             saved = torch.load(opt_path, map_location="cpu", weights_only=True)

@@ -60,6 +60,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, epoch
     return None
 
 
+def weight_average(net: nn.Module, decay: float, device: torch.device):
+    """An exponential moving average of net's weights and batch-norm statistics, or None when decay is 0.
+
+    Buffers are averaged too (use_buffers): the average's batch norm then matches its weights, with
+    no extra pass over the data to re-estimate statistics.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def step_scheduler(scheduler, val_auc: float) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_auc)
@@ -77,6 +90,7 @@ def train_one_epoch(
     device: torch.device,
     grad_clip: float = 0.0,
     seen_rows: list | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `batches`.
 
@@ -86,6 +100,7 @@ def train_one_epoch(
         grad_clip: max global gradient norm; 0 disables.
         seen_rows: when given, each batch's cache rows (presets.ROW, if the batch has them) are
             appended to it as numpy arrays: the order this epoch saw its images in.
+        after_step: called after every optimizer step (e.g. to update a weight average).
     Returns:
         train_loss (mean BCE over images, without the penalty), train_images, train_images_per_s.
     """
@@ -106,6 +121,8 @@ def train_one_epoch(
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         total += data_loss.item() * len(y)
         count += len(y)
     seconds = time.perf_counter() - start
@@ -147,9 +164,13 @@ def evaluate(
     device: torch.device,
     threshold: str = "youden",
     target_sensitivity: float = 0.9,
+    objective_sensitivity: float | None = None,
 ) -> dict[str, float]:
     """Validation metrics over all of `batches`, with the decision threshold chosen on them.
 
+    Args:
+        objective_sensitivity: when given (search.target_sensitivity), also what a study can rank
+            by (metrics.ranking_metrics): val_spec_at_sens at it, val_auc_lower, val_spec_at_sens_lower.
     Returns:
         val_loss (unweighted BCE), val_auc, val_auprc, val_sensitivity, val_specificity,
         val_balanced_accuracy, val_f1, val_accuracy, val_threshold, val_images.
@@ -162,4 +183,7 @@ def evaluate(
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     cut = metrics.choose_threshold(labels, probs, method=threshold, target_sensitivity=target_sensitivity)
     out = metrics.prefixed(metrics.binary_metrics(labels, probs, cut), "val")
+    if objective_sensitivity is not None:
+        ranking = metrics.ranking_metrics(labels, probs, target_sensitivity=objective_sensitivity)
+        out |= metrics.prefixed(ranking, "val")
     return {"val_loss": loss, **out, "val_images": float(len(labels))}

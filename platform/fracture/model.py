@@ -33,13 +33,18 @@ class FractureNet(nn.Module):
     buffer of the model so that training, evaluation and prediction cannot drift apart.
     """
 
-    def __init__(self, *, hidden: int = 128, dropout: float = 0.5, l2: float = 1e-3, arch: str = "vgg16"):
+    def __init__(
+        self, *, hidden: int = 128, dropout: float = 0.5, l2: float = 1e-3, arch: str = "vgg16", flip_tta: bool = False
+    ):
         super().__init__()
         from torchvision.models.vgg import cfgs, make_layers
 
         if arch not in ARCHS:
             raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
         self.arch = arch
+        # Part of the model, not of one inference path: validation, evaluate, predict and the
+        # registered MLflow model then all score the same way.
+        self.flip_tta = flip_tta
         # VGG16's conv stack ("D") alone, initialised as torchvision does: building all of vgg16()
         # would also initialise its 124M-parameter classifier only to throw it away (~1 s each time).
         self.features = make_layers(cfgs["D"], batch_norm=arch == "vgg16_bn")
@@ -59,6 +64,12 @@ class FractureNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_tta and not self.training:
+            # Left and right limbs are mirror images: a fracture is the same fracture mirrored.
+            return (self._logits(x) + self._logits(x.flip(-1))) / 2
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = self.features(x)  # (N, 512, H/32, W/32)
         x = self.pool(x).flatten(1)  # (N, 512)
@@ -138,7 +149,7 @@ def build_model(cfg: ModelConfig) -> tuple[FractureNet, str]:
     Returns:
         The model and a string naming the weights used ("none", "imagenet:<file>", "file:<path>").
     """
-    net = FractureNet(hidden=cfg.hidden, dropout=cfg.dropout, l2=cfg.l2, arch=cfg.arch)
+    net = FractureNet(hidden=cfg.hidden, dropout=cfg.dropout, l2=cfg.l2, arch=cfg.arch, flip_tta=cfg.flip_tta)
     source = "none" if cfg.weights in ("none", "") else _load_pretrained(net, cfg.weights)
     return net, source
 

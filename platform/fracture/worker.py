@@ -58,11 +58,14 @@ def train_fn_per_worker(loop_config: dict) -> None:
     net, weights_source = build_model(cfg.model)
     optimizer = engine.build_optimizer(net, cfg.optim)
     scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
+    average = engine.weight_average(net, cfg.train.ema_decay, device)
+    scored = average.module if average is not None else net  # what is validated, checkpointed, registered
     restored = ray.train.get_checkpoint()
-    state = checkpoint.restore(restored, net, optimizer, scheduler) or {}
+    state = checkpoint.restore(restored, net, optimizer, scheduler, average) or {}
     start = state.get("epoch", -1) + 1
     train_order: list = state.pop("train_order", [])[:start]  # rows each epoch saw (checkpoint.ORDER_FILE)
-    progress = Progress.from_state(state, cfg.train.patience)
+    ranked = metrics.ranked(cfg)  # what early stopping, the LR plateau and the best-so-far count
+    progress = Progress.from_state(state, cfg.train.patience, ranked)
     if state:
         # Tune may never have received the restored epoch's report: a driver stopped or killed
         # between this report and Tune's next save of the study loses it (its metrics, ASHA's
@@ -79,7 +82,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             log.info("restored a finished run (epoch %d): its last result reported again", start - 1)
             return
     if start:
-        log.info("resuming from epoch %d (best val_auc %.4f)", start, progress.best)
+        log.info("resuming from epoch %d (best %s %.4f)", start, ranked, progress.best)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([loop_config["pos_weight"]], device=device))
 
     model, blocks = None, None
@@ -103,22 +106,24 @@ def train_fn_per_worker(loop_config: dict) -> None:
             device=device,
             grad_clip=cfg.optim.grad_clip,
             seen_rows=seen,
+            after_step=(lambda: average.update_parameters(net)) if average is not None else None,
         )
         train_order.append(np.concatenate(seen) if seen else np.zeros(0, np.int64))
         result |= engine.evaluate(
-            net,
+            scored,
             batches(cfg, "val", epoch),
             device=device,
             threshold=cfg.train.threshold,
             target_sensitivity=cfg.train.target_sensitivity,
+            objective_sensitivity=cfg.search.target_sensitivity,
         )
-        auc = result[metrics.PRIMARY]
-        stop = progress.update(auc)
-        engine.step_scheduler(scheduler, auc)
+        score = result[ranked]
+        stop = progress.update(score)
+        engine.step_scheduler(scheduler, score)
         result |= {
             "epoch": epoch,
             metrics.EPOCHS_DONE: epoch + 1,
-            metrics.BEST: progress.best,
+            metrics.best(cfg): progress.best,
             "trainable_blocks": blocks,
             "lr_head": optimizer.param_groups[0]["lr"],
             "lr_backbone": optimizer.param_groups[1]["lr"],
@@ -130,7 +135,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             if is_rank0():
                 ckpt = checkpoint.to_ray(
                     tmp,
-                    net,
+                    scored,
                     optimizer,
                     {
                         "epoch": epoch,
@@ -143,8 +148,9 @@ def train_fn_per_worker(loop_config: dict) -> None:
                     },
                     scheduler,
                     train_order,
+                    train_net=net if average is not None else None,
                 )
             _report(result, ckpt, weights=weights_source, early_stopped=stop)
         if stop:
-            log.info("early stop at epoch %d: val_auc has not improved for %d epochs", epoch, progress.stale)
+            log.info("early stop at epoch %d: %s has not improved for %d epochs", epoch, ranked, progress.stale)
             break
