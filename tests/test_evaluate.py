@@ -6,6 +6,7 @@ needs the model to be good, only the plumbing to be right.
 """
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -152,10 +153,15 @@ def test_report_keys_and_cis_contain_the_point_estimate(scored):
         "by_view",
     } <= set(rep)
     assert rep["images"] == len(frame) and rep["positives"] == labels.sum() and rep["threshold"] == 0.5
-    assert rep["overall"] == metrics.binary_metrics(labels, probs, 0.5)
-    assert set(rep["ci95"]) == {"auc", "sensitivity", "specificity"}
+    expected = metrics.binary_metrics(labels, probs, 0.5) | metrics.predictive_values(labels, probs, 0.5)
+    assert rep["overall"] == pytest.approx(expected, nan_ok=True)  # PPV is nan when nothing is called a fracture
+    assert set(rep["ci95"]) == {"auc", "auprc", "sensitivity", "specificity", "ppv", "npv"}
+    assert rep["calibration"] == {
+        "brier": metrics.brier_score(labels, probs),
+        "ece": metrics.expected_calibration_error(labels, probs),
+    }
     for name, (lo, hi) in rep["ci95"].items():
-        assert lo <= rep["overall"][name] <= hi, name
+        assert math.isnan(rep["overall"][name]) or lo <= rep["overall"][name] <= hi, name
     assert rep["confusion"] == metrics.confusion(labels, probs, 0.5)
 
 
@@ -260,9 +266,10 @@ def test_training_never_reads_the_test_split(cfg):
 
 
 def test_only_evaluate_names_the_test_split():
-    """Only evaluate.py may select the test split; manifest.py assigns it (and defines SPLITS)."""
+    """Only evaluate.py may select the test split; manifest.py assigns it (and defines SPLITS), and
+    split_audit.py checks that it exists and that nothing selects on it."""
     literal = re.compile(r"""["']test["']""")
-    allowed = {"evaluate.py", "manifest.py"}
+    allowed = {"evaluate.py", "manifest.py", "split_audit.py"}
     sources = [p for p in (REPO / "platform" / "fracture").glob("*.py") if p.name not in allowed]
     sources += list((REPO / "jobs").glob("*.py"))
     offenders = [str(p.relative_to(REPO)) for p in sources if literal.search(p.read_text())]

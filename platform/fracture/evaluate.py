@@ -25,7 +25,7 @@ from fracture.presets import LABEL, PATH
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT = "test"
-CI_METRICS = ("auc", "sensitivity", "specificity")
+CI_METRICS = ("auc", "auprc", "sensitivity", "specificity", "ppv", "npv")
 HARDWARE_NAMES = {1: "hardware", 0: "no_hardware", -1: "unknown"}
 # A slice below these sizes gets no AUC (4 images can score 1.000) and is flagged as small: its
 # sensitivity and specificity are shown, but each rests on a handful of images.
@@ -68,8 +68,8 @@ def report(
         frame: the N rows scored (for the body_part / hardware / view slices; absent columns are skipped).
         n_boot, seed: bootstrap resamples for the 95% CIs, and their seed.
     Returns:
-        {"images", "positives", "threshold", "overall" (metrics.binary_metrics), "ci95" {metric: [lo, hi]}
-        for auc / sensitivity / specificity, "confusion" {tp, fn, tn, fp}, "by_body_part",
+        {"images", "positives", "threshold", "overall" (metrics.binary_metrics + ppv / npv), "ci95"
+        {metric: [lo, hi]} for CI_METRICS, "confusion" {tp, fn, tn, fp}, "calibration" {brier, ece}, "by_body_part",
         "by_hardware", "by_view" {slice: {n, positives, auc, sensitivity, specificity}}}.
         Undefined values (e.g. AUC of a one-class slice) are nan.
     """
@@ -84,9 +84,10 @@ def report(
         "images": int(y.size),
         "positives": int(y.sum()),
         "threshold": float(threshold),
-        "overall": metrics.binary_metrics(y, p, threshold),
+        "overall": metrics.binary_metrics(y, p, threshold) | metrics.predictive_values(y, p, threshold),
         "ci95": {k: [lo, hi] for k, (lo, hi) in ci.items()},
         "confusion": metrics.confusion(y, p, threshold),
+        "calibration": {"brier": metrics.brier_score(y, p), "ece": metrics.expected_calibration_error(y, p)},
     }
     for column in scoring.SLICE_COLUMNS:
         if column in frame:
@@ -109,11 +110,13 @@ def format_table(rep: dict[str, Any]) -> str:
         "",
         f"{'metric':<20}{'value':>8}   95% CI",
     ]
-    for name in metrics.METRIC_NAMES:
+    for name in (*metrics.METRIC_NAMES, *metrics.PREDICTIVE_NAMES):
         ci = rep["ci95"].get(name)
         band = f"   [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
         lines.append(f"{name:<20}{_fmt(o[name]):>8}{band}")
     lines += ["", f"confusion: TP {c['tp']}  FN {c['fn']}  TN {c['tn']}  FP {c['fp']}"]
+    if "calibration" in rep:
+        lines.append(f"calibration: Brier {_fmt(rep['calibration']['brier'])}  ECE {_fmt(rep['calibration']['ece'])}")
     for key in ("by_body_part", "by_hardware", "by_view"):
         if key not in rep:
             continue
@@ -139,6 +142,7 @@ def format_table(rep: dict[str, Any]) -> str:
 def flat_metrics(rep: dict[str, Any]) -> dict[str, float]:
     """The report as flat {name: number} for an experiment tracker (nan values included)."""
     out = {"images": rep["images"], "positives": rep["positives"], **rep["overall"], **rep["confusion"]}
+    out |= rep.get("calibration", {})
     if "skipped" in rep:
         out["skipped"] = len(rep["skipped"])
     for name, (lo, hi) in rep["ci95"].items():

@@ -371,6 +371,22 @@ def log_data_report(uri: str, run_id: str, report_files: list[Path]) -> None:
             _retry(_client(uri).log_artifact, run_id, str(path), "data")
 
 
+SPLIT_AUDIT_TAG = "fracture.split_audit"
+
+
+def log_split_audit(uri: str, run_id: str, findings: list[dict], summary: str) -> None:
+    """Record the split audit on the study's parent run: tag "clean", or "overridden: <summary>" when
+    data.allow_leaky_split let a study run on a split that failed it, and data/split_audit.json.
+
+    Args:
+        findings: split_audit.Finding.as_dict() of each finding ([] when clean).
+        summary: split_audit.summary of them.
+    """
+    client = _client(uri)
+    _retry(client.set_tag, run_id, SPLIT_AUDIT_TAG, f"overridden: {summary}"[:5000] if findings else "clean")
+    _retry(client.log_dict, run_id, {"overridden": bool(findings), "findings": findings}, "data/split_audit.json")
+
+
 def _numeric(result: dict) -> dict[str, float]:
     return {
         k: float(v)
@@ -487,19 +503,24 @@ def _params(params: dict[str, Any]):
     return [Param(k, str(v)[:500]) for k, v in params.items()]
 
 
-def trial_logger(cfg: Config, uri: str, parent_run_id: str) -> TrialLogger:
-    return TrialLogger(uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), StudyPaths.of(cfg).root)
+def trial_logger(cfg: Config, uri: str, parent_run_id: str, *, resume_at: str = "") -> TrialLogger:
+    """resume_at: what `--resume` takes to continue this Tune run (an extension's tune_ext<N>/; default the study)."""
+    return TrialLogger(
+        uri, cfg.tracking.experiment, parent_run_id, sorted(cfg.search.space), resume_at or StudyPaths.of(cfg).root
+    )
 
 
-def _champion_auc(client, name: str) -> float | None:
+def _champion_score(client, name: str, metric: str = metrics.PRIMARY) -> float | None:
+    """The champion's value of `metric` (metrics.ranked), from its version tag (registry.version_tags)."""
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no registered model or no alias yet
         return None
-    if metrics.PRIMARY in version.tags:
-        return float(version.tags[metrics.PRIMARY])
-    # Versions registered before the version tag existed kept their AUROC on their run only.
-    return client.get_run(version.run_id).data.metrics.get(metrics.BEST)
+    if metric in version.tags:
+        return float(version.tags[metric])
+    # Versions registered before the version tag existed kept their best on their run only. One
+    # registered under another objective has neither: None, so the new version takes the alias.
+    return client.get_run(version.run_id).data.metrics.get("best_" + metric)
 
 
 def register(cfg: Config, uri: str, parent_run_id: str, chosen: Candidate, data_report: list[Path] = ()) -> dict:
@@ -511,7 +532,7 @@ def register(cfg: Config, uri: str, parent_run_id: str, chosen: Candidate, data_
     Returns:
         summary dict: registry.summary's keys (trial_id, run_id, checkpoint, epoch, val_auc, threshold,
         image_size, params, metrics, study, ...) plus version, model_uri, ui_route, champion (bool) and
-        previous_champion_auc.
+        previous_champion_score (the champion's value of summary["ranked_by"]).
     """
     client = _client(uri)
     experiment_id = _experiment_id(client, cfg, uri)
@@ -528,7 +549,7 @@ def register(cfg: Config, uri: str, parent_run_id: str, chosen: Candidate, data_
     summary["version"] = _log_model(uri, cfg, chosen.net, summary)
     summary["model_uri"] = f"models:/{cfg.tracking.model_name}/{summary['version']}"
     summary["ui_route"] = ui_route(experiment_id)
-    summary |= _promote(client, cfg, summary["version"], summary["val_auc"])
+    summary |= _promote(client, cfg, summary["version"], summary["score"])
     _retry(
         client.update_model_version,
         cfg.tracking.model_name,
@@ -696,13 +717,13 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> _Scorer:
     return _Scorer(net, (model_config or {})["threshold"])
 
 
-def _promote(client, cfg: Config, version: str, auc: float) -> dict:
+def _promote(client, cfg: Config, version: str, score: float) -> dict:
     """Move @champion to `version` when registry.wins says so."""
-    current = _champion_auc(client, cfg.tracking.model_name)
-    promote = registry.wins(auc, current)
+    current = _champion_score(client, cfg.tracking.model_name, metrics.ranked(cfg))
+    promote = registry.wins(score, current)
     if promote:
         _retry(client.set_registered_model_alias, cfg.tracking.model_name, CHAMPION, version)
-    return {"champion": promote, "previous_champion_auc": current}
+    return {"champion": promote, "previous_champion_score": current}
 
 
 def _link_version(client, cfg: Config, summary: dict, run_ids: list[str]) -> None:
@@ -724,7 +745,7 @@ def log_study_results(results, cfg: Config, uri: str, parent_run_id: str, summar
     description saying how the study went and what it registered.
 
     Args:
-        results: the study's Tune ResultGrid (what tuner.fit() returned).
+        results: the study's Tune results (tuner.fit()'s ResultGrid; an extended study's earlier ones too).
         summary: what register returned.
     Returns:
         the trials table (trials.trials_table) that went into trials.csv.
@@ -747,7 +768,7 @@ def log_study_results(results, cfg: Config, uri: str, parent_run_id: str, summar
         _retry(client.log_artifacts, parent_run_id, tmp, STUDY_ARTIFACT)
     _retry(client.set_tag, parent_run_id, RUN_NOTE_TAG, trials.study_note(summary, table, artifact_dir=STUDY_ARTIFACT))
     # The parent run has no per-epoch history, so one point here charts nothing out of step.
-    _retry(client.log_metric, parent_run_id, metrics.BEST, summary["val_auc"])
+    _retry(client.log_metric, parent_run_id, metrics.best(cfg), summary["score"])
     return table
 
 
@@ -877,3 +898,123 @@ def champion_checkpoint(uri: str, name: str = "fracture", alias: str = CHAMPION)
             "or pass a checkpoint directory"
         ) from None
     return Path(local), str(version.version)
+
+
+# --- model card: what a version came from, and the card kept beside it ---
+
+MODEL_CARD_ARTIFACT = "model_card"  # folder on the version's source (trial) run
+MODEL_CARD_TAG = "model_card"  # version tag: runs:/<run id>/model_card/<name>.html
+
+
+def _version(client, model_uri: str):
+    """The ModelVersion of models:/<name>/<version> or models:/<name>@<alias>."""
+    from mlflow.exceptions import MlflowException
+
+    rest = model_uri.removeprefix("models:/")
+    name, by_alias, alias = rest.partition("@")
+    if not by_alias:
+        name, _, number = rest.partition("/")
+    if not model_uri.startswith("models:/") or not name or not (alias if by_alias else number.isdigit()):
+        raise TrackingError(
+            f"{model_uri}: a model card describes a registered model version; "
+            "pass models:/<name>@<alias> or models:/<name>/<version>"
+        )
+    try:
+        if by_alias:
+            return _retry(client.get_model_version_by_alias, name, alias)
+        return _retry(client.get_model_version, name, number)
+    except MlflowException as exc:
+        raise TrackingError(f"{model_uri} is not in {redact(client.tracking_uri)} ({_first_line(exc)})") from None
+
+
+def _run_facts(run) -> dict:
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
+
+
+def lineage(uri: str, model_uri: str, dst: str | Path) -> dict:
+    """Where a registered model version came from, read back from MLflow: version -> trial run -> study run.
+
+    What register and log_study_results logged is downloaded into `dst`: the trial's training curves,
+    the study's trials.csv and Optuna plots, the data report. A file an older study did not log is
+    absent from the result, not an error.
+
+    Args:
+        model_uri: models:/<name>/<version>, or models:/<name>@<alias> (read once: aliases move).
+    Returns:
+        {"name", "version", "model_uri" (models:/<name>/<version>), "aliases", "tags", "description",
+        "created_ms", "experiment_id", "trial" and "study" ({run_id, name, params, metrics, tags};
+        study is {} for a run without a parent), "trials" (trials.csv as records), "data_report"
+        (manifest.summarize's dict as logged, or None), "files" {"training_curves", "optuna_<plot>": path}}.
+    Raises:
+        TrackingError when model_uri names no registered version in this store.
+    """
+    import json
+
+    import pandas as pd
+
+    client = _client(uri)
+    version = _version(client, model_uri)
+    trial = _retry(client.get_run, version.run_id)
+    parent_id = trial.data.tags.get("mlflow.parentRunId")
+    study = _retry(client.get_run, parent_id) if parent_id else None
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+
+    def fetch(run_id: str, folder: str | None, suffix: str) -> list[Path]:
+        listed = _retry(client.list_artifacts, run_id, folder)
+        wanted = [f.path for f in listed if not f.is_dir and f.path.endswith(suffix)]
+        return [Path(_retry(client.download_artifacts, run_id, path, str(dst / run_id))) for path in wanted]
+
+    files = {p.stem: p for p in fetch(trial.info.run_id, None, CURVES_FILE)}
+    report_run = study or trial  # both hold the data report; the study's is the one its trials saw
+    reports = fetch(report_run.info.run_id, "data", ".report.json")
+    table = []
+    if study:
+        for path in fetch(study.info.run_id, STUDY_ARTIFACT, ""):
+            if path.suffix == ".png":
+                files[path.stem] = path
+            elif path.name == "trials.csv":
+                table = pd.read_csv(path).to_dict("records")
+    return {
+        "name": version.name,
+        "version": str(version.version),
+        "model_uri": f"models:/{version.name}/{version.version}",
+        "aliases": list(getattr(version, "aliases", []) or []),
+        "tags": dict(version.tags),
+        "description": version.description or "",
+        "created_ms": version.creation_timestamp,
+        "experiment_id": trial.info.experiment_id,
+        "trial": _run_facts(trial),
+        "study": _run_facts(study) if study else {},
+        "trials": table,
+        "data_report": json.loads(reports[0].read_text()) if reports else None,
+        "files": files,
+    }
+
+
+def log_model_card(uri: str, model_uri: str, files: list[Path], *, base_dir: Path) -> str:
+    """Attach a model card's files to its version's source run, under model_card/, and tag the version.
+
+    Args:
+        model_uri: models:/<name>/<version> the card describes.
+        files: the card (its .html first) and what it was built from; those under `base_dir` keep
+            their sub-folder.
+    Returns:
+        runs:/<run id>/model_card/<card>.html, which the version's MODEL_CARD_TAG also holds.
+    """
+    client = _client(uri)
+    version = _version(client, model_uri)
+    for path in map(Path, files):
+        sub = MODEL_CARD_ARTIFACT
+        if path.parent != Path(base_dir) and path.is_relative_to(base_dir):
+            sub = f"{MODEL_CARD_ARTIFACT}/{path.parent.relative_to(base_dir)}"
+        _retry(client.log_artifact, version.run_id, str(path), sub)
+    where = f"runs:/{version.run_id}/{MODEL_CARD_ARTIFACT}/{Path(files[0]).name}"
+    _retry(client.set_model_version_tag, version.name, version.version, MODEL_CARD_TAG, where)
+    return where

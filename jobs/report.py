@@ -1,0 +1,52 @@
+"""python jobs/report.py [--model models:/fracture@champion] [--split test] [--out DIR] [--explain K] [section.key=value ...]
+
+Write the model card of a registered model version: model_card.html (one self-contained file) and
+model_card.md, from its MLflow lineage (version -> trial run -> study run) and a fresh scoring of
+the split (default <storage_path>/<name>/model_card); log both to the version's run under
+model_card/ and tag the version with where they are.
+"""
+
+from datetime import datetime, timezone
+
+from fracture import cli
+
+
+def main() -> None:
+    p = cli.scoring_flags(
+        cli.parser(__doc__),
+        split_help="manifest split to score (default: test)",
+        folder_help="not supported: a model card reports on a split of the study's manifest",
+        out_help="output directory (default: <storage_path>/<name>/model_card)",
+    )
+    p.set_defaults(explain=2)  # a few Grad-CAM examples: a card should show some
+    cfg, args = cli.parse(p=p)
+    cli.setup_logging(verbose=args.verbose)
+    with cli.user_errors():
+        from fracture import data, evaluate, manifest, model_card, model_source, scoring, tracking
+        from fracture.config import ConfigError
+
+        if args.folder:
+            raise ConfigError("--folder: a model card reports on a split of the study's manifest; use --split")
+        uri = tracking.tracking_uri(cfg)
+        tracking.check_reachable(uri)
+        net, state = model_source.load(args.model or model_source.champion_uri(cfg), cfg)
+        out = (args.out or cfg.run_dir / "model_card").resolve()
+        lineage = tracking.lineage(uri, state["resolved"], out / "lineage")  # a directory is refused here
+        split = args.split or evaluate.DEFAULT_SPLIT
+        frame, skipped = scoring.select_rows(cfg, split)
+        report, _ = evaluate.run(
+            net, state, frame, out / "scored", skipped=skipped, explain_k=args.explain,
+            title=split, data_root=cfg.data.root, allow_truncated=cfg.data.allow_truncated,
+        )  # fmt: skip
+        card = model_card.facts(
+            lineage=lineage, state=state, report=report, manifest_df=manifest.load(data.manifest_path(cfg)),
+            split=split, scored_dir=out / "scored", generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )  # fmt: skip
+        written = model_card.write(card, out)
+        files = written + sorted(f for f in out.rglob("*") if f.is_file() and f not in written)
+        where = tracking.log_model_card(uri, lineage["model_uri"], files, base_dir=out)
+        print(f"wrote {written[0]} and {written[1].name}; logged to MLflow as {where}")
+
+
+if __name__ == "__main__":
+    main()
