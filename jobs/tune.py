@@ -1,4 +1,4 @@
-"""python jobs/tune.py [--config jobs/studies/demo.yaml] [section.key=value ...] [--resume STUDY_DIR | --overwrite] [--verbose]
+"""python jobs/tune.py [--config STUDY.yaml] [section.key=value ...] [--resume DIR | --extend DIR | --overwrite] [--verbose]
 
 Search dropout, L2 and the head/backbone learning rates of a study with Optuna + ASHA on Ray Tune,
 log every trial to MLflow and register the best checkpoint (alias @champion if it wins).
@@ -8,6 +8,12 @@ On a cluster: ray job submit --working-dir . -- python jobs/tune.py --config job
 (STUDY_DIR/config.yaml): `python jobs/tune.py --resume runs/demo` is enough. --config and overrides
 may be given with it only to repeat that config (the original command plus --resume works); one
 that would change it is refused with an error naming the key (exit 2).
+
+--extend STUDY_DIR adds search.num_trials more trials to a finished study (`python jobs/tune.py
+--extend runs/demo search.num_trials=8`): a new Tune run whose Optuna sampler knows every earlier
+trial (STUDY_DIR/optuna.db), logged under the study's MLflow parent run; the champion rule then
+judges the new trials. Only search.num_trials, search.max_concurrent and cluster.max_failures may differ
+from the study's config.
 
 A study's name is its directory (<storage_path>/<name>): a new study refuses a name an earlier
 study holds, whatever its config or data, and says how to go on (--resume, another name=, or
@@ -25,18 +31,22 @@ def main() -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an earlier study of the same name (its Tune and Train runs)"
     )
+    p.add_argument("--extend", type=Path, default=None, help="add search.num_trials trials to a finished study")
     cfg, args = cli.parse(p=p)
+    if args.extend and (args.resume or args.overwrite):
+        p.error("--extend goes alone: not with --resume or --overwrite")
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
         from fracture import study  # after parsing: --help must not wait for torch and Ray to import
 
         if args.resume:
             cfg = study.resume_config(args.resume, config=args.config, overrides=args.overrides) or cfg
-        study.preflight(
-            cfg, resume=args.resume, overwrite=args.overwrite
-        )  # bad data / weights / MLflow URI / a taken name: before Ray
+        if args.extend:
+            cfg = study.extend_config(args.extend, config=args.config, overrides=args.overrides)
+        # bad data / weights / MLflow URI / a taken name: before Ray
+        study.preflight(cfg, resume=args.resume or args.extend, overwrite=args.overwrite)
         cluster.init_ray(cfg, verbose=args.verbose)
-        study.print_summary(study.run(cfg, resume=args.resume, verbose=args.verbose))
+        study.print_summary(study.run(cfg, resume=args.resume, extend=args.extend, verbose=args.verbose))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,18 @@ def stop_session(sid: int, grace_s: float = 5) -> None:
         deadline = time.time() + wait_s
         while session_pids(sid) and time.time() < deadline:
             time.sleep(0.5)
+
+
+def tiny_job_args(root, storage, *extra: str, experiment: str = "test", epochs: int = 1) -> list[str]:
+    """Overrides for a jobs/ script that trains one worker briefly at 32 px (the integration tests' study)."""
+    return [
+        f"data.root={root}",
+        f"cluster.storage_path={storage}",
+        "data.image_size=32",
+        f"train.epochs={epochs}",
+        "train.batch_size_per_worker=8",
+        "cluster.num_workers=1",
+        "cluster.cpus_per_worker=1",
+        f"tracking.experiment={experiment}",
+        *extra,
+    ]

@@ -13,7 +13,7 @@ def test_a_local_study_has_every_path_under_its_dir(tmp_path):
     cfg = Config().replace(name="base", cluster={"storage_path": str(tmp_path)})
     paths = StudyPaths.of(cfg)
     assert paths.root == str(tmp_path / "base") == str(cfg.run_dir)
-    assert [Path(p).name for p in paths.parts] == ["tune", "train", "config.yaml", "study.json"]
+    assert [Path(p).name for p in paths.parts] == ["tune", "train", "config.yaml", "study.json", "optuna.db"]
     assert StudyPaths.at(paths.tune) == StudyPaths.at(paths.root) == paths  # --resume takes either
 
 

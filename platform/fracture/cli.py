@@ -116,8 +116,13 @@ def check_job_paths(cfg: Config) -> None:
 
 # Loggers whose INFO lines are bookkeeping, not progress: MLflow creating or upgrading the tables of
 # its sqlite store (MLflow itself keeps alembic's migration lines at WARNING), Optuna creating its
-# in-memory study.
-QUIET_LOGGERS = ("mlflow.store.db.utils", "optuna.storages._in_memory")
+# study (in memory, or in the study's optuna.db) or loading it again for --extend.
+QUIET_LOGGERS = (
+    "mlflow.store.db.utils",
+    "optuna.storages._in_memory",
+    "optuna.storages._rdb.storage",
+    "optuna.study.study",
+)
 # urllib3 warns at every retry of an MLflow call that the job bounds and, when it gives up, reports itself.
 RETRY_LOGGERS = ("urllib3.connectionpool",)
 

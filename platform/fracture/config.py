@@ -34,6 +34,7 @@ class DataConfig:
     test_fraction: float = 0.15
     balanced: bool = False  # the seed notebook's subset: all fractured + as many non-fractured
     allow_truncated: bool = False  # load truncated JPEGs with PIL's LOAD_TRUNCATED_IMAGES instead of excluding
+    allow_leaky_split: bool = False  # train on a split that fails fracture.split_audit (warned, tagged in MLflow)
     augment: str = "light"  # per-epoch train augmentation: light (flips + 5% shifts) | seed (the notebook's) | none
     cache_dir: str = ""  # decoded-image cache; "" = <storage_path>/cache
 
@@ -45,6 +46,7 @@ class ModelConfig:
     hidden: int = 128  # width of the Dense layer of the seed head
     dropout: float = 0.5
     l2: float = 1.0e-3  # Keras-style kernel_regularizer on the Dense-128 kernel: l2 * sum(w^2)
+    flip_tta: bool = False  # at inference, average the logits of the image and its mirror (test-time augmentation)
     trainable_blocks: int = 5  # VGG16 conv blocks (of 5, counted from the top) trained after warm-up
 
 
@@ -76,6 +78,9 @@ class TrainConfig:
     # FracAtlas' train split is ~2.5k rows (380 MB at 224 px, 17 MB at 48 px).
     shuffle_buffer: int = 4096
     compile: bool = False  # torch.compile the training model (worth it on GPU for long runs)
+    # Exponential moving average of the weights, updated every step; 0 = off. When on, validation,
+    # checkpoints' model.pt and the registered model are the average (steadier than the last step).
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,19 @@ class SearchConfig:
     max_concurrent: int = 1  # trials at once: cluster GPUs (or CPUs) // resources per trial
     scheduler: str = "asha"  # asha | none
     grace_epochs: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    # What ASHA, Tune, checkpoint ranking, early stopping and @champion rank by (metrics.ranked):
+    # auroc (val_auc) | specificity_at_sensitivity (val_spec_at_sens: val specificity where val
+    # sensitivity reaches target_sensitivity, the clinical operating point).
+    objective: str = "auroc"
+    target_sensitivity: float = 0.90
+    # point | lower_bound: rank by the objective on val, or by its bootstrap 95% lower bound
+    # (<objective>_lower), which does not reward a score that one lucky val draw gave.
+    rank_by: str = "point"
     space: dict = field(default_factory=dict)  # "section.key" -> {distribution: [args]}
     points_to_evaluate: list = field(default_factory=list)  # first trials: [{"section.key": value}]
+    # A new study starts from an earlier one's finished trials (its dir, e.g. runs/demo): they are
+    # copied into this study's Optuna storage, so the sampler knows them before the first trial.
+    warm_start: str = ""
 
 
 @dataclass(frozen=True)
@@ -315,6 +331,8 @@ _CHOICES = {
     "train.imbalance": ("pos_weight", "none"),
     "train.threshold": ("youden", "sensitivity"),
     "search.scheduler": ("asha", "none"),
+    "search.objective": ("auroc", "specificity_at_sensitivity"),
+    "search.rank_by": ("point", "lower_bound"),
 }
 
 
@@ -422,9 +440,11 @@ def _check_values(cfg: Config) -> None:
         ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "must be in (0, 1)"),
         ("data.test_fraction", 0 <= cfg.data.test_fraction < 1, "must be in [0, 1)"),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("train.ema_decay", 0.0 <= cfg.train.ema_decay < 1.0, "must be in [0, 1) (0 disables the average)"),
         ("train.batch_size_per_worker", cfg.train.batch_size_per_worker >= 1, "must be >= 1"),
         ("cluster.num_workers", cfg.cluster.num_workers >= 1, "must be >= 1"),
         ("search.num_trials", cfg.search.num_trials >= 1, "must be >= 1"),
+        ("search.target_sensitivity", 0 < cfg.search.target_sensitivity < 1, "must be in (0, 1)"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -4,6 +4,12 @@ The trial config is `{"config": Config.to_dict()}` with each `search.space` path
 domain, so every trial carries its whole resolved config. Metric and mode are set once, in
 TuneConfig (Tune raises if the searcher or scheduler gets them too). Trials are named and printed
 by fracture.progress; Tune's own console stays silent unless verbose.
+
+Optuna's study lives in the study dir (`optuna.db`, sqlite), not only inside the pickled searcher:
+`--extend` builds a new Tuner whose OptunaSearch loads it (create_study(load_if_exists=True)), so
+the sampler conditions on every earlier trial, and `search.warm_start` seeds a new study's storage
+with another study's trials. A study on remote storage (s3://...) keeps it in memory: sqlite
+needs a local file, so such a study cannot be extended.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from fracture import cluster, metrics, progress
-from fracture.config import Config, ConfigError, distribution
-from fracture.storage import TUNE_DIR, StudyPaths, is_remote
+from fracture.config import Config, ConfigError, distribution, loads
+from fracture.storage import TUNE_DIR, StudyPaths, exists, is_remote, read_text
 from fracture.trainer import train_driver_fn
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,8 @@ def build_tuner(
     callbacks: list | None = None,
     search: bool = True,
     verbose: bool = False,
+    paths: StudyPaths | None = None,
+    earlier: int = 0,
 ) -> ray.tune.Tuner:
     """A Tuner over train_driver_fn for this study.
 
@@ -84,12 +92,22 @@ def build_tuner(
         callbacks: Tune callbacks (the MLflow trial logger from tracking.trial_logger).
         search: False for a single run of the config as it is (jobs/train.py): no searcher, no scheduler.
         verbose: also Tune's own console output (status tables, per-trial config and result tables).
+        paths: where the Tune run goes (default the study's tune/; an extension's tune_ext<N>/).
+        earlier: trials the study ran before this Tune run (an extension's): names continue after
+            them, the points to evaluate are not run again, and the sampler gets another seed (the
+            same seed would propose the same first points again).
     """
+    paths = paths or StudyPaths.of(cfg)
     trainable = _trainable(datasets, pos_weight)
     space = search_space(cfg) if search else cfg.to_dict()
     searcher = scheduler = None
     if search and cfg.search.space:
-        searcher = OptunaSearch(points_to_evaluate=points_to_evaluate(cfg) or None, seed=cfg.seed)
+        searcher = OptunaSearch(
+            points_to_evaluate=(None if earlier else points_to_evaluate(cfg)) or None,
+            seed=cfg.seed + earlier,
+            storage=optuna_storage(paths),
+            study_name=cfg.name,
+        )
     if search and cfg.search.scheduler == "asha":
         scheduler = asha(cfg)
     callbacks = list(callbacks or [])
@@ -97,9 +115,9 @@ def build_tuner(
         callbacks.append(SchedulerState(scheduler))
     callbacks.append(progress.trial_progress(cfg))
     # Tune numbers a searcher's trials from 1, and its default generator's from 0.
-    first = 1 if searcher is not None else 0
+    first = (1 if searcher is not None else 0) - earlier
     tune_config = ray.tune.TuneConfig(
-        metric=metrics.PRIMARY,
+        metric=metrics.ranked(cfg),  # ASHA and the searcher judge trials by it too
         mode=metrics.MODE,
         num_samples=cfg.search.num_trials if search else 1,
         max_concurrent_trials=cfg.search.max_concurrent if search else 1,
@@ -112,12 +130,12 @@ def build_tuner(
         trainable,
         param_space={"config": space},
         tune_config=tune_config,
-        run_config=_run_config(cfg, callbacks, verbose),
+        run_config=_run_config(paths, callbacks, verbose, cfg.cluster.max_failures),
     )
 
 
 def asha(cfg: Config) -> ASHAScheduler | None:
-    """ASHA on val AUROC, with rungs counted in epochs trained (None when the study is too short to prune).
+    """ASHA on TuneConfig's metric (metrics.ranked), rungs counted in epochs trained (None: too short to prune).
 
     Not Tune's training_iteration: that counts reports since the trial (re)started, and a resumed
     trial starts counting again at 1 while its Train run continues from epoch N.
@@ -174,12 +192,12 @@ def _tune_verbosity(verbose: bool) -> int | None:
     return None if verbose else 0  # None: Tune's default, every table; 0: silent
 
 
-def _run_config(cfg: Config, callbacks: list | None, verbose: bool) -> ray.tune.RunConfig:
+def _run_config(paths: StudyPaths, callbacks: list | None, verbose: bool, max_failures: int) -> ray.tune.RunConfig:
     return ray.tune.RunConfig(
-        name=TUNE_DIR,
-        storage_path=StudyPaths.of(cfg).root,
+        name=Path(paths.tune).name,  # tune/, or an extension's tune_ext<N>/
+        storage_path=paths.root,
         callbacks=callbacks or [],
-        failure_config=ray.tune.FailureConfig(max_failures=cfg.cluster.max_failures),
+        failure_config=ray.tune.FailureConfig(max_failures=max_failures),
         verbose=_tune_verbosity(verbose),
     )
 
@@ -209,3 +227,108 @@ def restore_tuner(tune_dir: str, datasets: dict, pos_weight: float, *, verbose: 
     # Tuner.restore takes no RunConfig either: the verbosity is this invocation's, not the first one's.
     tuner._local_tuner.get_run_config().verbose = _tune_verbosity(verbose)
     return tuner
+
+
+# --- Optuna's study on disk: --extend and search.warm_start ---
+
+
+def optuna_storage(paths: StudyPaths):
+    """The study's Optuna storage (sqlite optuna.db in its dir); None (in memory) on remote storage."""
+    import optuna
+
+    if is_remote(paths.root):
+        log.info("Optuna's study stays in memory: %s is remote storage, where no sqlite file can live", paths.root)
+        return None
+    Path(paths.root).mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{paths.optuna}")
+
+
+def earlier_results(paths: StudyPaths) -> list:
+    """The results (ray.tune.Result) of the study's Tune runs before `paths` (tune/, tune_ext1/, ...
+    up to paths.extension - 1), read from their saved state: no trainable, no Tuner."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    results = []
+    for n in range(paths.extension):
+        results.extend(ResultGrid(ExperimentAnalysis(paths.extended(n).tune)))
+    return results
+
+
+def optuna_trials(location: str) -> tuple[str, list]:
+    """(study name, trials) of the Optuna study in the sqlite file `location` (one study per file)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{location}")
+    (name,) = optuna.study.get_all_study_names(storage)
+    return name, optuna.load_study(study_name=name, storage=storage).trials
+
+
+def warm_trials(cfg: Config) -> list:
+    """The completed trials of the study that search.warm_start names, as this study's Optuna trials.
+
+    Checked before Ray starts (study.preflight): the earlier study must have an optuna.db, rank by
+    the same metric, and have searched the same keys. Its values are given this study's
+    distributions; a trial with a value outside them is left out (logged).
+
+    Raises:
+        ConfigError naming what does not match.
+    """
+    import optuna
+
+    source = StudyPaths.at(cfg.search.warm_start)
+    where = f"search.warm_start={cfg.search.warm_start}"
+    if is_remote(cfg.cluster.storage_path):
+        raise ConfigError(f"{where}: this study is on remote storage, where its Optuna study stays in memory")
+    if is_remote(source.root) or not exists(source.optuna):
+        raise ConfigError(
+            f"{where}: no Optuna study there ({source.optuna} not found; a study on local storage that "
+            "searched something keeps one)"
+        )
+    if not cfg.search.space:
+        raise ConfigError(f"{where}: this study searches nothing (search.space is empty)")
+    text = read_text(source.config)
+    theirs_ranked = metrics.ranked(loads(text, where=source.config)) if text is not None else metrics.ranked(cfg)
+    if theirs_ranked != metrics.ranked(cfg):
+        raise ConfigError(
+            f"{where}: that study ranked trials by {theirs_ranked}, this one by {metrics.ranked(cfg)}: "
+            "their values cannot be compared"
+        )
+    _, trials = optuna_trials(source.optuna)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ours = OptunaSearch.convert_search_space({"config": search_space(cfg)})
+    theirs = {k for t in done for k in t.params}
+    if done and theirs != set(ours):
+        raise ConfigError(
+            f"{where}: that study searched {_dotted(theirs)}, this one searches {_dotted(ours)}: "
+            "a warm start needs the same search.space keys"
+        )
+    copied, outside = [], 0
+    for t in done:
+        try:
+            copied.append(optuna.trial.create_trial(value=t.value, params=t.params, distributions=ours))
+        except ValueError:
+            outside += 1
+    if outside:
+        log.warning("%s: %d of its %d trials lie outside this search.space, left out", where, outside, len(done))
+    return copied
+
+
+def _dotted(flat_keys) -> str:
+    """OptunaSearch's "config/model/dropout" keys as the config writes them: "model.dropout, ..."."""
+    return ", ".join(sorted(k.removeprefix("config/").replace("/", ".") for k in flat_keys))
+
+
+def warm_start(cfg: Config, paths: StudyPaths) -> int:
+    """Copy search.warm_start's trials (warm_trials) into this new study's Optuna storage; returns how many."""
+    import optuna
+
+    copied = warm_trials(cfg)
+    study = optuna.create_study(
+        storage=optuna_storage(paths),
+        study_name=cfg.name,
+        direction="maximize" if metrics.MODE == "max" else "minimize",
+        load_if_exists=True,
+    )
+    study.add_trials(copied)
+    log.info("warm start: %d trials of %s copied into this study's Optuna storage", len(copied), cfg.search.warm_start)
+    return len(copied)

@@ -6,7 +6,9 @@ every node of a cluster reaches. Under it, `<storage>/<name>/` holds the study:
     tune/         Tune's experiment (what `--resume` restores)
     train/        one Ray Train run per trial (checkpoints)
     config.yaml   the resolved config the study was started with
-    study.json    what made it (data fingerprint) and where it is tracked (MLflow parent run id)
+    study.json    what made it (data fingerprint), where it is tracked (MLflow parent run id), finished or not
+    optuna.db     Optuna's study (sqlite): every trial the sampler has seen, so `--extend` can go on with it
+    tune_ext<N>/, config_ext<N>.yaml   the N-th `--extend`: its Tune experiment and config
 
 `StudyPaths` names each of those once. The functions below go through pyarrow's filesystems for
 both kinds of location, so no caller tests for "://" itself.
@@ -15,6 +17,7 @@ both kinds of location, so no caller tests for "://" itself.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from fracture.config import Config
@@ -23,6 +26,8 @@ TUNE_DIR = "tune"
 TRAIN_DIR = "train"
 CONFIG_FILE = "config.yaml"
 STUDY_FILE = "study.json"
+OPTUNA_FILE = "optuna.db"
+EXTENSION = "_ext"  # tune_ext1/, config_ext1.yaml: the first --extend
 
 
 def is_remote(location: str | Path) -> bool:
@@ -37,9 +42,14 @@ def local_or_uri(location: str | Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class StudyPaths:
-    """Every path of one study, from its directory `<storage>/<name>` (a local path or a URI)."""
+    """Every path of one study, from its directory `<storage>/<name>` (a local path or a URI).
+
+    `extension` N > 0 names the N-th `--extend` run of the study: its own Tune dir and config; the
+    Train runs, record and Optuna study are the study's.
+    """
 
     root: str
+    extension: int = 0
 
     @classmethod
     def of(cls, cfg: Config) -> StudyPaths:
@@ -50,18 +60,27 @@ class StudyPaths:
 
     @classmethod
     def at(cls, study: str | Path) -> StudyPaths:
-        """The study that `--resume study` names: its directory or its tune/ subdirectory."""
+        """The study that `--resume study` names: its directory, its tune/ or one of its tune_ext<N>/."""
         root = local_or_uri(study).rstrip("/")
-        if root.endswith("/" + TUNE_DIR):
-            root = root[: -len(TUNE_DIR) - 1]
-        return cls(root)
+        head, _, last = root.rpartition("/")
+        if last == TUNE_DIR:
+            return cls(head)
+        match = re.fullmatch(rf"{TUNE_DIR}{EXTENSION}(\d+)", last)
+        return cls(head, int(match[1])) if match else cls(root)
+
+    def extended(self, n: int) -> StudyPaths:
+        """The paths of the study's n-th extension (0: the study's first run)."""
+        return dataclasses.replace(self, extension=n)
+
+    def _suffix(self) -> str:
+        return f"{EXTENSION}{self.extension}" if self.extension else ""
 
     def join(self, *parts: str) -> str:
         return "/".join([self.root, *parts]) if is_remote(self.root) else str(Path(self.root, *parts))
 
     @property
     def tune(self) -> str:
-        return self.join(TUNE_DIR)
+        return self.join(TUNE_DIR + self._suffix())
 
     @property
     def train(self) -> str:
@@ -69,17 +88,38 @@ class StudyPaths:
 
     @property
     def config(self) -> str:
-        return self.join(CONFIG_FILE)
+        stem, dot, ext = CONFIG_FILE.partition(".")
+        return self.join(stem + self._suffix() + dot + ext)
 
     @property
     def record(self) -> str:
         return self.join(STUDY_FILE)
 
     @property
+    def optuna(self) -> str:
+        return self.join(OPTUNA_FILE)
+
+    @property
     def parts(self) -> tuple[str, ...]:
         """What the study dir holds of the study itself: the manifest, decoded cache and embedded
-        MLflow store beside them are keyed by their inputs or shared, and outlive an --overwrite."""
-        return (self.tune, self.train, self.config, self.record)
+        MLflow store beside them are keyed by their inputs or shared, and outlive an --overwrite.
+        (Its extensions' dirs are `extensions(paths)`.)"""
+        return (self.tune, self.train, self.config, self.record, self.optuna)
+
+
+def extensions(paths: StudyPaths) -> list[StudyPaths]:
+    """The study's extensions on storage (tune_ext1/, tune_ext2/, ...), in order; [] when none."""
+    import pyarrow.fs
+
+    fs, path = _fs(paths.root)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return []
+    found = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(path)):
+        match = re.fullmatch(rf"{TUNE_DIR}{EXTENSION}(\d+)", info.base_name)
+        if match and info.type == pyarrow.fs.FileType.Directory:
+            found.append(int(match[1]))
+    return [paths.extended(n) for n in sorted(found)]
 
 
 def _fs(location: str):

@@ -4,7 +4,9 @@ jobs/train.py (one trial, no search) and jobs/tune.py (the search) both come thr
 debug run and a study share one code path and one MLflow layout.
 
 A study stores its resolved config beside its Tune experiment (`<storage>/<name>/config.yaml`), so
-`jobs/tune.py --resume DIR` needs nothing else to continue it (resume_config).
+`jobs/tune.py --resume DIR` needs nothing else to continue it (resume_config). A finished study can
+be extended (`--extend DIR`, extend_config): a new Tune run (tune_ext<N>/) whose sampler loads the
+study's Optuna storage, logged under the same parent run, after which the champion rule runs again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from fracture import cluster, data, datareport, manifest, registry, search, storage, tracking
+from fracture import cluster, data, datareport, manifest, metrics, registry, search, split_audit, storage, tracking
 from fracture.config import Config, ConfigError, flat, load, loads
 from fracture.errors import StudyIncomplete
 from fracture.model import build_model
@@ -34,8 +36,11 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     """
     search.search_space(cfg)  # unknown distributions / bad arguments: before Ray starts
     data.ensure_manifest(cfg)
+    data.audit_split(cfg)  # a leaky or unjudgeable split: refused before Ray starts
     if not resume:
         claim(cfg, overwrite=overwrite)
+        if cfg.search.warm_start:
+            search.warm_trials(cfg)  # a study to warm-start from that is missing or searched other keys
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
@@ -63,10 +68,11 @@ def claim(cfg: Config, *, overwrite: bool = False) -> None:
     """
     paths = StudyPaths.of(cfg)
     base = paths.root
-    if not any(storage.exists(part) for part in paths.parts):
+    parts = [*paths.parts, *(part for ext in storage.extensions(paths) for part in (ext.tune, ext.config))]
+    if not any(storage.exists(part) for part in parts):
         return
     if overwrite:
-        for part in paths.parts:
+        for part in parts:
             storage.remove(part)
         log.info("--overwrite: removed the earlier study %s in %s", cfg.name, base)
         return
@@ -104,8 +110,9 @@ def study_record(paths: StudyPaths) -> dict:
     return json.loads(text) if text else {}
 
 
-def _save_record(cfg: Config, paths: StudyPaths, parent_run_id: str) -> None:
-    record = {"name": cfg.name, "parent_run_id": parent_run_id, "data": _data_fingerprint(cfg)}
+def _save_record(cfg: Config, paths: StudyPaths, parent_run_id: str, *, finished: bool = False) -> None:
+    # finished: its last Tune run (first or an extension) ended and registered; what --extend asks
+    record = {"name": cfg.name, "parent_run_id": parent_run_id, "data": _data_fingerprint(cfg), "finished": finished}
     storage.write_text(paths.record, json.dumps(record, indent=2) + "\n")
 
 
@@ -147,12 +154,8 @@ def resume_config(
             )
         return None
     stored = loads(text, where=location)
-    if config:
-        given = load(config, overrides)
-    else:
-        given = loads(text, overrides, where=location) if overrides else stored
-    ours, theirs = flat(stored.to_dict()), flat(given.to_dict())
-    differ = [f"{k}={theirs[k]!r} (the study has {ours[k]!r})" for k in ours if ours[k] != theirs[k]]
+    given = _given(text, location, config, overrides)
+    differ = _changes(stored, given)
     if differ:
         raise ConfigError(
             f"--resume {study}: a resumed study keeps the config it was started with ({location}), "
@@ -162,42 +165,139 @@ def resume_config(
     return stored
 
 
-def run(cfg: Config, *, search_space: bool = True, resume: str | Path | None = None, verbose: bool = False) -> dict:
-    """Run (or resume) the study and register its best checkpoint; call preflight(cfg) first.
+def _given(text: str, location: str, config: str | Path | None, overrides: Sequence[str]) -> Config:
+    """The config the command line gives: --config and overrides, or overrides on the stored one."""
+    if config:
+        return load(config, overrides)
+    return loads(text, overrides, where=location)
+
+
+def _changes(stored: Config, given: Config, allowed: Sequence[str] = ()) -> list[str]:
+    """Each key outside `allowed` where the two differ, as "key=given (the study has stored)"."""
+    ours, theirs = flat(stored.to_dict()), flat(given.to_dict())
+    return [f"{k}={theirs[k]!r} (the study has {ours[k]!r})" for k in ours if ours[k] != theirs[k] and k not in allowed]
+
+
+# What an extension may set anew: how many more trials, and how they run. The rest (space, epochs,
+# data, objective) is what the earlier trials were measured with, which the sampler compares to.
+EXTENDABLE = ("search.num_trials", "search.max_concurrent", "cluster.max_failures")
+
+
+def extend_config(study: str | Path, *, config: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of a finished study's next extension: its config.yaml with the command line's
+    overrides (`search.num_trials=8`: 8 more trials), which may change EXTENDABLE keys only.
+
+    Raises:
+        ConfigError: the study cannot be extended (check_extendable), or an override changes another key.
+    """
+    paths = StudyPaths.at(study).extended(0)
+    check_extendable(paths, study)
+    text = storage.read_text(paths.config)
+    given = _given(text, paths.config, config, overrides)
+    differ = _changes(loads(text, where=paths.config), given, allowed=EXTENDABLE)
+    if differ:
+        raise ConfigError(
+            f"--extend {study}: an extension keeps the study's config ({paths.config}) but for "
+            f"{', '.join(EXTENDABLE)}, and the command line changes {'; '.join(differ)}: drop those, "
+            "or start a new study with another name= (search.warm_start= can seed it with these trials)"
+        )
+    return given
+
+
+def check_extendable(paths: StudyPaths, named: str | Path) -> None:
+    """Refuse `--extend named` unless it is a finished study on local storage with its Optuna storage.
+
+    Raises:
+        ConfigError saying which, and what to do instead.
+    """
+    where = f"--extend {named}"
+    if storage.is_remote(paths.root):
+        raise ConfigError(
+            f"{where}: a study on remote storage keeps its Optuna study in memory (sqlite needs a local "
+            "file), so no new run can go on from its trials; start a new study instead"
+        )
+    if storage.read_text(paths.config) is None:
+        raise ConfigError(f"{where}: no study there ({paths.config} not found)")
+    if not storage.exists(paths.optuna):
+        raise ConfigError(
+            f"{where}: the study has no Optuna storage ({paths.optuna} not found: it ran before studies "
+            "kept one, or searched nothing), so no sampler can go on from its trials"
+        )
+    if not study_record(paths).get("finished"):
+        last = ([paths, *storage.extensions(paths)])[-1]
+        raise ConfigError(
+            f"{where}: the study has not finished; continue it first with `python jobs/tune.py --resume {last.tune}`"
+        )
+
+
+def run(
+    cfg: Config,
+    *,
+    search_space: bool = True,
+    resume: str | Path | None = None,
+    extend: str | Path | None = None,
+    verbose: bool = False,
+) -> dict:
+    """Run (or resume, or extend) the study and register its best checkpoint; call preflight(cfg) first.
 
     Args:
         resume: the study to continue (see resume_config for the cfg to pass with it).
+        extend: the finished study to add cfg.search.num_trials trials to (see extend_config): its
+            next tune_ext<N>/; the champion rule judges the new trials' best, the parent run's
+            trials table and "trials" cover the whole study.
         verbose: also Tune's own console tables (fracture.progress prints a line per epoch either way).
     Returns:
         the summary from tracking.register, plus "trials": per-trial final metrics.
     """
-    paths = StudyPaths.at(resume) if resume else StudyPaths.of(cfg)
+    if extend:
+        first = StudyPaths.at(extend).extended(0)
+        paths = first.extended(([first, *storage.extensions(first)])[-1].extension + 1)
+    else:
+        paths = StudyPaths.at(resume) if resume else StudyPaths.of(cfg)
     if resume:
         search.check_restorable(paths.tune, resume)  # a wrong --resume must not open MLflow runs
     cluster.check_cluster(cfg)
     if not resume or storage.read_text(paths.config) is None:
         save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
-    _announce(cfg, paths, resume=bool(resume), search_space=search_space)
+    earlier = search.earlier_results(paths)  # an extension's: the trials of the study's runs before it
+    _announce(cfg, paths, resume=bool(resume), search_space=search_space, earlier=len(earlier))
+    split_findings = data.audit_split(cfg)  # (again: run may be called without preflight; cached)
     datasets, pos_weight = data.build_datasets(cfg), data.pos_weight(cfg)
     report = list(datareport.paths(data.manifest_path(cfg)))
-    # A resumed study reopens the parent run it recorded, by id: a name or a directory can be reused.
-    recorded = study_record(paths).get("parent_run_id") if resume else None
-    uri, parent = tracking.start_study(cfg, paths.tune, resume=bool(resume), parent_run_id=recorded)
+    # A resumed or extended study reopens the parent run it recorded, by id: a name or a directory can be reused.
+    again = bool(resume or extend)
+    recorded = study_record(paths).get("parent_run_id") if again else None
+    uri, parent = tracking.start_study(cfg, paths.extended(0).tune, resume=again, parent_run_id=recorded)
     _save_record(cfg, paths, parent)
     try:
         tracking.log_data_report(uri, parent, report)
+        tracking.log_split_audit(
+            uri, parent, [f.as_dict() for f in split_findings], split_audit.summary(split_findings)
+        )
         if resume:  # its trial logger comes back with the saved study, on this parent run
             tuner = search.restore_tuner(paths.tune, datasets, pos_weight, verbose=verbose)
         else:
-            logger = tracking.trial_logger(cfg, uri, parent)
+            if search_space and cfg.search.warm_start and not extend:
+                search.warm_start(cfg, paths)
+            logger = tracking.trial_logger(cfg, uri, parent, resume_at=paths.tune if extend else "")
             tuner = search.build_tuner(
-                cfg, datasets, pos_weight, callbacks=[logger], search=search_space, verbose=verbose
+                cfg,
+                datasets,
+                pos_weight,
+                callbacks=[logger],
+                search=search_space,
+                verbose=verbose,
+                paths=paths,
+                earlier=len(earlier),
             )
         results = tuner.fit()
         _check_complete(results, cfg, paths, search_space=search_space)
-        summary = tracking.register(cfg, uri, parent, registry.candidate(results), report)
+        # The champion rule judges this run's best; the study's view (trials.csv, note) covers all its trials.
+        summary = tracking.register(cfg, uri, parent, registry.candidate(results, metrics.ranked(cfg)), report)
+        results = [*earlier, *results]
         tracking.log_study_results(results, cfg, uri, parent, summary)
         tracking.finish_study(uri, parent)
+        _save_record(cfg, paths, parent, finished=True)
     except (StudyIncomplete, KeyboardInterrupt):
         tracking.end_study(uri, parent, "KILLED")
         raise
@@ -234,9 +334,18 @@ def _trial_rows(results) -> list[dict]:
     ]
 
 
-def _announce(cfg: Config, paths: StudyPaths, *, resume: bool, search_space: bool) -> None:
+def _announce(cfg: Config, paths: StudyPaths, *, resume: bool, search_space: bool, earlier: int = 0) -> None:
     if resume:
         log.info("resuming study %s in %s", cfg.name, paths.tune)
+        return
+    if earlier:
+        log.info(
+            "extending study %s: %d more trials after its %d, in %s",
+            cfg.name,
+            cfg.search.num_trials,
+            earlier,
+            paths.tune,
+        )
         return
     trials = cfg.search.num_trials if search_space else 1
     how = f", searching {', '.join(cfg.search.space)}" if search_space and cfg.search.space else ""
@@ -257,11 +366,18 @@ def print_summary(summary: dict) -> None:
         f"trial {summary['trial_id']}  epoch {summary['epoch']}  val_auc {summary['val_auc']:.4f}  "
         f"threshold {summary['threshold']:.3f}"
     )
+    print(
+        f"  {summary['objective']} {summary['point']:.4f}  95% lower bound {summary['lower']:.4f}  "
+        f"(ranked by {summary['ranked_by']})"
+    )
     for key, value in sorted(summary["params"].items()):
         print(f"  {key:24s} {value:.6g}" if isinstance(value, float) else f"  {key:24s} {value}")
     shown = ("val_sensitivity", "val_specificity", "val_auprc", "val_balanced_accuracy", "val_loss")
     print("  " + "  ".join(f"{k}={summary['metrics'][k]:.4f}" for k in shown if k in summary["metrics"]))
-    flag = "now @champion" if summary["champion"] else f"champion kept (val_auc {summary['previous_champion_auc']:.4f})"
+    if summary["champion"]:
+        flag = "now @champion"
+    else:
+        flag = f"champion kept ({summary['ranked_by']} {summary['previous_champion_score']:.4f})"
     print(f"registered model version {summary['version']} ({flag})")
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"study dir:  {summary['study_dir']}   (resume: python jobs/tune.py --resume {summary['study_dir']})")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from procs import job_env, session_pids, stop_session
+from procs import job_env, session_pids, stop_session, tiny_job_args
 
 from fracture import tracking
 
@@ -29,17 +29,7 @@ EPOCHS = 3
 
 
 def _argv(storage: Path, data_root: Path) -> list[str]:
-    return [
-        f"data.root={data_root}",
-        f"cluster.storage_path={storage}",
-        "data.image_size=32",
-        f"train.epochs={EPOCHS}",
-        "train.batch_size_per_worker=8",
-        "search.num_trials=1",
-        "cluster.num_workers=1",
-        "cluster.cpus_per_worker=1",
-        "tracking.experiment=kill",
-    ]
+    return tiny_job_args(data_root, storage, "search.num_trials=1", experiment="kill", epochs=EPOCHS)
 
 
 def _checkpoints(storage: Path) -> list[dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from procs import job_env, stop_session
+from procs import job_env, stop_session, tiny_job_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,17 +55,7 @@ def test_a_study_and_three_evaluations_share_a_fresh_sqlite_store(tmp_path, synt
     storage, db, stop = tmp_path / "runs", tmp_path / "store" / "shared.db", tmp_path / "study-ended"
     storage.mkdir()
     uri = f"sqlite:///{db}"
-    overrides = [
-        f"data.root={synthetic_root}",
-        f"cluster.storage_path={storage}",
-        "data.image_size=32",
-        "train.epochs=1",
-        "train.batch_size_per_worker=8",
-        "cluster.num_workers=1",
-        "cluster.cpus_per_worker=1",
-        "tracking.experiment=test",
-        f"tracking.uri={uri}",
-    ]
+    overrides = tiny_job_args(synthetic_root, storage, f"tracking.uri={uri}")
     study_yaml = str(ROOT / "jobs" / "studies" / "demo.yaml")
     start = time.time() + 20  # after the loggers' imports (mlflow, pandas) on a busy 2-core machine
     commands = {"train": [str(ROOT / "jobs" / "train.py"), *overrides]}

@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import pytest
+from procs import tiny_job_args
 
 from fracture import synthetic, tracking
 from fracture.storage import STUDY_FILE
@@ -17,15 +18,7 @@ pytestmark = pytest.mark.integration
 def _train(run_job, storage, root, *extra):
     return run_job(
         "train.py",
-        f"data.root={root}",
-        f"cluster.storage_path={storage}",
-        "data.image_size=32",
-        "train.epochs=1",
-        "train.batch_size_per_worker=8",
-        "cluster.num_workers=1",
-        "cluster.cpus_per_worker=1",
-        "tracking.experiment=names",
-        *extra,
+        *tiny_job_args(root, storage, *extra, experiment="names"),
         timeout=600,
     )
 
