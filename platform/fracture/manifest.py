@@ -27,7 +27,7 @@ from fracture.errors import UserError
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "missing_file", "orphan_file", "unreadable", "truncated", "duplicate", "label_mismatch")
-SPLITS = ("train", "val", "test")
+SPLITS = split_audit.SPLITS  # one definition: the audit checks the splits this module assigns
 SCHEMA = {  # column -> dtype of the written manifest; "str" columns never hold NaN ("" instead)
     "image_id": "str",
     "path": "str",
