@@ -184,6 +184,18 @@ def test_evaluate_returns_every_metric(net):
     assert out["val_loss"] == pytest.approx(expected.item(), rel=1e-4)
 
 
+def test_weighted_val_loss_is_the_training_loss_on_val(net):
+    """val_loss_weighted is what BCEWithLogitsLoss(pos_weight) gives the same logits: train_loss's scale."""
+    batches = _batches(n_batches=2, batch_size=6)
+    out = evaluate(net, batches, device=CPU, pos_weight=4.0)
+    with torch.no_grad():
+        logits = torch.cat([net(to_model_input(b[IMAGE], CPU)).view(-1) for b in batches]).double()
+    labels = torch.cat([b[LABEL].view(-1) for b in batches]).double()
+    expected = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([4.0], dtype=torch.float64))(logits, labels)
+    assert out["val_loss_weighted"] == pytest.approx(expected.item(), rel=1e-4)
+    assert out["val_loss_weighted"] > out["val_loss"]
+
+
 def test_evaluate_is_deterministic_and_accepts_sensitivity_threshold(net):
     batches = _batches(n_batches=1)
     a = evaluate(net, batches, device=CPU)

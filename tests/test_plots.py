@@ -32,6 +32,14 @@ def test_save_training_curves(tmp_path):
     _check_png(plots.save_training_curves(history, tmp_path / "curves.png"))
 
 
+def test_training_curves_set_train_loss_beside_the_val_loss_on_its_scale(tmp_path):
+    weighted = [{"epoch": 0, "train_loss": 1.1, "val_loss": 0.6, "val_loss_weighted": 1.05, "val_auc": 0.7}]
+    assert [key for key, _ in plots.loss_lines(weighted)] == ["train_loss", "val_loss_weighted"]
+    older = [{"epoch": 0, "train_loss": 1.1, "val_loss": 0.6}]
+    assert plots.loss_lines(older) == [("train_loss", "train_loss"), ("val_loss", "val_loss (unweighted: lower scale)")]
+    _check_png(plots.save_training_curves(weighted * 2, tmp_path / "curves.png", chosen_epoch=0))
+
+
 def test_training_curves_tolerate_missing_keys(tmp_path):
     history = [{"train_loss": 0.7}, {"train_loss": 0.6, "val_auc": 0.7}]
     _check_png(plots.save_training_curves(history, tmp_path / "sub" / "curves.png"))

@@ -55,6 +55,8 @@ def test_the_best_epoch_whose_checkpoint_is_still_on_disk_is_registered(tmp_path
     )
     chosen = registry.candidate(_Grid([_trial(frame)]))
     assert chosen.checkpoint == kept and chosen.trial_id == "t1" and chosen.state["epoch"] == 0
+    # The curves logged with it cover the whole trial, past the registered epoch.
+    assert [row["epoch"] for row in chosen.history] == [0, 1, 2]
 
     summary = registry.summary(cfg, chosen, run_id="r", parent_run_id="p", study_dir="/s")
     assert (summary["epoch"], summary["val_auc"], summary["threshold"]) == (0, 0.8, 0.25)
@@ -118,6 +120,14 @@ def test_the_objective_and_rank_by_pick_the_checkpoint_and_the_champions_score(
     champion = float(tags[ranked])
     assert not registry.wins(summary["score"], champion)
     assert registry.wins(summary["score"] + 1e-6, champion) and not registry.wins(summary["score"] - 1e-6, champion)
+
+
+def test_trial_history_is_one_row_per_epoch_the_replayed_epochs_last_report_winning():
+    # Killed after epoch 1's report, resumed from epoch 0's checkpoint: epoch 1 is reported twice.
+    frame = pd.DataFrame({"epoch": [0, 1, 1, 2, None], "train_loss": [1.1, 1.0, 0.98, 0.9, None]})
+    rows = registry.trial_history(_trial(frame))
+    assert [(r["epoch"], r["train_loss"]) for r in rows] == [(0, 1.1), (1, 0.98), (2, 0.9)]
+    assert registry.trial_history(_trial(pd.DataFrame({"val_auc": [0.5]}))) == ()
 
 
 def test_a_champion_whose_score_is_nan_is_beaten():

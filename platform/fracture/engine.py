@@ -165,15 +165,19 @@ def evaluate(
     threshold: str = "youden",
     target_sensitivity: float = 0.9,
     objective_sensitivity: float | None = None,
+    pos_weight: float | None = None,
 ) -> dict[str, float]:
     """Validation metrics over all of `batches`, with the decision threshold chosen on them.
 
     Args:
         objective_sensitivity: when given (search.target_sensitivity), also what a study can rank
             by (metrics.ranking_metrics): val_spec_at_sens at it, val_auc_lower, val_spec_at_sens_lower.
+        pos_weight: the training loss's weight on positives; when given, also val_loss_weighted, the
+            val loss on train_loss's scale (val_loss is unweighted and sits well below train_loss
+            whenever pos_weight > 1, which reads as a gap that is not there).
     Returns:
-        val_loss (unweighted BCE), val_auc, val_auprc, val_sensitivity, val_specificity,
-        val_balanced_accuracy, val_f1, val_accuracy, val_threshold, val_images.
+        val_loss (unweighted BCE), [val_loss_weighted,] val_auc, val_auprc, val_sensitivity,
+        val_specificity, val_balanced_accuracy, val_f1, val_accuracy, val_threshold, val_images.
     """
     labels, probs = predict(model, batches, device)
     if len(labels) == 0:
@@ -181,9 +185,12 @@ def evaluate(
     eps = 1e-7
     p = np.clip(probs.astype(np.float64), eps, 1 - eps)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    weighted = {}
+    if pos_weight is not None:
+        weighted["val_loss_weighted"] = float(-np.mean(pos_weight * labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     cut = metrics.choose_threshold(labels, probs, method=threshold, target_sensitivity=target_sensitivity)
     out = metrics.prefixed(metrics.binary_metrics(labels, probs, cut), "val")
     if objective_sensitivity is not None:
         ranking = metrics.ranking_metrics(labels, probs, target_sensitivity=objective_sensitivity)
         out |= metrics.prefixed(ranking, "val")
-    return {"val_loss": loss, **out, "val_images": float(len(labels))}
+    return {"val_loss": loss, **weighted, **out, "val_images": float(len(labels))}

@@ -148,16 +148,33 @@ def calibration_bins(probs: np.ndarray, n_bins: int = 10) -> str:
     return "quantile" if counts.size and counts.max() > 0.5 * counts.sum() else "uniform"
 
 
-def save_training_curves(history: Sequence[dict], out_path: str | Path) -> Path:
-    """Loss (train_loss, val_loss) and val_auc per epoch, as two stacked panels.
+def loss_lines(history: Sequence[dict]) -> list[tuple[str, str]]:
+    """(metric, legend label) of the losses save_training_curves draws on one axis: train_loss and the
+    val loss on its scale (val_loss_weighted), or unweighted val_loss, labelled so, for older histories."""
+    present = {k for h in history for k in h}
+    lines = [("train_loss", "train_loss")] if "train_loss" in present else []
+    if "val_loss_weighted" in present:
+        lines.append(("val_loss_weighted", "val_loss (weighted as train)"))
+    elif "val_loss" in present:
+        lines.append(("val_loss", "val_loss (unweighted: lower scale)"))
+    return lines
+
+
+def save_training_curves(history: Sequence[dict], out_path: str | Path, chosen_epoch: int | None = None) -> Path:
+    """Loss (train and val) and val_auc per epoch, as two stacked panels, epochs counted from 1 as the console does.
+
+    The val loss drawn beside train_loss is val_loss_weighted when the history has it: train_loss is
+    BCE with pos_weight, and unweighted val_loss sits far below it on FracAtlas (pos_weight ~4.6),
+    which reads as a gap that is not there. An older history without it keeps val_loss, labelled so.
 
     Args:
-        history: one dict per epoch, as reported by the worker; x is its "epoch" key when every
-            row has one, else 1..len(history). Metrics missing from a row plot as gaps.
+        history: one dict per epoch, as reported by the worker; x is its 0-based "epoch" key + 1 when
+            every row has one, else 1..len(history). Metrics missing from a row plot as gaps.
         out_path: PNG file to write.
+        chosen_epoch: the 0-based epoch whose checkpoint was registered, drawn as a dashed line.
     """
     epochs = (
-        [h["epoch"] for h in history]
+        [int(h["epoch"]) + 1 for h in history]
         if history and all("epoch" in h for h in history)
         else list(range(1, len(history) + 1))
     )
@@ -169,15 +186,17 @@ def save_training_curves(history: Sequence[dict], out_path: str | Path) -> Path:
 
     fig = figure(figsize=(6, 6))
     loss_ax, auc_ax = fig.subplots(2, 1, sharex=True)
-    for key in ("train_loss", "val_loss"):
-        if any(key in h for h in history):
-            loss_ax.plot(epochs, series(key), "o-", label=key)
-    loss_ax.set(ylabel="Loss", title="Training curves")
-    if loss_ax.lines:  # legend() warns when nothing was plotted
-        loss_ax.legend(fontsize=8)
+    for key, label in loss_lines(history):
+        loss_ax.plot(epochs, series(key), "o-", label=label)
+    loss_ax.set(ylabel="BCE loss (pos_weight on positives)", title="Training curves")
     if any(metrics.PRIMARY in h for h in history):
         auc_ax.plot(epochs, series(metrics.PRIMARY), "o-", c="tab:green", label=metrics.PRIMARY)
-        auc_ax.legend(fontsize=8)
+    if chosen_epoch is not None:
+        for ax in (loss_ax, auc_ax):
+            ax.axvline(chosen_epoch + 1, ls="--", c="grey", lw=1, label=f"registered (epoch {chosen_epoch + 1})")
+    for ax in (loss_ax, auc_ax):
+        if ax.lines:  # legend() warns when nothing was plotted
+            ax.legend(fontsize=8)
     auc_ax.set(xlabel="Epoch", ylabel="ROC AUC")
     auc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 0.5-epoch ticks
     return _save(fig, Path(out_path))

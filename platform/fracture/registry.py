@@ -26,6 +26,9 @@ class Candidate:
     row: dict[str, Any]  # the epoch's reported metrics, with checkpoint_path
     net: Any  # FractureNet, eval mode
     state: dict[str, Any]  # the checkpoint's state.json: epoch, config, threshold, metrics, ...
+    # Every epoch its trial reported, past the chosen one too (state["history"] stops at the
+    # checkpoint's epoch): the learning curves logged beside the model show where it was picked.
+    history: tuple[dict[str, Any], ...] = ()
 
     @property
     def checkpoint(self) -> str:
@@ -53,7 +56,20 @@ def candidate(results, metric: str = metrics.PRIMARY) -> Candidate:
     """The study's best checkpoint by `metric` (best_checkpoint), loaded: what tracking.register logs and registers."""
     best, row = best_checkpoint(results, metric)
     net, state = checkpoint.load_model(row["checkpoint_path"])
-    return Candidate(trial_id=best.metrics["trial_id"], row=row, net=net, state=state)
+    return Candidate(trial_id=best.metrics["trial_id"], row=row, net=net, state=state, history=trial_history(best))
+
+
+def trial_history(result) -> tuple[dict[str, Any], ...]:
+    """One row per epoch of a Tune result, in epoch order; an epoch replayed after a restart counts once."""
+    frame = result.metrics_dataframe
+    if frame is None or "epoch" not in frame:
+        return ()
+    rows = {}
+    for row in frame.to_dict("records"):
+        epoch = row.get("epoch")
+        if epoch is not None and epoch == epoch:  # not a row without an epoch (None, NaN)
+            rows[int(epoch)] = row  # the last report of an epoch wins
+    return tuple(rows[e] for e in sorted(rows))
 
 
 TAG_DIGITS = 6  # version tags hold metrics to 6 decimals (version_tags): the champion's score is read back from them

@@ -545,7 +545,7 @@ def register(cfg: Config, uri: str, parent_run_id: str, chosen: Candidate, data_
         study_dir=parent.data.tags.get(STUDY_DIR_TAG, ""),
     )
     _log_checkpoint(client, uri, summary, list(data_report))
-    _log_curves(client, summary["run_id"], chosen.state.get("history", []))
+    _log_curves(client, summary["run_id"], list(chosen.history) or chosen.state.get("history", []), summary["epoch"])
     summary["version"] = _log_model(uri, cfg, chosen.net, summary)
     summary["model_uri"] = f"models:/{cfg.tracking.model_name}/{summary['version']}"
     summary["ui_route"] = ui_route(experiment_id)
@@ -602,8 +602,8 @@ def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) ->
     log_data_report(uri, run_id, data_report)
 
 
-def _log_curves(client, run_id: str, history: list[dict]) -> None:
-    """The registered checkpoint's learning curves as one picture, on its trial run.
+def _log_curves(client, run_id: str, history: list[dict], chosen_epoch: int) -> None:
+    """The registered trial's learning curves as one picture, on its trial run, the registered epoch marked.
 
     The run charts each metric on its own; this one puts train and val loss on one axis, which is
     where a model that does not learn (a flat train loss) or overfits shows first.
@@ -613,7 +613,7 @@ def _log_curves(client, run_id: str, history: list[dict]) -> None:
     if not history:
         return
     with tempfile.TemporaryDirectory(prefix="fracture-curves-") as tmp:
-        path = plots.save_training_curves(history, Path(tmp) / CURVES_FILE)
+        path = plots.save_training_curves(history, Path(tmp) / CURVES_FILE, chosen_epoch=chosen_epoch)
         _retry(client.log_artifact, run_id, str(path))
 
 

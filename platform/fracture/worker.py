@@ -116,6 +116,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             threshold=cfg.train.threshold,
             target_sensitivity=cfg.train.target_sensitivity,
             objective_sensitivity=cfg.search.target_sensitivity,
+            pos_weight=loop_config["pos_weight"],
         )
         score = result[ranked]
         stop = progress.update(score)
