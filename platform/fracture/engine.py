@@ -184,10 +184,9 @@ def evaluate(
         raise ValueError("evaluation split is empty")
     eps = 1e-7
     p = np.clip(probs.astype(np.float64), eps, 1 - eps)
-    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    weighted = {}
-    if pos_weight is not None:
-        weighted["val_loss_weighted"] = float(-np.mean(pos_weight * labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    positive, negative = labels * np.log(p), (1 - labels) * np.log(1 - p)
+    loss = float(-np.mean(positive + negative))
+    weighted = {} if pos_weight is None else {"val_loss_weighted": float(-np.mean(pos_weight * positive + negative))}
     cut = metrics.choose_threshold(labels, probs, method=threshold, target_sensitivity=target_sensitivity)
     out = metrics.prefixed(metrics.binary_metrics(labels, probs, cut), "val")
     if objective_sensitivity is not None:
