@@ -132,6 +132,7 @@ def fit(
             device=device,
             grad_clip=cfg.optim.grad_clip,
             after_step=(lambda: average.update_parameters(net)) if average is not None else None,
+            precision=cfg.train.precision,
         )
         val_batches = (
             {presets.IMAGE: torch.from_numpy(val[0][k : k + 128]), presets.LABEL: torch.from_numpy(val[1][k : k + 128])}

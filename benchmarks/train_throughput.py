@@ -101,6 +101,7 @@ def plain_epochs(state: dict, cfg, epochs: range, rows: list, device: torch.devi
             penalty=net.l2_penalty,
             device=device,
             grad_clip=cfg.optim.grad_clip,
+            precision=cfg.train.precision,
         )
         if device.type == "cuda":
             torch.cuda.synchronize()

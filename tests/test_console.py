@@ -126,6 +126,14 @@ def test_an_epoch_line_has_the_metrics_speed_and_eta():
     assert "2x12.7 img/s" in last and "ETA" not in last
 
 
+def test_a_restored_epoch_reported_again_says_where_the_trial_goes_on_from():
+    replay = RESULT | {"epoch": 4, "epochs_done": 5, "replayed": True}
+    assert progress.result_line("trial_003", replay, epochs=10) == (
+        "trial_003 restored its checkpoint of epoch 5/10 and trains on from there"
+    )
+    assert progress.result_line("trial_003", RESULT, epochs=3) == progress.epoch_line("trial_003", RESULT, epochs=3)
+
+
 @pytest.mark.parametrize(
     "result, says",
     [

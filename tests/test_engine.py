@@ -10,9 +10,11 @@ from torch import nn
 
 from fracture.config import ModelConfig, OptimConfig
 from fracture.engine import (
+    autocast,
     build_optimizer,
     build_scheduler,
     evaluate,
+    native_bf16,
     predict,
     predict_batch,
     step_scheduler,
@@ -135,8 +137,39 @@ def test_train_loss_excludes_the_penalty(net):
     net.dropout.p = 0.0
     net.l2 = 1e6
     optimizer = torch.optim.SGD(net.head_parameters(), lr=0.0)
-    out = train_one_epoch(net, optimizer, batch, loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CPU)
+    out = train_one_epoch(
+        net, optimizer, batch, loss_fn=nn.BCEWithLogitsLoss(), penalty=net.l2_penalty, device=CPU, precision="fp32"
+    )
     assert out["train_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_training_precision_is_the_forward_pass_and_scoring_stays_fp32_on_cpu(net, precision):
+    x = to_model_input(_batches(n_batches=1)[0][IMAGE], CPU)
+    net.eval()
+    with torch.no_grad(), autocast(CPU, precision):
+        dtype = net.features[0](x).dtype  # the first convolution's output
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(CPU))
+    assert dtype == (torch.bfloat16 if bf16 else torch.float32)
+    with torch.no_grad(), autocast(CPU, "scoring"):
+        assert net.features[0](x).dtype == torch.float32  # evaluation and prediction: full precision on CPU
+    # Whatever the forward's precision, the loss is fp32 and training still learns.
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(net.head_parameters(), lr=1e-2)
+    net.set_trainable_blocks(0)
+    losses = [
+        train_one_epoch(
+            net,
+            optimizer,
+            _batches(),
+            loss_fn=nn.BCEWithLogitsLoss(),
+            penalty=net.l2_penalty,
+            device=CPU,
+            precision=precision,
+        )["train_loss"]
+        for _ in range(4)
+    ]
+    assert losses[-1] < losses[0], losses
 
 
 def _update_norm(net, grad_clip):

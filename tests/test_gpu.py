@@ -82,3 +82,16 @@ def test_predict_on_cuda_matches_cpu_within_bf16_tolerance(base_net):
     # bf16 keeps 8 bits of mantissa: emulated on CPU (torch.autocast("cpu", bfloat16)) this model's
     # probabilities move by <= 0.009, while feeding it H and W swapped moves them by ~0.09.
     np.testing.assert_allclose(probs_gpu, probs_cpu, atol=3e-2)
+
+
+@pytest.mark.integration
+def test_a_one_gpu_trial_trains_in_its_own_process_on_its_gpu(ray_local, tiny_config):
+    """A one-worker trial runs in its Tune trial's process (session.TrialSession): Tune must reserve the
+    GPU for that process, and the loop must train there, not on the CPU."""
+    from fracture import data, search, study
+
+    cfg = tiny_config("name=gpu_trial", "train.epochs=1", "cluster.use_gpu=true")
+    study.preflight(cfg)
+    (result,) = search.build_tuner(cfg, data.build_datasets(cfg), data.pos_weight(cfg), search=False).fit()
+    assert result.error is None, result.error
+    assert result.metrics["device"] == "cuda"

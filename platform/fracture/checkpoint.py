@@ -68,22 +68,6 @@ def save(
     return directory
 
 
-def to_ray(
-    directory: str | Path,
-    net: FractureNet,
-    optimizer,
-    state: dict[str, Any],
-    scheduler=None,
-    train_order: list[np.ndarray] | None = None,
-    train_net: FractureNet | None = None,
-):
-    """save() then wrap as a ray.train.Checkpoint for ray.train.report."""
-    import ray.train
-
-    saved = save(directory, net, optimizer, state, scheduler, train_order, train_net)
-    return ray.train.Checkpoint.from_directory(str(saved))
-
-
 def read_train_order(directory: str | Path) -> list[np.ndarray]:
     """The rows each epoch trained on, in order (see `save`); [] for a checkpoint without them."""
     path = Path(directory) / ORDER_FILE

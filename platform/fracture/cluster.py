@@ -20,24 +20,30 @@ DATA_CPU = 1.0  # Ray Data's read/augment tasks (1 CPU each) beside the training
 def check_resources(cfg: Config) -> None:
     """Refuse, instead of waiting forever, a trial that this cluster can never place.
 
-    A trial holds its driver's sliver of a CPU and its workers' CPUs (and GPUs); Ray Data's tasks
-    need a whole CPU beyond that, or the workers wait for batches that are never made. Each worker
-    must also fit on one node.
+    A trial that trains in its own process (ClusterConfig.in_trial) holds its worker's CPUs (and
+    GPU). A TorchTrainer's trial holds its driver's sliver of a CPU and its workers' CPUs (and
+    GPUs), and Ray Data's split tasks need a whole CPU beyond that, or the workers wait for batches
+    that are never made. Each worker must also fit on one node.
     """
     import ray
 
     total = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     workers, cpus = cfg.cluster.num_workers, cfg.cluster.cpus_per_worker
-    need_cpu = workers * cpus + DRIVER_CPU + DATA_CPU
     need_gpu = workers if cfg.cluster.use_gpu else 0
     have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
     shape = f"cluster.num_workers={workers}, cpus_per_worker={cpus:g}, use_gpu={cfg.cluster.use_gpu}"
+    if cfg.cluster.in_trial:
+        # The trial itself is the worker and reads the study's materialized datasets: no Ray Data task.
+        need_cpu, parts = cpus, f"{cpus:g} for the trial, which trains in its own process"
+    else:
+        need_cpu = workers * cpus + DRIVER_CPU + DATA_CPU
+        parts = f"{workers} x {cpus:g} for its workers, {DATA_CPU:g} for Ray Data, {DRIVER_CPU:g} for its driver"
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise ConfigError(
-            f"one trial needs {need_cpu:g} CPU ({workers} x {cpus:g} for its workers, {DATA_CPU:g} for Ray Data, "
-            f"{DRIVER_CPU:g} for its driver) and {need_gpu} GPU ({shape}), but the cluster has {have_cpu:g} CPU "
-            f"and {have_gpu:g} GPU in all: lower cluster.*, add nodes, or give `ray start` more --num-cpus"
+            f"one trial needs {need_cpu:g} CPU ({parts}) and {need_gpu} GPU ({shape}), but the cluster has "
+            f"{have_cpu:g} CPU and {have_gpu:g} GPU in all: lower cluster.*, add nodes, or give `ray start` "
+            "more --num-cpus"
         )
     gpu_each = 1 if cfg.cluster.use_gpu else 0
     if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpu_each for n in nodes):

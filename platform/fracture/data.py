@@ -36,6 +36,7 @@ from fracture.presets import ID, IMAGE, LABEL, PATH, ROW, augment, decode_batch
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 32
+READ_IN_DRIVER_BYTES = 256 << 20  # decoded caches up to this size are read by the driver (decoded())
 TRAINING_SPLITS = ("train", "val")  # what build_datasets gives trials; the test split never reaches them
 
 
@@ -198,8 +199,8 @@ def cache_dir(cfg: Config) -> Path:
     return Path(cfg.data.cache_dir).expanduser().resolve() if cfg.data.cache_dir else cfg.run_dir / "cache"
 
 
-def decoded(cfg: Config, split: str):
-    """The split as a ray.data.Dataset of {image_id, image uint8 (S, S, 3), label, row}, from the cache.
+def decoded(cfg: Config, split: str, columns: list[str] | None = None):
+    """The split as a ray.data.Dataset of {image_id, image uint8 (S, S, 3), label, row} (or `columns`), from the cache.
 
     The rows are stored in a random order seeded by data.split_seed (ROW = position in it), never in
     the manifest's id order. A missing cache is built with Ray Data itself (parallel decode) and
@@ -234,19 +235,27 @@ def decoded(cfg: Config, split: str):
             os.replace(tmp, target)
         except OSError:  # another trial published it first; theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    # Materialized once per study: every epoch of every trial then streams from the object store
-    # instead of re-reading Parquet (a few seconds per epoch on small splits). In file order: with
-    # several files, blocks would otherwise land in whichever order their reads finished, and the
-    # seeded shuffle would permute a different sequence in each study.
-    ds = ray.data.read_parquet(str(target))
+    # Materialized once per study: every epoch of every trial streams from the object store, not
+    # from Parquet, with no Ray Data task to schedule. Blocks in file order, files in name order:
+    # the seeded shuffle then permutes the same sequence in every study.
+    files = sorted(p for p in target.iterdir() if p.suffix == ".parquet")
+    if sum(f.stat().st_size for f in files) <= READ_IN_DRIVER_BYTES:
+        # A small cache is read here and put in the object store as is (a block per file): Ray
+        # Data's own read of it costs seconds of task start-up, more than the read.
+        import pyarrow.parquet as pq
+
+        return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
+    # A large one is read by Ray Data's tasks, in parallel and without passing through this process.
+    ds = ray.data.read_parquet([str(f) for f in files])
     ds.context.execution_options.preserve_order = True
-    return ds.materialize()
+    return (ds.select_columns(columns) if columns else ds).materialize()
 
 
 def build_datasets(cfg: Config) -> dict:
     """{"train", "val"} Ray Datasets of {image, label, row}, as decoded; `epoch_batches` shuffles and augments."""
     # Workers get numbers only: the string ids stay behind (iter_torch_batches cannot tensorise them).
-    out = {split: decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]) for split in TRAINING_SPLITS}
+    # Read as materialized: an epoch then only fetches blocks, with no Ray Data task to schedule.
+    out = {split: decoded(cfg, split, [IMAGE, LABEL, ROW]) for split in TRAINING_SPLITS}
     for ds in out.values():
         # blocks in stored order (Ray Data may otherwise yield whichever block is ready first)
         ds.context.execution_options.preserve_order = True

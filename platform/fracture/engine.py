@@ -37,10 +37,32 @@ def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x if device.type == "cuda" else x.contiguous()
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no GradScaler needed, unlike fp16); full precision on CPU."""
+def native_bf16(device: torch.device) -> bool:
+    """The device computes bf16 natively: a CUDA GPU, or a CPU with AVX512-BF16 / AMX (oneDNN's check).
+
+    Elsewhere bf16 on the CPU is emulated, and slower than fp32.
+    """
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return True
+    return (
+        device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def autocast(device: torch.device, precision: str = "scoring") -> contextlib.AbstractContextManager:
+    """The forward pass's precision: bf16 autocast (no GradScaler needed, unlike fp16) or full fp32.
+
+    Args:
+        precision: a training step's train.precision (auto: bf16 where the device computes it
+            natively, see native_bf16; bf16; fp32), or "scoring": bf16 on CUDA, fp32 on CPU, as every
+            evaluation and prediction runs, whatever precision the model was trained in.
+    """
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    elif precision == "scoring":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -91,11 +113,13 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     seen_rows: list | None = None,
     after_step: Callable[[], None] | None = None,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """One pass over `batches`.
 
     Args:
         model: the (possibly DDP-wrapped) network.
+        precision: train.precision, the forward pass's (autocast): auto | bf16 | fp32.
         penalty: the L2 term added to every step's loss (FractureNet.l2_penalty of the unwrapped net).
         grad_clip: max global gradient norm; 0 disables.
         seen_rows: when given, each batch's cache rows (presets.ROW, if the batch has them) are
@@ -112,7 +136,7 @@ def train_one_epoch(
             seen_rows.append(batch[ROW].numpy())
         x = to_model_input(batch[IMAGE], device)
         y = batch[LABEL].to(device, non_blocking=True).float().view(-1, 1)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x)
         data_loss = loss_fn(logits.float(), y)
         loss = data_loss + penalty()

@@ -232,6 +232,15 @@ def epoch_line(name: str, result: dict, epochs: int, workers: int = 1, ranked: s
     return line
 
 
+def result_line(name: str, result: dict, epochs: int, workers: int = 1, ranked: str = metrics.PRIMARY) -> str:
+    """A trial's report: an epoch_line, or for the restored epoch that a restarted or resumed trial
+    reports again first (fracture.worker, `replayed`), where it goes on from."""
+    if result.get("replayed"):
+        done = int(result.get(metrics.EPOCHS_DONE, result.get("epoch", -1) + 1))
+        return f"{name} restored its checkpoint of epoch {done}/{epochs} and trains on from there"
+    return epoch_line(name, result, epochs, workers, ranked)
+
+
 def end_line(name: str, result: dict, epochs: int, patience: int, ranked: str = metrics.PRIMARY) -> str:
     """How a trial ended, from its last result (Tune marks a result `done` when the trial ends), in `ranked`'s terms."""
     done = int(result.get(metrics.EPOCHS_DONE, 0))
@@ -282,7 +291,7 @@ class TrialProgress(ray.tune.Callback):
             log.info("%s started: %s", trial, searched_values(trial.config.get("config", {}), self.keys))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        log.info(epoch_line(str(trial), result, self.epochs, self.workers, self.ranked))
+        log.info(result_line(str(trial), result, self.epochs, self.workers, self.ranked))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         log.info(end_line(str(trial), trial.last_result or {}, self.epochs, self.patience, self.ranked))

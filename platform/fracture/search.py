@@ -24,10 +24,9 @@ import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from fracture import cluster, metrics, progress
+from fracture import cluster, metrics, progress, trainer
 from fracture.config import Config, ConfigError, distribution, loads
 from fracture.storage import TUNE_DIR, StudyPaths, exists, is_remote, read_text
-from fracture.trainer import train_driver_fn
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def build_tuner(
             same seed would propose the same first points again).
     """
     paths = paths or StudyPaths.of(cfg)
-    trainable = _trainable(datasets, pos_weight)
+    trainable = _trainable(cfg, datasets, pos_weight)
     space = search_space(cfg) if search else cfg.to_dict()
     searcher = scheduler = None
     if search and cfg.search.space:
@@ -125,6 +124,9 @@ def build_tuner(
         scheduler=scheduler,
         trial_name_creator=functools.partial(progress.trial_name, first=first),
         trial_dirname_creator=functools.partial(progress.trial_dirname, first=first),
+        # An in-trial trial's process has imported torch and built a model: the next trial reuses it
+        # (~2 s a trial). A TorchTrainer's driver fn holds nothing worth keeping.
+        reuse_actors=cfg.cluster.in_trial,
     )
     return ray.tune.Tuner(
         trainable,
@@ -181,10 +183,18 @@ class SchedulerState(ray.tune.Callback):
         log.info("ASHA: restored the results at each rung (epochs: trials) %s", restored)
 
 
-def _trainable(datasets: dict, pos_weight: float):
-    # The driver fn only orchestrates (the TorchTrainer's workers hold the CPUs/GPUs), so it asks for
-    # (almost) no resources (Tune refuses an empty request); max_concurrent_trials bounds how many run at once.
-    fn = ray.tune.with_parameters(train_driver_fn, datasets=datasets, pos_weight=pos_weight)
+def _trainable(cfg: Config, datasets: dict, pos_weight: float):
+    """The trial function with the study's datasets, and the resources Tune reserves for each trial.
+
+    In-trial training (ClusterConfig.in_trial) holds the worker's CPUs and GPU in the trial itself. A
+    TorchTrainer's driver fn only orchestrates (its workers hold the CPUs/GPUs), so it asks for
+    (almost) no resources (Tune refuses an empty request); max_concurrent_trials bounds how many run at once.
+    """
+    if cfg.cluster.in_trial:
+        fn = ray.tune.with_parameters(trainer.train_in_trial, datasets=datasets, pos_weight=pos_weight)
+        resources = {"cpu": cfg.cluster.cpus_per_worker, "gpu": 1 if cfg.cluster.use_gpu else 0}
+        return ray.tune.with_resources(fn, resources)
+    fn = ray.tune.with_parameters(trainer.train_driver_fn, datasets=datasets, pos_weight=pos_weight)
     return ray.tune.with_resources(fn, {"cpu": cluster.DRIVER_CPU})
 
 
@@ -215,7 +225,9 @@ def check_restorable(tune_dir: str, named: str | Path) -> None:
         )
 
 
-def restore_tuner(tune_dir: str, datasets: dict, pos_weight: float, *, verbose: bool = False) -> ray.tune.Tuner:
+def restore_tuner(
+    cfg: Config, tune_dir: str, datasets: dict, pos_weight: float, *, verbose: bool = False
+) -> ray.tune.Tuner:
     """Continue an interrupted study: finished and ASHA-stopped trials stay as they are,
     unfinished ones resume from their Train run's latest checkpoint.
 
@@ -223,7 +235,7 @@ def restore_tuner(tune_dir: str, datasets: dict, pos_weight: float, *, verbose: 
     back from the saved study, with the parent run and scheduler they were made for;
     Tuner.restore takes no new ones.
     """
-    tuner = ray.tune.Tuner.restore(tune_dir, trainable=_trainable(datasets, pos_weight), resume_errored=True)
+    tuner = ray.tune.Tuner.restore(tune_dir, trainable=_trainable(cfg, datasets, pos_weight), resume_errored=True)
     # Tuner.restore takes no RunConfig either: the verbosity is this invocation's, not the first one's.
     tuner._local_tuner.get_run_config().verbose = _tune_verbosity(verbose)
     return tuner

@@ -76,7 +76,7 @@ class StudyPaths:
         return f"{EXTENSION}{self.extension}" if self.extension else ""
 
     def join(self, *parts: str) -> str:
-        return "/".join([self.root, *parts]) if is_remote(self.root) else str(Path(self.root, *parts))
+        return join(self.root, *parts)
 
     @property
     def tune(self) -> str:
@@ -107,19 +107,15 @@ class StudyPaths:
         return (self.tune, self.train, self.config, self.record, self.optuna)
 
 
+def join(location: str, *parts: str) -> str:
+    """`location`/parts, with "/" on a URI and the OS's separator on a local path."""
+    return "/".join([location.rstrip("/"), *parts]) if is_remote(location) else str(Path(location, *parts))
+
+
 def extensions(paths: StudyPaths) -> list[StudyPaths]:
     """The study's extensions on storage (tune_ext1/, tune_ext2/, ...), in order; [] when none."""
-    import pyarrow.fs
-
-    fs, path = _fs(paths.root)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
-        return []
-    found = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(path)):
-        match = re.fullmatch(rf"{TUNE_DIR}{EXTENSION}(\d+)", info.base_name)
-        if match and info.type == pyarrow.fs.FileType.Directory:
-            found.append(int(match[1]))
-    return [paths.extended(n) for n in sorted(found)]
+    found = [re.fullmatch(rf"{TUNE_DIR}{EXTENSION}(\d+)", name) for name in list_dir(paths.root)]
+    return [paths.extended(n) for n in sorted(int(m[1]) for m in found if m)]
 
 
 def _fs(location: str):
@@ -142,10 +138,24 @@ def read_text(location: str) -> str | None:
 
 
 def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def write_bytes(location: str, content: bytes) -> None:
     fs, path = _fs(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+        f.write(content)
+
+
+def list_dir(location: str) -> list[str]:
+    """The names of what a directory holds; [] when there is no directory there."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return []
+    return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(path))]
 
 
 def exists(location: str) -> bool:

@@ -275,7 +275,7 @@ def run(
             uri, parent, [f.as_dict() for f in split_findings], split_audit.summary(split_findings)
         )
         if resume:  # its trial logger comes back with the saved study, on this parent run
-            tuner = search.restore_tuner(paths.tune, datasets, pos_weight, verbose=verbose)
+            tuner = search.restore_tuner(cfg, paths.tune, datasets, pos_weight, verbose=verbose)
         else:
             if search_space and cfg.search.warm_start and not extend:
                 search.warm_start(cfg, paths)

@@ -1,8 +1,14 @@
-"""One Tune trial = one Ray Train run (the Train V2 pattern: Tune runs a driver fn that fits a TorchTrainer).
+"""What a Tune trial runs: the training loop in the trial's own process, or a TorchTrainer of several workers.
 
-The Train run is named after the Tune trial id, without timestamps, so a restored study (or a
-retried trial) finds the run's storage and resumes it from its latest checkpoint instead of
-starting over.
+- `train_in_trial` (one worker, cluster.runner=auto: ClusterConfig.in_trial): the loop runs right in the Tune trial's
+  process (session.TrialSession). A trial then costs what Tune costs (~1 s), not Ray Train V2's
+  controller, worker group and helper actors (~20 s a trial, benchmarks/tune_overhead.py).
+- `train_driver_fn` (several DDP workers, or cluster.runner=trainer; the Train V2 pattern): Tune
+  runs a driver fn that fits a TorchTrainer; its TuneReportCallback forwards each report.
+
+Either way the run is named after the Tune trial id, without timestamps
+(`<study>/train/<name>-trial_<id>`), so a restored study (or a retried trial) finds the run's
+checkpoints and resumes from its latest instead of starting over.
 """
 
 from __future__ import annotations
@@ -14,13 +20,19 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from fracture import data, metrics
+from fracture import data, metrics, storage
 from fracture.config import Config
 from fracture.rendezvous import LoopbackTorchConfig
+from fracture.session import TrialSession
 from fracture.storage import StudyPaths
-from fracture.worker import train_fn_per_worker
+from fracture.worker import train_fn_per_worker, train_loop
 
 CHECKPOINTS_KEPT = 2
+
+
+def run_name(cfg: Config, trial_id: str) -> str:
+    """A trial's training run: its directory under the study's train/, whichever runner trains it."""
+    return f"{cfg.name}-trial_{trial_id}"
 
 
 def scaling_config(cfg: Config) -> ray.train.ScalingConfig:
@@ -83,6 +95,22 @@ def train_driver_fn(config: dict, *, datasets: dict, pos_weight: float) -> None:
     trials neither rescan the manifest nor race to build the decoded-image cache.
     """
     cfg = Config.from_dict(config["config"])  # validates what the searcher sampled, not only the study's YAML
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = build_trainer(cfg, datasets, pos_weight, f"{cfg.name}-trial_{trial_id}", callbacks=[TuneReportCallback()])
-    trainer.fit()
+    name = run_name(cfg, ray.tune.get_context().get_trial_id())
+    build_trainer(cfg, datasets, pos_weight, name, callbacks=[TuneReportCallback()]).fit()
+
+
+def train_in_trial(config: dict, *, datasets: dict, pos_weight: float) -> None:
+    """Tune trainable: the training loop itself, in this trial's process (one worker: ClusterConfig.in_trial).
+
+    A trial restarted by Tune (cluster.max_failures) or resumed with the study continues from the
+    newest checkpoint in its run directory, as a TorchTrainer run would.
+    """
+    cfg = Config.from_dict(config["config"])
+    session = TrialSession(
+        datasets,
+        storage.join(StudyPaths.of(cfg).train, run_name(cfg, ray.tune.get_context().get_trial_id())),
+        ranked=metrics.ranked(cfg),
+        keep=CHECKPOINTS_KEPT,
+        use_gpu=cfg.cluster.use_gpu,
+    )
+    train_loop({"config": cfg.to_dict(), "pos_weight": pos_weight}, session)

@@ -1,20 +1,20 @@
-"""The Ray Train worker loop: adapts Ray (shards, devices, checkpoints, reports) to the pure engine.
+"""The training loop of a trial: adapts a Session (Ray at the edge) to the pure engine.
 
-The only module that calls get_dataset_shard, prepare_model, get_checkpoint and ray.train.report.
-Every rank reports once per epoch (with `epochs_done`, which ASHA counts in) with the same global
-validation metrics: validation is not sharded, every rank scores the whole val split on the
-unwrapped model, so no rank ever reports a shard-local AUROC. Only rank 0 writes checkpoints.
+`train_loop` is the one loop, run either in the Tune trial's own process (session.TrialSession:
+one worker, no Ray Train) or by each Ray Train worker of a TorchTrainer (`train_fn_per_worker`,
+session.TrainSession: DDP ranks). Every rank reports once per epoch (with `epochs_done`, which
+ASHA counts in) with the same global validation metrics: validation is not sharded, every rank
+scores the whole val split on the unwrapped model, so no rank ever reports a shard-local AUROC.
+Only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import tempfile
 import time
 
 import numpy as np
-import ray.train
-import ray.train.torch
 import torch
 
 from fracture import checkpoint, data, engine, metrics
@@ -22,26 +22,22 @@ from fracture.config import Config
 from fracture.early_stop import Progress
 from fracture.model import build_model
 from fracture.redact import redact_config
+from fracture.session import TrainSession
 
 log = logging.getLogger(__name__)
 
 
-def is_rank0() -> bool:
-    return ray.train.get_context().get_world_rank() == 0
-
-
-def batches(cfg: Config, split: str, epoch: int):
-    """This worker's {"image": uint8 (B, S, S, 3), "label": (B,)} batches of one epoch (data.epoch_batches)."""
-    rank = ray.train.get_context().get_world_rank()
-    return data.epoch_batches(ray.train.get_dataset_shard(split), cfg, split, epoch=epoch, rank=rank)
+def batches(session, cfg: Config, split: str, epoch: int):
+    """This rank's {"image": uint8 (B, S, S, 3), "label": (B,)} batches of one epoch (data.epoch_batches)."""
+    return data.epoch_batches(session.shard(split), cfg, split, epoch=epoch, rank=session.rank)
 
 
 # Tune's progress table shows the first four metrics of a report: put the ones to watch there.
 SHOWN_FIRST = (metrics.PRIMARY, "val_sensitivity", "val_specificity", metrics.EPOCHS_DONE)
 
 
-def _report(result: dict, checkpoint=None, **extra) -> None:
-    ray.train.report({k: result[k] for k in SHOWN_FIRST if k in result} | result | extra, checkpoint=checkpoint)
+def _shown_first(result: dict) -> dict:
+    return {k: result[k] for k in SHOWN_FIRST if k in result} | result
 
 
 def _phase_blocks(cfg: Config, epoch: int) -> int:
@@ -49,10 +45,16 @@ def _phase_blocks(cfg: Config, epoch: int) -> int:
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
-    """Ray Train entry point. loop_config = {"config": Config.to_dict(), "pos_weight": float}."""
+    """Ray Train entry point (TorchTrainer): the loop on this worker's rank."""
+    train_loop(loop_config, TrainSession())
+
+
+def train_loop(loop_config: dict, session) -> None:
+    """Train one config. loop_config = {"config": Config.to_dict(), "pos_weight": float}; session:
+    a fracture.session.TrialSession or TrainSession (where it runs: rank, device, data, checkpoints, reports)."""
     cfg = Config.from_dict(loop_config["config"])
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-    device = ray.train.torch.get_device()
+    device = session.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     net, weights_source = build_model(cfg.model)
@@ -60,7 +62,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     scheduler = engine.build_scheduler(optimizer, cfg.optim, epochs=cfg.train.epochs)
     average = engine.weight_average(net, cfg.train.ema_decay, device)
     scored = average.module if average is not None else net  # what is validated, checkpointed, registered
-    restored = ray.train.get_checkpoint()
+    restored = session.latest_checkpoint()
     state = checkpoint.restore(restored, net, optimizer, scheduler, average) or {}
     start = state.get("epoch", -1) + 1
     train_order: list = state.pop("train_order", [])[:start]  # rows each epoch saw (checkpoint.ORDER_FILE)
@@ -70,13 +72,15 @@ def train_fn_per_worker(loop_config: dict) -> None:
         # Tune may never have received the restored epoch's report: a driver stopped or killed
         # between this report and Tune's next save of the study loses it (its metrics, ASHA's
         # record, and the checkpoint's place in the ranking). Report it again, pointing at the
-        # checkpoint Train already stored; the driver's MLflow logger skips a replay it holds.
-        _report(
-            state["metrics"],
-            weights=state["weights"],
-            early_stopped=progress.stopped,
-            replayed=True,
-            checkpoint_path=restored.path,
+        # checkpoint the session already stored; the driver's MLflow logger skips a replay it holds.
+        session.report(
+            _shown_first(state["metrics"])
+            | {
+                "weights": state["weights"],
+                "early_stopped": progress.stopped,
+                "replayed": True,
+                "checkpoint_path": restored.path,
+            }
         )
         if start >= cfg.train.epochs or progress.stopped:
             log.info("restored a finished run (epoch %d): its last result reported again", start - 1)
@@ -92,7 +96,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
             # so unfreezing the backbone after warm-up needs a fresh wrapper.
             blocks = _phase_blocks(cfg, epoch)
             net.set_trainable_blocks(blocks)
-            model = ray.train.torch.prepare_model(net)
+            model = session.prepare_model(net)
             if cfg.train.compile:
                 model = torch.compile(model)  # recompiles per phase: the set of trained params changed
         tick = time.perf_counter()
@@ -100,18 +104,19 @@ def train_fn_per_worker(loop_config: dict) -> None:
         result = engine.train_one_epoch(
             model,
             optimizer,
-            batches(cfg, "train", epoch),
+            batches(session, cfg, "train", epoch),
             loss_fn=loss_fn,
             penalty=net.l2_penalty,
             device=device,
             grad_clip=cfg.optim.grad_clip,
             seen_rows=seen,
             after_step=(lambda: average.update_parameters(net)) if average is not None else None,
+            precision=cfg.train.precision,
         )
         train_order.append(np.concatenate(seen) if seen else np.zeros(0, np.int64))
         result |= engine.evaluate(
             scored,
-            batches(cfg, "val", epoch),
+            batches(session, cfg, "val", epoch),
             device=device,
             threshold=cfg.train.threshold,
             target_sensitivity=cfg.train.target_sensitivity,
@@ -129,29 +134,27 @@ def train_fn_per_worker(loop_config: dict) -> None:
             "lr_head": optimizer.param_groups[0]["lr"],
             "lr_backbone": optimizer.param_groups[1]["lr"],
             "epoch_s": time.perf_counter() - tick,
+            "device": device.type,  # where this rank trained: a one-GPU trial shows that it got its GPU
         }
         progress.record(result)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if is_rank0():
-                ckpt = checkpoint.to_ray(
-                    tmp,
-                    scored,
-                    optimizer,
-                    {
-                        "epoch": epoch,
-                        "config": redact_config(cfg.to_dict()),  # uploaded with the registered model
-                        "threshold": result["val_threshold"],
-                        "metrics": result,
-                        "weights": weights_source,
-                        "pos_weight": loop_config["pos_weight"],
-                        **progress.state(),
-                    },
-                    scheduler,
-                    train_order,
-                    train_net=net if average is not None else None,
-                )
-            _report(result, ckpt, weights=weights_source, early_stopped=stop)
+        save = functools.partial(
+            checkpoint.save,
+            net=scored,
+            optimizer=optimizer,
+            state={
+                "epoch": epoch,
+                "config": redact_config(cfg.to_dict()),  # uploaded with the registered model
+                "threshold": result["val_threshold"],
+                "metrics": result,
+                "weights": weights_source,
+                "pos_weight": loop_config["pos_weight"],
+                **progress.state(),
+            },
+            scheduler=scheduler,
+            train_order=train_order,
+            train_net=net if average is not None else None,
+        )
+        session.report(_shown_first(result) | {"weights": weights_source, "early_stopped": stop}, save=save)
         if stop:
             log.info("early stop at epoch %d: %s has not improved for %d epochs", epoch, ranked, progress.stale)
             break

@@ -156,10 +156,10 @@ def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, 
         "train.batch_size_per_worker=8",
         "tracking.experiment=test",
     ]
-    # A trial this 4-CPU head can never place (4 for the worker + Ray Data + the driver): refused
-    # at once, where it would otherwise wait for resources forever.
-    status, output = _submit(head, "--config", "jobs/studies/demo.yaml", *tiny, "cluster.cpus_per_worker=4", wait_s=180)
-    assert status == "FAILED" and "error: one trial needs 5.01 CPU" in output, output[-3000:]
+    # A trial this 4-CPU head can never place: refused at once, where it would otherwise wait for
+    # resources forever.
+    status, output = _submit(head, "--config", "jobs/studies/demo.yaml", *tiny, "cluster.cpus_per_worker=5", wait_s=180)
+    assert status == "FAILED" and "error: one trial needs 5 CPU (5 for the trial" in output, output[-3000:]
 
     status, output = _submit(head, "--config", "jobs/studies/demo.yaml", *tiny, "cluster.cpus_per_worker=1")
     assert status == "SUCCEEDED", f"job {status}:\n{output[-5000:]}"

@@ -54,7 +54,9 @@ def test_a_study_ranked_by_the_lower_bound_of_specificity_at_sensitivity(ray_loc
     assert parent.data.metrics[metrics.best(cfg)] == pytest.approx(summary["score"])
 
     # Registered again, the same checkpoint does not beat the champion's stored lower bound.
-    results = search.restore_tuner(summary["study_dir"], data.build_datasets(cfg), data.pos_weight(cfg)).get_results()
+    results = search.restore_tuner(
+        cfg, summary["study_dir"], data.build_datasets(cfg), data.pos_weight(cfg)
+    ).get_results()
     again = tracking.register(
         cfg,
         summary["tracking_uri"],

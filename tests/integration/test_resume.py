@@ -239,7 +239,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
     assert replayed == [resumed[0]], f"the restored epoch was not reported first: {replayed}, {resumed}"
     assert sorted(set(epochs)) == list(range(EPOCHS)), f"an epoch was lost: {epochs}"
     assert [e for e in set(epochs) if epochs.count(e) > 1] in ([], replayed), epochs
-    assert f"resuming from epoch {resumed[0] + 1}" in proc.stdout + proc.stderr, (
+    assert f"trial_003 restored its checkpoint of epoch {resumed[0] + 1}/{EPOCHS}" in proc.stdout + proc.stderr, (
         "the worker did not restore trial 3's checkpoint"
     )
     state = json.loads(

@@ -41,7 +41,9 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
         assert set(run.data.params) >= set(cfg.search.space)  # the sampled hyperparameters
         assert run.info.status == "FINISHED"
     # Tune's progress table shows the first four reported metrics: the ones worth watching.
-    results = search.restore_tuner(summary["study_dir"], data.build_datasets(cfg), data.pos_weight(cfg)).get_results()
+    results = search.restore_tuner(
+        cfg, summary["study_dir"], data.build_datasets(cfg), data.pos_weight(cfg)
+    ).get_results()
     assert all(list(r.metrics)[:4] == list(worker.SHOWN_FIRST) for r in results), list(results[0].metrics)
     # The seed point from points_to_evaluate is the first trial.
     seeded = [r for r in trials if float(r.data.params["model.dropout"]) == 0.5]
