@@ -35,7 +35,7 @@ lint: $(STAMP)
 
 ## test: lint, then the whole suite (unit + tiny real Ray/MLflow runs); `make test-fast` skips the slow ones
 test: lint
-	$(PYTEST) -q
+	PYTHONFAULTHANDLER=1 $(PYTEST) -q --durations=20
 
 test-fast: $(STAMP)
 	$(PYTEST) -q -m "not slow and not integration"

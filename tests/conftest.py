@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from procs import job_env
+from procs import job_env, tiny_job_args
 
 from fracture import cluster, synthetic
 from fracture.config import Config, load
@@ -32,32 +33,44 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def decoded_cache(tmp_path_factory) -> Path:
+    """One decoded-image cache for the session's studies: each decodes its data once, not once per test."""
+    return tmp_path_factory.getbasetemp() / "decoded-cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_args(decoded_cache):
+    """procs.tiny_job_args with the session's decoded cache: tiny_args(root, storage, *extra, epochs=, trials=)."""
+    return functools.partial(tiny_job_args, cache=decoded_cache)
+
+
+@pytest.fixture(scope="session")
+def one_trial_study(tmp_path_factory, ray_local, synthetic_root, decoded_cache):
+    """(cfg, summary) of a finished study of 1 trial x 1 epoch, registered as @champion in its own
+    sqlite store: shared by the tests that read a registered version back (registry model, report)."""
+    from fracture import study
+
+    storage = tmp_path_factory.mktemp("one_trial") / "runs"
+    cfg = _tiny(storage, synthetic_root, "search.num_trials=1", "train.epochs=1", cache=decoded_cache)
+    study.preflight(cfg)
+    return cfg, study.run(cfg)
+
+
 @pytest.fixture
-def tiny_config(tmp_path, synthetic_root):
+def tiny_config(tmp_path, synthetic_root, decoded_cache):
     """Factory: the demo study shrunk to seconds (32 px, 2 trials x 2 epochs, 1 worker), all on tmp_path."""
 
     def make(*overrides: str) -> Config:
-        return _tiny(tmp_path / "runs", synthetic_root, *overrides)
+        return _tiny(tmp_path / "runs", synthetic_root, *overrides, cache=decoded_cache)
 
     return make
 
 
-def _tiny(storage: Path, data_root: Path, *overrides: str) -> Config:
+def _tiny(storage: Path, data_root: Path, *overrides: str, cache: Path | None = None) -> Config:
     return load(
         ROOT / "jobs" / "studies" / "demo.yaml",
-        [
-            f"data.root={data_root}",
-            f"cluster.storage_path={storage}",
-            "data.image_size=32",
-            "train.epochs=2",
-            "train.batch_size_per_worker=8",
-            "search.num_trials=2",
-            "search.max_concurrent=1",
-            "cluster.num_workers=1",
-            "cluster.cpus_per_worker=1",
-            "tracking.experiment=test",
-            *overrides,
-        ],
+        tiny_job_args(data_root, storage, *overrides, epochs=2, trials=2, cache=cache),
     )
 
 

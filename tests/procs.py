@@ -41,16 +41,33 @@ def stop_session(sid: int, grace_s: float = 5) -> None:
             time.sleep(0.5)
 
 
-def tiny_job_args(root, storage, *extra: str, experiment: str = "test", epochs: int = 1) -> list[str]:
-    """Overrides for a jobs/ script that trains one worker briefly at 32 px (the integration tests' study)."""
+# A test study: the demo study shrunk to seconds. One list, so every test's study is the same kind.
+TINY = [
+    "data.image_size=32",
+    "train.batch_size_per_worker=8",
+    "search.max_concurrent=1",
+    "cluster.num_workers=1",
+    "cluster.cpus_per_worker=1",
+]
+
+
+def tiny_job_args(
+    root, storage, *extra: str, experiment: str = "test", epochs: int = 1, trials: int = 1, cache=None
+) -> list[str]:
+    """Overrides of jobs/studies/demo.yaml for a test's study: one worker, 32 px, `trials` x `epochs`.
+
+    Args:
+        cache: a decoded-image cache dir shared by the session's studies (conftest's decoded_cache;
+            keyed by content, so one per data and size), or None for the study's own.
+        extra: more overrides, applied last (they win).
+    """
     return [
         f"data.root={root}",
         f"cluster.storage_path={storage}",
-        "data.image_size=32",
+        *([f"data.cache_dir={cache}"] if cache else []),
+        *TINY,
         f"train.epochs={epochs}",
-        "train.batch_size_per_worker=8",
-        "cluster.num_workers=1",
-        "cluster.cpus_per_worker=1",
+        f"search.num_trials={trials}",
         f"tracking.experiment={experiment}",
         *extra,
     ]

@@ -137,14 +137,19 @@ def _init_local(cfg: Config, runtime_env: dict) -> None:
     reaper.watch(os.getpid())  # a kill -9 of this driver must not leave Ray's agents running
 
     need = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker * max(1, cfg.search.max_concurrent) + 2
-    # When ASHA stops a trial (and at max_t it stops every trial), Tune kills the trial's actor and
-    # with it the Train controller, before the controller removes its workers' placement group.
-    # Ray Train's detached PlacementGroupCleaner removes it then, but it finds the cluster through
-    # the State API, i.e. the dashboard; a local instance has no `ray start` address file to find
-    # it by (and a laptop may run several). Without the cleaner every stopped trial leaks its
-    # workers' CPUs until the next trial cannot start. So: a dashboard on loopback, named to workers.
-    port = free_port()
-    runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    dashboard = {"include_dashboard": False}
+    if not cfg.cluster.in_trial:
+        # When ASHA stops a trial (and at max_t it stops every trial), Tune kills the trial's actor
+        # and with it the Train controller, before the controller removes its workers' placement
+        # group. Ray Train's detached PlacementGroupCleaner removes it then, but it finds the cluster
+        # through the State API, i.e. the dashboard; a local instance has no `ray start` address file
+        # to find it by (and a laptop may run several). Without the cleaner every stopped trial leaks
+        # its workers' CPUs until the next trial cannot start. So: a dashboard on loopback, named to
+        # workers. Trials that train in their own process (ClusterConfig.in_trial) make no placement
+        # group of Train's, and go without the dashboard (a process, and CPU, on a small machine).
+        port = free_port()
+        runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
     # Ray Train's PreemptionWatcher (an actor per trial) watches for nodes being drained, which a
     # one-machine cluster never is. It logs a core error line at every start, and a traceback
     # when ASHA stops its trial while it polls.
@@ -154,10 +159,8 @@ def _init_local(cfg: Config, runtime_env: dict) -> None:
     ray.init(
         address="local",
         num_cpus=max(int(need + 0.5), os.cpu_count() or 1),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
         runtime_env=runtime_env,
+        **dashboard,
     )
 
 

@@ -1,4 +1,5 @@
-"""What a person sees: a tiny real study's console, quiet by default and Ray's own output back with --verbose.
+"""What a person sees: a tiny real study's console, a line per trial and epoch and none of Ray's chatter
+(--verbose brings Ray's back: test_study_names).
 
 The jobs run as a user runs them (fresh interpreter, stdout and stderr read together); the study
 dirs they leave say how many epochs each trial really trained, which the console must match.
@@ -35,21 +36,6 @@ EPOCH = re.compile(
 END = re.compile(CLOCK + r"(trial_\d{3}) (finished|stopped by ASHA after) (\d+)/(\d+) epochs")
 
 
-def _tiny(storage: Path, data_root: Path, epochs: int = 2) -> list[str]:
-    return [
-        f"data.root={data_root}",
-        f"cluster.storage_path={storage}",
-        "data.image_size=32",
-        f"train.epochs={epochs}",
-        "train.batch_size_per_worker=8",
-        "search.num_trials=2",
-        "search.max_concurrent=1",
-        "cluster.num_workers=1",
-        "cluster.cpus_per_worker=1",
-        "tracking.experiment=test",
-    ]
-
-
 def _epochs_trained(tune_dir: Path) -> dict[str, int]:
     """{trial name: epochs in its result.json}, from the trial dirs (trial_003_<trial id>)."""
     return {
@@ -59,8 +45,10 @@ def _epochs_trained(tune_dir: Path) -> dict[str, int]:
     }
 
 
-def test_a_study_prints_a_line_per_trial_and_epoch_and_none_of_rays_chatter(tmp_path, synthetic_root, run_job):
-    proc = run_job("tune.py", *_tiny(tmp_path / "runs", synthetic_root))
+def test_a_study_prints_a_line_per_trial_and_epoch_and_none_of_rays_chatter(
+    tmp_path, synthetic_root, run_job, tiny_args
+):
+    proc = run_job("tune.py", *tiny_args(synthetic_root, tmp_path / "runs", epochs=2, trials=2))
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-4000:]
     lines = console.splitlines()
@@ -90,12 +78,3 @@ def test_a_study_prints_a_line_per_trial_and_epoch_and_none_of_rays_chatter(tmp_
     assert "registered model version 2" in again.stdout and not BOX.search(again.stdout + again.stderr)
     stored = yaml.safe_load((tmp_path / "runs" / "demo" / "config.yaml").read_text())
     assert stored["data"]["root"] == str(synthetic_root) and stored["search"]["num_trials"] == 2
-
-
-def test_verbose_brings_rays_own_output_back(tmp_path, synthetic_root, run_job):
-    proc = run_job("train.py", "--verbose", *_tiny(tmp_path / "runs", synthetic_root, epochs=1))
-    console = proc.stdout + proc.stderr
-    assert proc.returncode == 0, console[-4000:]
-    # Tune's table appears only when its 30 s report timer fires, so the plan lines are the sure sign
-    assert "Execution plan of Dataset" in console, console[-4000:]
-    assert re.search(r"INFO fracture.progress: trial_001 epoch 1/1  loss ", console), console[-4000:]

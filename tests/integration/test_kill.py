@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from procs import job_env, session_pids, stop_session, tiny_job_args
+from procs import job_env, session_pids, stop_session
 
 from fracture import tracking
 
@@ -26,10 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
-
-
-def _argv(storage: Path, data_root: Path) -> list[str]:
-    return tiny_job_args(data_root, storage, "search.num_trials=1", experiment="kill", epochs=EPOCHS)
 
 
 def _checkpoints(storage: Path) -> list[dict]:
@@ -49,12 +45,18 @@ def _name(pid: int) -> str:
         return f"pid {pid} (gone)"
 
 
-def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(tmp_path, run_job, synthetic_root):
+def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(
+    tmp_path, run_job, synthetic_root, tiny_args
+):
     storage = tmp_path / "runs"
     log = tmp_path / "run1.log"
     with log.open("w") as out:
         job = subprocess.Popen(
-            [sys.executable, str(ROOT / "jobs" / "train.py"), *_argv(storage, synthetic_root)],
+            [
+                sys.executable,
+                str(ROOT / "jobs" / "train.py"),
+                *tiny_args(synthetic_root, storage, experiment="kill", epochs=EPOCHS),
+            ],
             cwd=ROOT,
             env=job_env(),
             stdout=out,

@@ -1,8 +1,8 @@
 """The registered model as a user meets it: loaded from the registry, any batch size, both flavors.
 
-One tiny study (1 trial x 1 epoch at 32 px, real local Ray, sqlite MLflow) registers a version;
-every test here reads that version back the way a user would and compares it with the project's
-own checkpoint loader.
+One tiny study (conftest's one_trial_study: 1 trial x 1 epoch at 32 px, real local Ray, sqlite
+MLflow) registers a version; every test here reads that version back the way a user would and
+compares it with the project's own checkpoint loader.
 """
 
 from __future__ import annotations
@@ -14,19 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import _tiny
 
-from fracture import checkpoint, metrics, study, tracking
+from fracture import checkpoint, metrics, tracking
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, ray_local, synthetic_root):
-    """(cfg, summary) of a finished one-trial study; MLflow's fluent API points at its store meanwhile."""
-    cfg = _tiny(tmp_path_factory.mktemp("registry") / "runs", synthetic_root, "search.num_trials=1", "train.epochs=1")
-    study.preflight(cfg)
-    summary = study.run(cfg)
+def registered(one_trial_study):
+    """(cfg, summary) of the finished one-trial study; MLflow's fluent API points at its store meanwhile."""
+    cfg, summary = one_trial_study
     with tracking._fluent(summary["tracking_uri"]):
         yield cfg, summary
 

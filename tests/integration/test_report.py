@@ -1,8 +1,8 @@
 """jobs/report.py on a registered version: one self-contained HTML card with evaluate's numbers, logged
 beside the version in MLflow.
 
-One tiny study (1 trial x 1 epoch at 32 px, real local Ray, sqlite MLflow) registers a version; the
-job runs as a user runs it, in a fresh interpreter.
+One tiny study (conftest's one_trial_study: 1 trial x 1 epoch at 32 px, real local Ray, sqlite
+MLflow) registers a version; the job runs as a user runs it, in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import re
 
 import mlflow
 import pytest
-from conftest import ROOT, _run_job, _tiny
+from conftest import ROOT, _run_job
 
-from fracture import checkpoint, data, evaluate, manifest, model_card, scoring, study, tracking
+from fracture import checkpoint, data, evaluate, manifest, model_card, scoring, tracking
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,11 @@ ARGS = ("data.image_size=32", "search.num_trials=1", "train.epochs=1", "tracking
 
 
 @pytest.fixture(scope="module")
-def carded(tmp_path_factory, ray_local, synthetic_root):
-    """(cfg, summary, job result, card dir) after a study and jobs/report.py --explain 1."""
-    storage = tmp_path_factory.mktemp("report") / "runs"
-    cfg = _tiny(storage, synthetic_root, "search.num_trials=1", "train.epochs=1")
-    study.preflight(cfg)
-    summary = study.run(cfg)
-    out = storage / "card"
+def carded(tmp_path_factory, one_trial_study, synthetic_root):
+    """(cfg, summary, job result, card dir) after the study and jobs/report.py --explain 1."""
+    cfg, summary = one_trial_study
+    storage = cfg.cluster.storage_path
+    out = tmp_path_factory.mktemp("card")
     job = _run_job(
         "report.py",
         "--config",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from procs import job_env, stop_session, tiny_job_args
+from procs import job_env, stop_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,11 +51,11 @@ print("logged", logged)
 """
 
 
-def test_a_study_and_three_evaluations_share_a_fresh_sqlite_store(tmp_path, synthetic_root):
+def test_a_study_and_three_evaluations_share_a_fresh_sqlite_store(tmp_path, synthetic_root, tiny_args):
     storage, db, stop = tmp_path / "runs", tmp_path / "store" / "shared.db", tmp_path / "study-ended"
     storage.mkdir()
     uri = f"sqlite:///{db}"
-    overrides = tiny_job_args(synthetic_root, storage, f"tracking.uri={uri}")
+    overrides = tiny_args(synthetic_root, storage, f"tracking.uri={uri}")
     study_yaml = str(ROOT / "jobs" / "studies" / "demo.yaml")
     start = time.time() + 20  # after the loggers' imports (mlflow, pandas) on a busy 2-core machine
     commands = {"train": [str(ROOT / "jobs" / "train.py"), *overrides]}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from fracture import checkpoint, data, manifest, presets, registry, search, study, tracking, worker
+from fracture import checkpoint, data, presets, registry, search, study, tracking, worker
 from fracture.model import FractureNet
 
 pytestmark = pytest.mark.integration
@@ -78,53 +75,3 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(
         version.version
     )
-
-
-def _with_defects(src, dst):
-    """A copy of the synthetic set with FracAtlas' kinds of defect added: the run must train on the rest."""
-    shutil.copytree(src, dst)
-    csv = dst / "dataset.csv"
-    lines = csv.read_text().splitlines()
-    negatives = sorted((dst / "images" / "Non_fractured").glob("*.jpg"))
-    truncated, text = negatives[0], negatives[1]
-    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    text.write_text("not an image")
-    copy_id = "IMG9999999.jpg"
-    shutil.copy(negatives[2], negatives[2].with_name(copy_id))
-    row = next(line for line in lines if line.startswith(negatives[2].name))
-    csv.write_text("\n".join([*lines, row.replace(negatives[2].name, copy_id)]) + "\n")
-    return {truncated.name: "truncated", text.name: "unreadable", copy_id: "duplicate"}
-
-
-def test_train_job_two_ddp_workers_warmup_and_defects(tmp_path, synthetic_root, run_job):
-    """jobs/train.py as a user runs it, on data with defects: 2 gloo DDP workers, a head-only warm-up
-    epoch then the unfrozen backbone, summary printed, the checkpoint loads back."""
-    root = tmp_path / "atlas"
-    defects = _with_defects(synthetic_root, root)
-    proc = run_job(
-        "train.py",
-        f"data.root={root}",
-        f"cluster.storage_path={tmp_path / 'runs'}",
-        "data.image_size=32",
-        "train.epochs=2",
-        "train.warmup_epochs=1",
-        "train.batch_size_per_worker=8",
-        "cluster.num_workers=2",
-        "cluster.cpus_per_worker=1",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "=== best trial ===" in proc.stdout and "now @champion" in proc.stdout
-    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
-
-    table = manifest.load(tmp_path / "runs" / "demo" / "manifest.parquet").set_index("image_id")
-    for image_id, status in defects.items():
-        assert table.loc[image_id, "status"] == status and not table.loc[image_id, "usable"]
-    best = proc.stdout.split("checkpoint: ")[1].split()[0]
-    checkpoint.load_model(best)
-    # The last epoch's checkpoint (kept beside the best) holds the whole history.
-    last = max(
-        (checkpoint.read_state(d) for d in Path(best).parent.glob("checkpoint_*") if d.is_dir()),
-        key=lambda st: st["epoch"],
-    )
-    assert [h["trainable_blocks"] for h in last["history"]] == [0, 5]  # warm-up, then unfrozen
-    assert last["config"]["cluster"]["num_workers"] == 2
