@@ -213,3 +213,18 @@ def test_a_manifest_without_hashes_is_hashed_when_audited(tiny_config, resaved_r
     pd.read_parquet(cfg.data.manifest).drop(columns="phash").to_parquet(cfg.data.manifest)
     with pytest.raises(manifest.DataError, match="IMG0009999.jpg"):
         data.audit_split(cfg)
+
+
+def test_near_pairs_finds_every_pair_the_full_distance_matrix_finds():
+    """The banded search (no n x n matrix) against the matrix, with planted pairs around the threshold."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2, size=(300, 256), dtype=np.uint8)
+    planted = base[:60].copy()
+    for row, flips in zip(planted, rng.integers(0, split_audit.THRESHOLD + 4, size=60), strict=True):
+        row[rng.choice(256, size=flips, replace=False)] ^= 1  # 0..threshold+3 bits from its source
+    hashes = [np.packbits(b).tobytes().hex() for b in np.vstack([base, planted])] + [""]
+    d = split_audit.distances(hashes)
+    i, j = np.nonzero(np.triu(d <= split_audit.THRESHOLD, k=1))
+    expected = [(int(a), int(b), int(d[a, b])) for a, b in zip(i, j, strict=True)]
+    assert split_audit.near_pairs(hashes) == expected
+    assert 30 <= len(expected) <= 60  # the planted pairs within the threshold, and no chance ones

@@ -138,16 +138,18 @@ class TrialSession:
 
 
 def write_checkpoint(location: str, save: Save) -> None:
-    """Write a checkpoint at `location`: in place on a local disk, else via a temporary dir, state.json last."""
+    """Write a checkpoint at `location`: in place on a local disk, else through a temporary dir, state.json last."""
     storage.remove(location)  # a half-written one from a trial that died while saving
     if not storage.is_remote(location):
         save(location)
         return
     with tempfile.TemporaryDirectory() as tmp:
         save(tmp)
-        files = sorted(Path(tmp).iterdir(), key=lambda p: p.name == STATE_FILE)  # state.json last
-        for path in files:
-            storage.write_bytes(storage.join(location, path.name), path.read_bytes())
+        state = Path(tmp, STATE_FILE)
+        text = state.read_text()
+        state.unlink()
+        storage.upload_dir(tmp, location)  # streamed, file by file
+        storage.write_text(storage.join(location, STATE_FILE), text)
 
 
 def saved_checkpoints(run_dir: str) -> dict[str, dict]:

@@ -148,6 +148,15 @@ def write_bytes(location: str, content: bytes) -> None:
         f.write(content)
 
 
+def upload_dir(local: str | Path, location: str) -> None:
+    """Copy a local directory's files to `location` (a URI or a local path)."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    fs.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+
+
 def list_dir(location: str) -> list[str]:
     """The names of what a directory holds; [] when there is no directory there."""
     import pyarrow.fs
