@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from fracture import datareport, manifest, metrics, split_audit
 from fracture.config import Config
@@ -274,7 +275,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-class Collate:
+class Collate(NumpyBatchCollateFn):
     """numpy batch {image, label, row} -> torch {image uint8 (B, S, S, 3), label (B,), row (B,)}, augmented per image.
 
     Runs inside Ray Data's batch iterator (its prefetch threads), so augmenting overlaps the step.
