@@ -104,14 +104,14 @@ def data_root(root: str | None, tmp: Path, n: int, seed: int = 0) -> Path:
     """`root` as given (real FracAtlas), else `n` fresh synthetic FracAtlas-layout images under tmp."""
     if root:
         return Path(root).expanduser().resolve()
-    from fracture import synthetic
+    from fracture.data import synthetic
 
     return synthetic.generate(tmp / "data", n=n, seed=seed, min_size=SYNTHETIC_MIN, max_size=SYNTHETIC_MAX)
 
 
 def make_config(tmp: Path, root: Path, *overrides: str):
     """The package defaults, with storage (manifest, decoded cache, runs) under `tmp`."""
-    from fracture.config import load as load_config
+    from fracture.core.config import load as load_config
 
     return load_config(
         None,
@@ -125,11 +125,13 @@ def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
     Index i is the image whose ROW is i (its place in the cache), so that seeding image i's
     augmentation by (seed, epoch, i) gives the views the platform's collate gives it.
     """
-    from fracture import data
-    from fracture.presets import IMAGE, LABEL, ROW
+    from fracture.data import pipeline
+    from fracture.data.presets import IMAGE, LABEL, ROW
 
     parts = list(
-        data.decoded(cfg, split).select_columns([IMAGE, LABEL, ROW]).iter_batches(batch_size=None, batch_format="numpy")
+        pipeline.decoded(cfg, split)
+        .select_columns([IMAGE, LABEL, ROW])
+        .iter_batches(batch_size=None, batch_format="numpy")
     )
     order = np.argsort(np.concatenate([p[ROW] for p in parts]))
     return np.concatenate([p[IMAGE] for p in parts])[order], np.concatenate([p[LABEL] for p in parts])[order]
@@ -157,7 +159,7 @@ class Collate:
     def __call__(self, items) -> dict:
         import torch
 
-        from fracture import presets
+        from fracture.data import presets
 
         images = np.stack([image for image, _ in items])  # (B, S, S, 3) uint8
         if self.augment != "none":
@@ -208,9 +210,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def mlflow_config(uri: str):
-    """Config for logging benchmark figures with fracture.tracking: experiment "benchmarks" in
+    """Config for logging benchmark figures with fracture.track.tracking: experiment "benchmarks" in
     `uri` ("" = $MLFLOW_TRACKING_URI, else sqlite under runs/benchmarks/ of the repository)."""
-    from fracture.config import load as load_config
+    from fracture.core.config import load as load_config
 
     return load_config(
         None,

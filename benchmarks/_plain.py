@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from fracture import data, engine, presets
-from fracture.model import build_model
+from fracture.data import pipeline, presets
+from fracture.model import engine
+from fracture.model.network import build_model
 
 ORDERS = ("permute", "platform", "stream", "given")
 
@@ -54,7 +55,7 @@ def batches(
     # "platform": what the worker's batch iterator draws over a one-block cache (FracAtlas at <= 64 px):
     # Ray Data's local shuffle buffer takes the block whole and slices one permutation of it, from a
     # generator seeded by the buffer's seed, data.epoch_seed(seed, epoch, rank 0).
-    rng = np.random.default_rng(data.epoch_seed(seed, epoch, 0) if order == "platform" else [seed, epoch])
+    rng = np.random.default_rng(pipeline.epoch_seed(seed, epoch, 0) if order == "platform" else [seed, epoch])
     if order == "given":
         chunks = (rows[k : k + batch] for k in range(0, len(rows), batch))
     elif order in ("permute", "platform"):

@@ -52,7 +52,7 @@ def main() -> None:
     _common.quiet()
     import ray
 
-    from fracture.config import load
+    from fracture.core.config import load
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     _common.quiet_data_context()

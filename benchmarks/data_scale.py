@@ -4,7 +4,7 @@ What the data path costs as the data grows: users outgrow FracAtlas' 4k images (
 CheXpert 224k). For each size N, N synthetic FracAtlas-layout JPEGs (64-128 px, written before any
 timing), then three steps, each timed with its peak memory:
 
-1. manifest: fracture.data.build_manifest (scan, defect checks, perceptual hashes, grouped split)
+1. manifest: fracture.data.pipeline.build_manifest (scan, defect checks, perceptual hashes, grouped split)
 2. cache: the decoded cache of train + val (decode + resize once, Ray Data tasks) and
    data.build_datasets (the materialized Datasets every trial reads)
 3. epoch: one epoch of the train split through data.epoch_batches (local shuffle + augmentation), as
@@ -68,7 +68,7 @@ def main() -> None:
 
     import ray
 
-    from fracture import data, synthetic
+    from fracture.data import pipeline, synthetic
 
     _common.init_ray(os.cpu_count())
     print(f"machine: {_common.machine()}; load {_common.load()}")
@@ -81,12 +81,12 @@ def main() -> None:
             made = time.perf_counter() - tick
             cfg = _common.make_config(tmp, root, f"data.image_size={args.image_size}")
             with Peak() as manifest:
-                data.build_manifest(cfg, root, data.manifest_path(cfg), progress=False)
+                pipeline.build_manifest(cfg, root, pipeline.manifest_path(cfg), progress=False)
             with Peak() as cache:
-                datasets = data.build_datasets(cfg)
+                datasets = pipeline.build_datasets(cfg)
             train_n = datasets["train"].count()
             with Peak() as epoch:
-                for _ in data.epoch_batches(datasets["train"], cfg, "train", epoch=0):
+                for _ in pipeline.epoch_batches(datasets["train"], cfg, "train", epoch=0):
                     pass
             cache_mb = sum(f.stat().st_size for f in (tmp / "runs").rglob("*.parquet")) / 2**20
             for step, peak, extra in (

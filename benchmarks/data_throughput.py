@@ -7,7 +7,7 @@ Images/s of the training input pipeline, on the same cores:
   DataLoader(num_workers=os.cpu_count(), batch_size=32). It has no cache, so every epoch is "cold".
   It runs before Ray starts and again after Ray shuts down (same work twice, so a change in the
   machine's load during the run hits both sides); its figure is the mean of all its epochs.
-* ray_data cold: an empty cache dir; fracture.data.decoded(cfg, "train") decodes with Ray Data and
+* ray_data cold: an empty cache dir; fracture.data.pipeline.decoded(cfg, "train") decodes with Ray Data and
   writes the Parquet cache, then one augmented epoch is iterated (the train pipeline a worker runs:
   data.epoch_batches = seeded local shuffle buffer -> per-image seeded augmentation in the collate).
 * ray_data warm: the cache exists; data.epoch_batches(data.build_datasets(cfg)["train"], ...) epoch
@@ -34,8 +34,8 @@ import _common
 import numpy as np
 import torch
 
-from fracture import data, presets
-from fracture.presets import IMAGE, LABEL
+from fracture.data import pipeline, presets
+from fracture.data.presets import IMAGE, LABEL
 
 
 class DecodeAugment(torch.utils.data.Dataset):
@@ -65,7 +65,7 @@ def _count(batches) -> tuple[int, float, float]:
 
 
 def dataloader_epochs(cfg, epochs: int, label: str, rows: list) -> tuple[int, float]:
-    frame = data.split_frame(cfg, "train")
+    frame = pipeline.split_frame(cfg, "train")
     dataset = DecodeAugment(
         frame[presets.PATH].tolist(),
         frame[LABEL].tolist(),
@@ -99,7 +99,7 @@ def main() -> None:
         print(f"machine: {_common.machine()}; load {_common.load()} at start")
         root = _common.data_root(args.root, tmp, args.n)
         cfg = _common.make_config(tmp, root, f"data.image_size={args.image_size}")
-        n_train = len(data.split_frame(cfg, "train"))  # builds the manifest
+        n_train = len(pipeline.split_frame(cfg, "train"))  # builds the manifest
         print(
             f"data: {root} ({'real' if args.root else 'synthetic'}), train split {n_train} images, "
             f"{args.image_size} px, batch {_common.BATCH}\n"
@@ -117,23 +117,23 @@ def main() -> None:
 
         # Cold: the cache is built by this very call, then one augmented epoch streams from it.
         tick = time.perf_counter()
-        cached = data.decoded(cfg, "train")
+        cached = pipeline.decoded(cfg, "train")
         decoded_s = time.perf_counter() - tick
         train = cached.select_columns([IMAGE, LABEL, presets.ROW])
-        images, seconds, _ = _count(data.epoch_batches(train, cfg, "train", epoch=0))
+        images, seconds, _ = _count(pipeline.epoch_batches(train, cfg, "train", epoch=0))
         cold_s = decoded_s + seconds
         rows.append(["ray_data cold (decode+cache)", 0, images, decoded_s, images / decoded_s, _common.load()])
         rows.append(["ray_data cold (total)", 0, images, cold_s, images / cold_s, _common.load()])
 
-        data.decoded(cfg, "val")  # val's cache too, so build_datasets below only reads caches
+        pipeline.decoded(cfg, "val")  # val's cache too, so build_datasets below only reads caches
         tick = time.perf_counter()
-        datasets = data.build_datasets(cfg)
+        datasets = pipeline.build_datasets(cfg)
         rows.append(
             ["ray_data warm set-up (build_datasets)", "-", "-", time.perf_counter() - tick, "-", _common.load()]
         )
         warm_images, warm_s, firsts = 0, 0.0, []
         for epoch in range(args.epochs):
-            images, seconds, first = _count(data.epoch_batches(datasets["train"], cfg, "train", epoch=epoch + 1))
+            images, seconds, first = _count(pipeline.epoch_batches(datasets["train"], cfg, "train", epoch=epoch + 1))
             rows.append(["ray_data warm", epoch + 1, images, seconds, images / seconds, _common.load()])
             warm_images, warm_s = warm_images + images, warm_s + seconds
             firsts.append(first)
@@ -143,7 +143,9 @@ def main() -> None:
         for label, buffer in (("", cfg.train.shuffle_buffer), (", 256-row buffer", 256)):
             plain = cfg.replace(data={"augment": "none"}, train={"shuffle_buffer": buffer})
             for epoch in range(args.epochs):
-                images, seconds, first = _count(data.epoch_batches(datasets["train"], plain, "train", epoch=epoch + 1))
+                images, seconds, first = _count(
+                    pipeline.epoch_batches(datasets["train"], plain, "train", epoch=epoch + 1)
+                )
                 rows.append(
                     [
                         f"profile: ray_data warm, no augment{label}",

@@ -40,8 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tiny_study(work: Path, *, trials: int, epochs: int, experiment: str) -> str:
     """A real study on synthetic data in `work`; returns its sqlite tracking URI."""
-    from fracture import cluster, study, synthetic
-    from fracture.config import load
+    from fracture import study
+    from fracture.core.config import load
+    from fracture.data import synthetic
+    from fracture.runtime import cluster
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the study's own embedded store, not a server's
     root = synthetic.generate(work / "synthetic", n=96, seed=0, min_size=40, max_size=56)
@@ -79,7 +81,7 @@ def mlflow_server(uri: str, log_path: Path, tries: int = 3):
     A free port can be taken by another process before the server binds it (Ray and other test
     runs share the machine): then the server exits, and a new port is tried.
     """
-    from fracture.cluster import free_port
+    from fracture.runtime.cluster import free_port
 
     mlflow = Path(sys.executable).parent / "mlflow"
     for _ in range(tries):
@@ -140,7 +142,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def pages(uri: str, experiment: str, model_name: str) -> dict[str, str]:
     """{file name: UI route} of the champion's experiment, study (parent) run, trial run and version."""
-    from fracture import metrics, tracking
+    from fracture.core import metrics
+    from fracture.track import tracking
 
     ids = tracking.champion_runs(uri, experiment, model_name)
     exp, parent, ml = ids["experiment_id"], ids["study_run_id"], tracking.UI_QUERY  # see tracking.UI_QUERY

@@ -31,8 +31,12 @@ import _plain
 import numpy as np
 import torch
 
-from fracture import checkpoint, cli, cluster, evaluate, presets, scoring, study
-from fracture.model import build_model
+from fracture import cli, study
+from fracture.data import presets
+from fracture.evaluate import holdout, scoring
+from fracture.model import checkpoint
+from fracture.model.network import build_model
+from fracture.runtime import cluster
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "fracatlas.yaml"
 
@@ -50,7 +54,7 @@ def _evaluate(cfg, net, threshold: float) -> dict:
     for split in ("val", "test"):
         frame = scoring.frame_for(cfg, split)
         probs = scoring.score(net, frame, cfg.data.image_size)
-        rep = evaluate.report(frame[presets.LABEL].values, probs, threshold, frame, seed=cfg.seed)
+        rep = holdout.report(frame[presets.LABEL].values, probs, threshold, frame, seed=cfg.seed)
         rows[split] = rep["overall"] | {"n": rep["images"], "positives": rep["positives"], "ci95": rep["ci95"]}
     return rows
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fracture import cli, cluster, data
-from fracture.presets import ID, IMAGE, LABEL, ROW
+from fracture import cli
+from fracture.data import pipeline
+from fracture.data.presets import ID, IMAGE, LABEL, ROW
+from fracture.runtime import cluster
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "cpu_scratch.yaml"
 
@@ -31,7 +33,7 @@ DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "cpu_scratc
 def _epoch(ds, cfg, position: dict[int, int], labels: np.ndarray, buffer: int) -> tuple[float, list[float]]:
     shuffled = cfg.replace(data={"augment": "none"}, train={"shuffle_buffer": buffer})
     arrived = np.array(
-        [position[int(r)] for b in data.epoch_batches(ds, shuffled, "train", epoch=0) for r in b[ROW].tolist()]
+        [position[int(r)] for b in pipeline.epoch_batches(ds, shuffled, "train", epoch=0) for r in b[ROW].tolist()]
     )
     rho = float(np.corrcoef(np.argsort(np.argsort(arrived)), np.arange(len(arrived)))[0, 1])
     return rho, [float(part.mean()) for part in np.array_split(labels[arrived], 10)]
@@ -46,7 +48,7 @@ def main() -> None:
     import ray
 
     cluster.init_ray(cfg)
-    cached = data.decoded(cfg, "train")
+    cached = pipeline.decoded(cfg, "train")
     frame = cached.to_pandas().sort_values(ID).reset_index(drop=True)  # the old cache: id order
     position = {int(r): i for i, r in enumerate(frame[ROW])}  # ROW -> place in id order
     labels = frame[LABEL].to_numpy()
@@ -56,7 +58,7 @@ def main() -> None:
         ("id order, 1 block", id_ordered, 256),
         (f"id order, {args.blocks} blocks", many, 256),
         (f"id order, {args.blocks} blocks", many, cfg.train.shuffle_buffer),
-        ("seeded random order (today)", data.build_datasets(cfg)["train"], cfg.train.shuffle_buffer),
+        ("seeded random order (today)", pipeline.build_datasets(cfg)["train"], cfg.train.shuffle_buffer),
     ]
     print(
         f"train split {len(frame)} images, {labels.mean():.3f} fractured; today's cache is "

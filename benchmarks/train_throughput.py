@@ -7,7 +7,7 @@ The same epochs of VGG16 + head training, in one process run, two ways:
   engine.evaluate with the worker's model, optimizer, loss (pos_weight) and batch size. Its epochs
   run half before and half after the Ray Train run, so a change in the machine's load during the
   run hits both sides.
-* ray: Ray Train with Ray Data, the production worker: TorchTrainer(fracture.worker.train_fn_per_worker)
+* ray: Ray Train with Ray Data, the production worker: TorchTrainer(fracture.train.worker.train_fn_per_worker)
   on data.build_datasets(cfg), DataConfig(datasets_to_split=["train"]), cluster.num_workers=1,
   cpus_per_worker=os.cpu_count() on CPU (torch threads in a Ray worker = its CPUs). Per-epoch
   figures come from result.metrics_dataframe (epoch_s, train_images, train_images_per_s, which the
@@ -23,7 +23,7 @@ minus epoch 0) is reported separately.
 On CUDA also: peak memory, MFU (VGG16 at 224 px = 15.5 GMACs = 31 GFLOPs forward, ~93 GFLOPs per
 training image forward + backward, scaled by (size/224)^2) against the GPU's dense bf16 peak, and
 with --workers 1,2,... the scaling efficiency of each worker count. --log-mlflow logs the figures
-as one run in experiment "benchmarks" via fracture.tracking.log_evaluation.
+as one run in experiment "benchmarks" via fracture.track.tracking.log_evaluation.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from fracture import checkpoint, data, engine, trainer, worker
-from fracture.model import build_model
+from fracture.data import pipeline
+from fracture.model import checkpoint, engine
+from fracture.model.network import build_model
+from fracture.train import trainer, worker
 
 TRAIN_GFLOPS_224 = 93.0  # forward (15.5 GMACs = 31 GFLOPs) + backward (~2x forward), per image
 DENSE_BF16_TFLOPS = [  # (pattern in torch.cuda.get_device_name(), dense bf16 peak), first match wins
@@ -72,7 +74,7 @@ def timed_worker(loop_config: dict) -> None:
             stamp["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
         return real({**metrics, **stamp}, checkpoint=checkpoint, **kwargs)
 
-    ray.train.report = report  # fracture.worker looks ray.train.report up at call time
+    ray.train.report = report  # fracture.train.worker looks ray.train.report up at call time
     try:
         worker.train_fn_per_worker(loop_config)
     finally:
@@ -251,8 +253,8 @@ def main() -> None:
         # As cluster.init_ray sizes a local instance: the trial's CPUs + 2 for Ray Data's tasks.
         _common.init_ray(max(round(max(workers) * cpus + 2), os.cpu_count()), args.ray_worker_niceness)
         tick = time.perf_counter()
-        pos_weight = data.pos_weight(cfg)
-        datasets = data.build_datasets(cfg)  # builds the decoded cache (both splits)
+        pos_weight = pipeline.pos_weight(cfg)
+        datasets = pipeline.build_datasets(cfg)  # builds the decoded cache (both splits)
         cache_s = time.perf_counter() - tick
         train_x, train_y = _common.split_arrays(cfg, "train")
         val_x, val_y = _common.split_arrays(cfg, "val")
@@ -414,7 +416,7 @@ def main() -> None:
                 figures[f"scaling_efficiency_{w}w"] = ips / (w * base)
         print(f"load {_common.load()} at end")
         if args.log_mlflow is not None:
-            from fracture import tracking
+            from fracture.track import tracking
 
             log_cfg = _common.mlflow_config(args.log_mlflow)
             run_id = tracking.log_evaluation(

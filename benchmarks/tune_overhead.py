@@ -5,7 +5,7 @@ Seconds of overhead per Ray Tune trial, each as (Tune wall - the same work in a 
 * trivial: N trials of a function that sleeps --sleep s and reports, --reports times, run by
   ray.tune.Tuner one at a time (max_concurrent_trials=1), vs the same sleeps in a loop. This is
   Tune's own cost per trial: scheduling, a trial actor, result and experiment-state bookkeeping.
-* the project's studies: N trials of fracture.search.build_tuner(cfg, datasets, pos_weight) on a
+* the project's studies: N trials of fracture.tune.search.build_tuner(cfg, datasets, pos_weight) on a
   tiny study (32 px, 1 epoch, synthetic n=60, no search space, so every trial is the same config),
   vs the same N single-epoch trainings (build model, train one epoch, evaluate val) with the plain
   engine loop over the decoded arrays in memory, run half before and half after the studies, so a
@@ -38,8 +38,10 @@ import ray.train
 import ray.tune
 import torch
 
-from fracture import checkpoint, data, engine, search, synthetic
-from fracture.model import build_model
+from fracture.data import pipeline, synthetic
+from fracture.model import checkpoint, engine
+from fracture.model.network import build_model
+from fracture.tune import search
 
 
 def trivial(config: dict) -> None:
@@ -67,10 +69,10 @@ def noop_worker(config: dict) -> None:
 
 
 def iterate_worker(config: dict) -> None:
-    """Iterate this worker's shards once, as the real worker does (fracture.worker.batches)."""
-    from fracture.config import Config
-    from fracture.session import TrainSession
-    from fracture.worker import batches
+    """Iterate this worker's shards once, as the real worker does (fracture.train.worker.batches)."""
+    from fracture.core.config import Config
+    from fracture.train.session import TrainSession
+    from fracture.train.worker import batches
 
     cfg = Config.from_dict(config["config"])
     session = TrainSession()
@@ -82,7 +84,7 @@ def iterate_worker(config: dict) -> None:
 
 def bare_fit(cfg, fn, datasets: dict | None, storage) -> float:
     """Seconds of one TorchTrainer.fit() of `fn` with the study's scaling (one worker, its CPUs)."""
-    from fracture import trainer
+    from fracture.train import trainer
 
     tick = time.perf_counter()
     trainer.build_trainer(cfg, datasets, 1.0, fn.__name__, storage_path=str(storage), train_fn=fn).fit()
@@ -131,7 +133,7 @@ def run_study(cfg, pos_weight: float, log) -> dict[str, float]:
     """Wall times of the study of `cfg` (N identical one-epoch trials): whole, build_tuner, in trials, in epochs."""
     tick = time.perf_counter()
     with captured(log):
-        tuner = search.build_tuner(cfg, data.build_datasets(cfg), pos_weight)
+        tuner = search.build_tuner(cfg, pipeline.build_datasets(cfg), pos_weight)
         build_s = time.perf_counter() - tick
         results = tuner.fit()
     study_s = time.perf_counter() - tick
@@ -227,7 +229,7 @@ def main() -> None:
         rows.append(["trivial: Tuner, 1 at a time", n, tune_s, tune_s / n, (tune_s - loop_s) / n, _common.load()])
 
         # --- the project's studies, between two halves of the plain loop
-        pos_weight = data.pos_weight(cfg)
+        pos_weight = pipeline.pos_weight(cfg)
         arrays = {split: _common.split_arrays(cfg, split) for split in ("train", "val")}  # builds the cache
         first = n // 2
         plain_s, ckpt_s = plain_trainings(cfg, arrays, pos_weight, first)
@@ -240,7 +242,7 @@ def main() -> None:
                 name=f"bench_{name}",
                 cluster=settings,
                 # the first config's manifest and decoded cache: no study decodes inside its timing
-                data={"manifest": str(data.manifest_path(cfg)), "cache_dir": str(data.cache_dir(cfg))},
+                data={"manifest": str(pipeline.manifest_path(cfg)), "cache_dir": str(pipeline.cache_dir(cfg))},
             )
             timed[label] = run_study(run_cfg, pos_weight, tmp / f"{name}.log")
         more_plain, more_ckpt = plain_trainings(cfg, arrays, pos_weight, n - first)
@@ -254,7 +256,7 @@ def main() -> None:
         if args.profile:
             for label, fn, datasets in (
                 ("no-op worker", noop_worker, None),
-                ("no-op worker + datasets iterated once", iterate_worker, data.build_datasets(cfg)),
+                ("no-op worker + datasets iterated once", iterate_worker, pipeline.build_datasets(cfg)),
             ):
                 seconds = bare_fit(cfg, fn, datasets, tmp / "bare")
                 rows.append([f"profile: TorchTrainer.fit, {label}", 1, seconds, seconds, "-", _common.load()])

@@ -21,17 +21,18 @@ def main() -> None:
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
         # after parsing: --help must not wait for torch and MLflow
-        from fracture import evaluate, model_source, scoring, tracking
+        from fracture.evaluate import holdout, model_source, scoring
+        from fracture.track import tracking
 
         uri = tracking.tracking_uri(cfg)
         tracking.check_reachable(uri)  # before scoring: the run is logged after it
-        split = args.split or evaluate.DEFAULT_SPLIT
+        split = args.split or holdout.DEFAULT_SPLIT
         source = args.model or model_source.champion_uri(cfg)
         net, state = model_source.load(source, cfg)
         frame, skipped = scoring.select_rows(cfg, split, args.folder)
         where = f"folder-{args.folder.resolve().name}" if args.folder else split
         out = (args.out or cfg.run_dir / "evaluate").resolve()
-        report, files = evaluate.run(
+        report, files = holdout.run(
             net,
             state,
             frame,
@@ -42,13 +43,13 @@ def main() -> None:
             data_root=args.folder or cfg.data.root,
             allow_truncated=cfg.data.allow_truncated,
         )
-        print(evaluate.format_table(report))
+        print(holdout.format_table(report))
         for line in scoring.skipped_lines(report["skipped"], out / scoring.SKIPPED_FILE, scored=report["images"]):
             print(line)
         run_id = tracking.log_evaluation(
             cfg,
             f"evaluate-{where}",
-            evaluate.flat_metrics(report),
+            holdout.flat_metrics(report),
             files,
             base_dir=out,
             params={"model": state["resolved"], "model_requested": source, "data": str(args.folder or split)},

@@ -7,7 +7,7 @@ for demos and tests: no real X-rays, a learnable "fracture" signal, the real cla
 import argparse
 import logging
 
-from fracture import synthetic
+from fracture.data import synthetic
 
 
 def main() -> None:

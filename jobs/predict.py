@@ -7,7 +7,8 @@ checkpoint's threshold) into a CSV (default <storage_path>/<name>/predict.csv), 
 Grad-CAM overlays and a grid for the K most confident + K random images beside the CSV (<out>_gradcam/).
 """
 
-from fracture import cli, cluster
+from fracture import cli
+from fracture.runtime import cluster
 
 
 def main() -> None:
@@ -21,10 +22,11 @@ def main() -> None:
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
         # after parsing: --help must not wait for torch and Ray
-        from fracture import checkpoint, evaluate, gradcam_examples, model_source, predict, scoring
+        from fracture.evaluate import gradcam_examples, holdout, model_source, predict, scoring
+        from fracture.model import checkpoint
 
         ckpt = model_source.checkpoint_dir(args.model or model_source.champion_uri(cfg), cfg)
-        frame, left_out = scoring.select_rows(cfg, args.split or evaluate.DEFAULT_SPLIT, args.folder, labelled=False)
+        frame, left_out = scoring.select_rows(cfg, args.split or holdout.DEFAULT_SPLIT, args.folder, labelled=False)
         cluster.init_ray(cfg, verbose=args.verbose)
         preds, unreadable = predict.predict_paths(ckpt, frame, allow_truncated=cfg.data.allow_truncated)
         out = (args.out or cfg.run_dir / "predict.csv").resolve()

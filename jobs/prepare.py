@@ -21,14 +21,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines go to stderr
     cfg, args = cli.parse(p=p)
     with cli.user_errors():
-        from fracture import data, datareport, download  # after parsing: --help must not wait for pandas to import
+        from fracture.data import datareport, download, pipeline
 
         cfg = cfg.replace(data={k: str(v.resolve()) for k, v in (("root", args.root), ("manifest", args.out)) if v})
         if args.download:
             cfg = cfg.replace(data={"root": str(download.fetch(args.download, cfg.data.root, sha256=args.sha256))})
-        out = data.manifest_path(cfg)
+        out = pipeline.manifest_path(cfg)
         try:
-            data.build_manifest(cfg, cfg.data.root, out)
+            pipeline.build_manifest(cfg, cfg.data.root, out)
         finally:  # a refused manifest's report says why
             report = datareport.paths(out)[1]
             if report.is_file():

@@ -22,8 +22,11 @@ def main() -> None:
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import data, evaluate, manifest, model_card, model_source, scoring, tracking
-        from fracture.config import ConfigError
+        from fracture.core.config import ConfigError
+        from fracture.data import manifest, pipeline
+        from fracture.evaluate import holdout, model_source, scoring
+        from fracture.report import model_card
+        from fracture.track import tracking
 
         if args.folder:
             raise ConfigError("--folder: a model card reports on a split of the study's manifest; use --split")
@@ -32,14 +35,14 @@ def main() -> None:
         net, state = model_source.load(args.model or model_source.champion_uri(cfg), cfg)
         out = (args.out or cfg.run_dir / "model_card").resolve()
         lineage = tracking.lineage(uri, state["resolved"], out / "lineage")  # a directory is refused here
-        split = args.split or evaluate.DEFAULT_SPLIT
+        split = args.split or holdout.DEFAULT_SPLIT
         frame, skipped = scoring.select_rows(cfg, split)
-        report, _ = evaluate.run(
+        report, _ = holdout.run(
             net, state, frame, out / "scored", skipped=skipped, explain_k=args.explain,
             title=split, data_root=cfg.data.root, allow_truncated=cfg.data.allow_truncated,
         )  # fmt: skip
         card = model_card.facts(
-            lineage=lineage, state=state, report=report, manifest_df=manifest.load(data.manifest_path(cfg)),
+            lineage=lineage, state=state, report=report, manifest_df=manifest.load(pipeline.manifest_path(cfg)),
             split=split, scored_dir=out / "scored", generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )  # fmt: skip
         written = model_card.write(card, out)

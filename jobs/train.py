@@ -5,7 +5,8 @@ or a GPU box. It goes through the same Tune -> Train -> MLflow path as jobs/tune
 Like a study, it refuses a name= an earlier run holds unless --overwrite is given.
 """
 
-from fracture import cli, cluster
+from fracture import cli
+from fracture.runtime import cluster
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ study holds, whatever its config or data, and says how to go on (--resume, anoth
 
 from pathlib import Path
 
-from fracture import cli, cluster
+from fracture import cli
+from fracture.runtime import cluster
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from procs import job_env, tiny_job_args
 
-from fracture import cluster, synthetic
-from fracture.config import Config, load
+from fracture.core.config import Config, load
+from fracture.data import synthetic
+from fracture.runtime import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 

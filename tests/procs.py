@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # For processes that join a job's local Ray as clients: they must also see a one-machine Ray, or they
-# announce the host's address (jobs themselves get this from fracture.cluster.init_ray).
+# announce the host's address (jobs themselves get this from fracture.runtime.cluster.init_ray).
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 

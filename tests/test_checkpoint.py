@@ -1,4 +1,4 @@
-"""fracture.checkpoint: save -> load_model rebuilds the same model, and the files are what they claim."""
+"""fracture.model.checkpoint: save -> load_model rebuilds the same model, and the files are what they claim."""
 
 import json
 import shutil
@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from fracture import checkpoint, model
-from fracture.config import Config, OptimConfig
-from fracture.engine import build_optimizer, build_scheduler
-from fracture.model import FractureNet
+from fracture.core.config import Config, OptimConfig
+from fracture.model import checkpoint, network
+from fracture.model.engine import build_optimizer, build_scheduler
+from fracture.model.network import FractureNet
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,7 +81,7 @@ def test_load_model_never_fetches_the_backbone_weights_it_replaces(saved, tmp_pa
     def fetch(net, weights):
         raise AssertionError(f"load_model fetched {weights}, which model.pt replaces anyway")
 
-    monkeypatch.setattr(model, "_load_pretrained", fetch)
+    monkeypatch.setattr(network, "_load_pretrained", fetch)
     trained_from_imagenet = {**state, "config": cfg.replace(model={"weights": "imagenet"}).to_dict()}
     shutil.copy(directory / checkpoint.MODEL_FILE, tmp_path)
     (tmp_path / checkpoint.STATE_FILE).write_text(json.dumps(trained_from_imagenet))
@@ -173,7 +173,7 @@ def test_evaluate_job_on_a_crafted_model_file_prints_one_error_line(tmp_path, ru
 def test_a_weight_average_is_what_loads_and_training_resumes_from_the_raw_weights(tmp_path):
     import ray.train
 
-    from fracture.engine import weight_average
+    from fracture.model.engine import weight_average
 
     torch.manual_seed(0)
     net = FractureNet(hidden=8)

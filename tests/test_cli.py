@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fracture import cli, study
-from fracture.config import ConfigError, load
+from fracture.core.config import ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_resume_of_a_study_without_a_stored_config_uses_the_command_line(tmp_pat
     ],
 )
 def test_a_user_error_is_one_line_and_exit_2_even_when_wrapped(capsys, raised):
-    from fracture.errors import UserError
+    from fracture.core.errors import UserError
 
     with pytest.raises(SystemExit) as stop, cli.user_errors():
         try:
@@ -160,7 +160,7 @@ def test_a_user_error_is_one_line_and_exit_2_even_when_wrapped(capsys, raised):
 
 
 def test_an_incomplete_study_exits_130_with_its_resume_command(capsys):
-    from fracture.errors import StudyIncomplete
+    from fracture.core.errors import StudyIncomplete
 
     with pytest.raises(SystemExit) as stop, cli.user_errors():
         raise StudyIncomplete("the study was saved; continue it with: python jobs/tune.py --resume runs/demo")

@@ -1,11 +1,11 @@
-"""fracture.config: study files load, round-trip, coerce, and refuse what they cannot be."""
+"""fracture.core.config: study files load, round-trip, coerce, and refuse what they cannot be."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from fracture.config import Config, ConfigError, load, resolve_paths
+from fracture.core.config import Config, ConfigError, load, resolve_paths
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "jobs" / "studies").glob("*.yaml"))
 

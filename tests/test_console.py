@@ -1,4 +1,4 @@
-"""fracture.progress: trial names and dirs, the lines a study prints, and the Ray chatter it drops."""
+"""fracture.tune.progress: trial names and dirs, the lines a study prints, and the Ray chatter it drops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 from ray.tune.experiment import Trial
 
-from fracture import progress
+from fracture.tune import progress
 
 # Lines as the 4-trial demo printed them before (worker lines without Ray's "(Actor pid=...)" prefix).
 RAY_CHATTER = [

@@ -1,14 +1,14 @@
-"""fracture.data without Ray: the BCE pos_weight of the train split, and when the decoded cache is reused."""
+"""fracture.data.pipeline without Ray: the BCE pos_weight of the train split, and when the decoded cache is reused."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from fracture import data
-from fracture.config import Config
-from fracture.manifest import SCHEMA
-from fracture.presets import ID, LABEL, PATH, ROW
+from fracture.core.config import Config
+from fracture.data import pipeline
+from fracture.data.manifest import SCHEMA
+from fracture.data.presets import ID, LABEL, PATH, ROW
 
 
 def _manifest(tmp_path, rows: list[tuple[str, int, bool]]) -> Config:
@@ -36,13 +36,13 @@ def test_pos_weight_is_negatives_over_positives_of_the_usable_train_rows(tmp_pat
         + [("val", 0, True)] * 1
     )
     cfg = _manifest(tmp_path, rows)
-    assert data.pos_weight(cfg) == pytest.approx(9 / 3)
-    assert data.pos_weight(cfg.replace(train={"imbalance": "none"})) == 1.0
+    assert pipeline.pos_weight(cfg) == pytest.approx(9 / 3)
+    assert pipeline.pos_weight(cfg.replace(train={"imbalance": "none"})) == 1.0
 
 
 def test_pos_weight_without_positives_falls_back_to_one(tmp_path):
     cfg = _manifest(tmp_path, [("train", 0, True)] * 4 + [("val", 1, True)])
-    assert data.pos_weight(cfg) == 1.0
+    assert pipeline.pos_weight(cfg) == 1.0
 
 
 def _frame(n: int = 6) -> pd.DataFrame:
@@ -59,20 +59,20 @@ def _frame(n: int = 6) -> pd.DataFrame:
 
 def test_cache_key_is_stable_and_ignores_settings_that_do_not_change_pixels():
     cfg = Config()
-    key = data._cache_key(_frame(), cfg)
-    assert data._cache_key(_frame(), cfg) == key
+    key = pipeline._cache_key(_frame(), cfg)
+    assert pipeline._cache_key(_frame(), cfg) == key
     # every trial of a study (other lr, dropout, epochs, seed) reads the same decoded cache
     other = cfg.replace(seed=cfg.seed + 1, train={"epochs": 1}, model={"dropout": 0.1}, optim={"lr_head": 1.0e-2})
-    assert data._cache_key(_frame(), other) == key
+    assert pipeline._cache_key(_frame(), other) == key
 
 
 def test_cache_key_changes_with_the_image_list_or_the_image_size():
     cfg = Config()
-    key = data._cache_key(_frame(), cfg)
+    key = pipeline._cache_key(_frame(), cfg)
     fewer = _frame().iloc[:-1]
     moved = _frame().assign(**{PATH: lambda f: f[PATH].str.replace("/data/", "/other/")})
     relabelled = _frame().assign(**{LABEL: lambda f: 1 - f[LABEL]})
     for changed in (fewer, moved, relabelled):
-        assert data._cache_key(changed, cfg) != key
+        assert pipeline._cache_key(changed, cfg) != key
     bigger = cfg.replace(data={"image_size": cfg.data.image_size * 2})
-    assert data._cache_key(_frame(), bigger) != key
+    assert pipeline._cache_key(_frame(), bigger) != key

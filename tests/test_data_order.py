@@ -1,4 +1,4 @@
-"""fracture.data: the train split arrives in a fresh, seeded order each epoch, never in id order.
+"""fracture.data.pipeline: the train split arrives in a fresh, seeded order each epoch, never in id order.
 
 Real local Ray Data on tiny synthetic images: the same `epoch_batches` the worker calls on its shard.
 """
@@ -10,9 +10,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from fracture import data
-from fracture.config import TrainConfig
-from fracture.presets import IMAGE, LABEL, ROW
+from fracture.core.config import TrainConfig
+from fracture.data import pipeline
+from fracture.data.presets import IMAGE, LABEL, ROW
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -21,7 +21,7 @@ def _epoch(ds, cfg, epoch: int) -> list[str]:
     """The epoch's images, in the order they arrive, as hashes of their pixels."""
     return [
         hashlib.md5(image.numpy().tobytes()).hexdigest()
-        for batch in data.epoch_batches(ds, cfg, "train", epoch=epoch)
+        for batch in pipeline.epoch_batches(ds, cfg, "train", epoch=epoch)
         for image in batch[IMAGE]
     ]
 
@@ -31,7 +31,7 @@ def ordered(ray_local, synthetic_root, tmp_path_factory):
     from conftest import _tiny
 
     cfg = _tiny(tmp_path_factory.mktemp("runs"), synthetic_root, "data.augment=none", "train.shuffle_buffer=16")
-    return cfg, data.build_datasets(cfg)["train"]
+    return cfg, pipeline.build_datasets(cfg)["train"]
 
 
 def test_train_order_is_new_each_epoch_and_the_same_for_the_same_seed(ordered):
@@ -54,7 +54,7 @@ def test_default_buffer_gives_a_full_permutation_each_epoch(ordered):
     stored = {int(r[ROW]): i for i, r in enumerate(ds.iter_rows())}
 
     def rank_correlation(c) -> float:
-        arrived = [stored[int(r)] for b in data.epoch_batches(ds, c, "train", epoch=0) for r in b[ROW]]
+        arrived = [stored[int(r)] for b in pipeline.epoch_batches(ds, c, "train", epoch=0) for r in b[ROW]]
         return float(np.corrcoef(np.argsort(np.argsort(arrived)), np.arange(len(arrived)))[0, 1])
 
     default = cfg.replace(train={"shuffle_buffer": TrainConfig().shuffle_buffer})
@@ -73,7 +73,7 @@ def test_augmentation_is_seeded_by_epoch_and_row(ordered):
 def test_cache_is_stored_in_a_seeded_random_order_not_in_id_order(ordered):
     cfg, ds = ordered
     rows = ds.to_pandas()
-    frame = data.split_frame(cfg, "train")
+    frame = pipeline.split_frame(cfg, "train")
     assert sorted(rows[ROW]) == list(range(len(frame)))
     stored_labels = rows.sort_values(ROW)[LABEL].to_numpy()
     assert not np.array_equal(stored_labels, frame[LABEL].to_numpy())  # the manifest's id order is gone

@@ -1,4 +1,4 @@
-"""fracture.download: a dataset archive is verified, unpacked once, and its data root found."""
+"""fracture.data.download: a dataset archive is verified, unpacked once, and its data root found."""
 
 import hashlib
 import zipfile
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fracture import download, synthetic
-from fracture.manifest import DataError
+from fracture.data import download, synthetic
+from fracture.data.manifest import DataError
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""fracture.early_stop: when patience stops a trial, and how a restored trial resumes its count."""
+"""fracture.train.early_stop: when patience stops a trial, and how a restored trial resumes its count."""
 
 import json
 import math
 
-from fracture.early_stop import Progress
+from fracture.train.early_stop import Progress
 
 
 def _run(progress: Progress, aucs: list[float]) -> int | None:

@@ -1,4 +1,4 @@
-"""fracture.engine: input conversion, a training epoch that learns, evaluation, optimizers and schedules."""
+"""fracture.model.engine: input conversion, a training epoch that learns, evaluation, optimizers and schedules."""
 
 import copy
 
@@ -8,8 +8,9 @@ import torch
 from batches import fixed_batches
 from torch import nn
 
-from fracture.config import ModelConfig, OptimConfig
-from fracture.engine import (
+from fracture.core.config import ModelConfig, OptimConfig
+from fracture.data.presets import IMAGE, LABEL
+from fracture.model.engine import (
     autocast,
     build_optimizer,
     build_scheduler,
@@ -22,8 +23,7 @@ from fracture.engine import (
     train_one_epoch,
     weight_average,
 )
-from fracture.model import FractureNet, build_model
-from fracture.presets import IMAGE, LABEL
+from fracture.model.network import FractureNet, build_model
 
 pytestmark = pytest.mark.timeout(120)
 

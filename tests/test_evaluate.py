@@ -19,24 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fracture import (
-    checkpoint,
-    cli,
-    config,
-    data,
-    engine,
-    evaluate,
-    gradcam_examples,
-    manifest,
-    metrics,
-    model_source,
-    predict,
-    presets,
-    scoring,
-    synthetic,
-)
-from fracture.model import build_model
-from fracture.presets import ID, IMAGE, LABEL, PATH
+from fracture import cli
+from fracture.core import config, metrics
+from fracture.data import manifest, pipeline, presets, synthetic
+from fracture.data.presets import ID, IMAGE, LABEL, PATH
+from fracture.evaluate import gradcam_examples, holdout, model_source, predict, scoring
+from fracture.model import checkpoint, engine
+from fracture.model.network import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -140,7 +129,7 @@ def test_evaluate_predict_and_training_validation_give_the_same_scores(scored, c
 def test_report_keys_and_cis_contain_the_point_estimate(scored):
     _, state, frame, probs = scored
     labels = frame["label"].to_numpy()
-    rep = evaluate.report(labels, probs, state["threshold"], frame, n_boot=200)
+    rep = holdout.report(labels, probs, state["threshold"], frame, n_boot=200)
     assert {
         "images",
         "positives",
@@ -167,7 +156,7 @@ def test_report_keys_and_cis_contain_the_point_estimate(scored):
 
 def test_report_slices_partition_the_rows(scored):
     _, _, frame, probs = scored
-    rep = evaluate.report(frame["label"], probs, 0.5, frame, n_boot=50)
+    rep = holdout.report(frame["label"], probs, 0.5, frame, n_boot=50)
     parts = rep["by_body_part"]
     assert set(parts) == set(frame["body_part"])
     assert sum(r["n"] for r in parts.values()) == len(frame)
@@ -179,9 +168,9 @@ def test_report_slices_partition_the_rows(scored):
         assert row["sensitivity"] == pytest.approx(expected, nan_ok=True)
     assert set(rep["by_hardware"]) <= {"hardware", "no_hardware", "unknown"}
     assert sum(r["n"] for r in rep["by_hardware"].values()) == len(frame)
-    table = evaluate.format_table(rep)
+    table = holdout.format_table(rep)
     assert all(name in table for name in parts) and "95% CI" in table
-    flat = evaluate.flat_metrics(rep)
+    flat = holdout.flat_metrics(rep)
     assert flat["auc"] == rep["overall"]["auc"] and "body_part.hand.n" in flat
 
 
@@ -190,20 +179,20 @@ def test_a_small_slice_gets_no_auc_and_a_flag():
     y = np.r_[np.ones(4), np.zeros(40), np.ones(10)].astype(int)
     p = np.r_[np.full(4, 0.9), rng.random(40) * 0.5, rng.random(10)]  # 4 images: a "perfect" slice
     frame = pd.DataFrame({"body_part": ["hip"] * 4 + ["hand"] * 50})
-    rep = evaluate.report(y, p, 0.5, frame, n_boot=20)
+    rep = holdout.report(y, p, 0.5, frame, n_boot=20)
     hip, hand = rep["by_body_part"]["hip"], rep["by_body_part"]["hand"]
     assert hip["small"] and np.isnan(hip["auc"]) and hip["sensitivity"] == 1.0
     assert not hand["small"] and np.isfinite(hand["auc"])
-    table = evaluate.format_table(rep)
+    table = holdout.format_table(rep)
     hip_line = next(line for line in table.splitlines() if line.startswith("hip"))
     assert "* small" in hip_line and "1.000" not in hip_line.split()[3] and "small slice" in table
-    assert "body_part.hip.auc" in evaluate.flat_metrics(rep)
+    assert "body_part.hip.auc" in holdout.flat_metrics(rep)
 
 
 def test_report_refuses_unlabelled_rows(scored):
     _, _, frame, probs = scored
     with pytest.raises(manifest.DataError):
-        evaluate.report(np.full(len(frame), -1), probs, 0.5, frame)
+        holdout.report(np.full(len(frame), -1), probs, 0.5, frame)
 
 
 def test_explain_images_writes_overlays_and_scores_the_pointing_game(scored, root, tmp):
@@ -234,7 +223,7 @@ def test_load_refuses_what_is_not_a_checkpoint(cfg, tmp):
 
 
 def test_frame_for_a_split_and_for_a_folder(cfg, root):
-    df = manifest.load(data.ensure_manifest(cfg))
+    df = manifest.load(pipeline.ensure_manifest(cfg))
     test = scoring.frame_for(cfg, "test")
     assert len(test) and set(test["image_id"]) == set(df.loc[df["usable"] & (df["split"] == "test"), "image_id"])
     assert (test["split"] == "test").all()
@@ -258,11 +247,11 @@ def test_frame_for_a_plain_image_folder(cfg, root, tmp):
 
 
 def test_training_never_reads_the_test_split(cfg):
-    df = manifest.load(data.ensure_manifest(cfg))
+    df = manifest.load(pipeline.ensure_manifest(cfg))
     test_ids = set(df.loc[df["split"] == "test", "image_id"])
     assert test_ids, "the fixture's manifest should have a test split"
     for split in ("train", "val"):  # what data.build_datasets builds
-        assert not test_ids & set(data.split_frame(cfg, split)["image_id"]), split
+        assert not test_ids & set(pipeline.split_frame(cfg, split)["image_id"]), split
 
 
 def test_only_evaluate_names_the_test_split():
@@ -326,7 +315,7 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
     a fresh sqlite store costs seconds of schema migrations)."""
     from mlflow import MlflowClient
 
-    from fracture import tracking
+    from fracture.track import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = tracking.tracking_uri(cfg)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fracture import explain
-from fracture.config import ModelConfig
-from fracture.model import build_model
+from fracture.core.config import ModelConfig
+from fracture.evaluate import explain
+from fracture.model.network import build_model
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from fracture import search, storage, study
-from fracture.config import ConfigError
-from fracture.storage import StudyPaths
+from fracture import study
+from fracture.core import storage
+from fracture.core.config import ConfigError
+from fracture.core.storage import StudyPaths
+from fracture.tune import search
 
 
 def _optuna_study(paths: StudyPaths, name: str, trials: list[tuple[dict, float]], space: dict | None = None):

@@ -1,4 +1,4 @@
-"""The CUDA path of fracture.engine: bf16 autocast + channels_last training, input layout, predictions.
+"""The CUDA path of fracture.model.engine: bf16 autocast + channels_last training, input layout, predictions.
 
 Skipped without CUDA (like nanochat's GPU tests); run on a GPU machine with `pytest -m gpu`.
 """
@@ -11,10 +11,10 @@ import torch
 from batches import fixed_batches
 from torch import nn
 
-from fracture.config import ModelConfig, OptimConfig
-from fracture.engine import build_optimizer, predict, to_model_input, train_one_epoch
-from fracture.model import build_model
-from fracture.presets import IMAGE
+from fracture.core.config import ModelConfig, OptimConfig
+from fracture.data.presets import IMAGE
+from fracture.model.engine import build_optimizer, predict, to_model_input, train_one_epoch
+from fracture.model.network import build_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -88,10 +88,12 @@ def test_predict_on_cuda_matches_cpu_within_bf16_tolerance(base_net):
 def test_a_one_gpu_trial_trains_in_its_own_process_on_its_gpu(ray_local, tiny_config):
     """A one-worker trial runs in its Tune trial's process (session.TrialSession): Tune must reserve the
     GPU for that process, and the loop must train there, not on the CPU."""
-    from fracture import data, search, study
+    from fracture import study
+    from fracture.data import pipeline
+    from fracture.tune import search
 
     cfg = tiny_config("name=gpu_trial", "train.epochs=1", "cluster.use_gpu=true")
     study.preflight(cfg)
-    (result,) = search.build_tuner(cfg, data.build_datasets(cfg), data.pos_weight(cfg), search=False).fit()
+    (result,) = search.build_tuner(cfg, pipeline.build_datasets(cfg), pipeline.pos_weight(cfg), search=False).fit()
     assert result.error is None, result.error
     assert result.metrics["device"] == "cuda"

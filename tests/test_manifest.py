@@ -1,4 +1,4 @@
-"""fracture.manifest and its data report on tiny synthetic FracAtlas-layout folders (each defect planted on purpose)."""
+"""fracture.data.manifest and its data report on tiny synthetic FracAtlas-layout folders (each defect planted)."""
 
 import hashlib
 import io
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fracture import datareport, manifest, synthetic
-from fracture.manifest import DataError
+from fracture.data import datareport, manifest, synthetic
+from fracture.data.manifest import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_COLUMNS = synthetic.CSV_COLUMNS  # FracAtlas' dataset.csv columns
@@ -136,7 +136,7 @@ def test_allow_truncated_makes_truncated_usable(atlas):
 
 
 def test_progress_is_logged(atlas, caplog):
-    caplog.set_level("INFO", logger="fracture.manifest")
+    caplog.set_level("INFO", logger="fracture.data.manifest")
     manifest.scan(atlas, progress=True)
     assert "scanned 9/9 files" in caplog.text
 

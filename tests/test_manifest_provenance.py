@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fracture import data, manifest, synthetic
-from fracture.config import load
-from fracture.manifest import DataError
+from fracture.core.config import load
+from fracture.data import manifest, pipeline, synthetic
+from fracture.data.manifest import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,9 @@ def test_image_list_hash_sees_an_added_or_relabelled_image(two_roots, tmp_path):
 def test_the_study_manifest_of_other_data_is_rebuilt(two_roots, tmp_path, caplog):
     a, b = two_roots
     cfg_a, cfg_b = _cfg(a, tmp_path, "name=same"), _cfg(b, tmp_path, "name=same")
-    path = data.ensure_manifest(cfg_a)  # e.g. jobs/prepare.py --root A without --config
+    path = pipeline.ensure_manifest(cfg_a)  # e.g. jobs/prepare.py --root A without --config
     assert manifest.recorded_provenance(path)["root"] == str(a.resolve())
-    assert data.ensure_manifest(cfg_b) == path  # the next study of that name uses B
+    assert pipeline.ensure_manifest(cfg_b) == path  # the next study of that name uses B
     assert manifest.recorded_provenance(path)["root"] == str(b.resolve())
     assert "rebuilding" in caplog.text and str(a.resolve()) in caplog.text
     paths = manifest.load(path)["path"]
@@ -70,8 +70,8 @@ def test_the_study_manifest_of_other_data_is_rebuilt(two_roots, tmp_path, caplog
 
 def test_the_study_manifest_is_rebuilt_for_new_split_settings(two_roots, tmp_path):
     a, _ = two_roots
-    path = data.ensure_manifest(_cfg(a, tmp_path, "name=s"))
-    data.ensure_manifest(_cfg(a, tmp_path, "name=s", "data.split_seed=99"))
+    path = pipeline.ensure_manifest(_cfg(a, tmp_path, "name=s"))
+    pipeline.ensure_manifest(_cfg(a, tmp_path, "name=s", "data.split_seed=99"))
     assert manifest.recorded_provenance(path)["split"]["seed"] == 99
 
 
@@ -81,6 +81,6 @@ def test_a_named_manifest_of_other_data_is_refused_not_overwritten(two_roots, tm
     manifest.build(a, named, progress=False)
     before = named.read_bytes()
     with pytest.raises(DataError, match=r"built from .*/a, not from data.root=.*/b.*prepare.py"):
-        data.ensure_manifest(_cfg(b, tmp_path, f"data.manifest={named}"))
+        pipeline.ensure_manifest(_cfg(b, tmp_path, f"data.manifest={named}"))
     assert named.read_bytes() == before
-    assert data.ensure_manifest(_cfg(a, tmp_path, f"data.manifest={named}")) == named.resolve()
+    assert pipeline.ensure_manifest(_cfg(a, tmp_path, f"data.manifest={named}")) == named.resolve()

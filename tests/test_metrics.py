@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from fracture import metrics
+from fracture.core import metrics
 
 LABELS = [0, 0, 1, 1]
 PROBS = [0.1, 0.4, 0.35, 0.8]
@@ -210,7 +210,7 @@ def test_prefixed_val_scores_hold_the_primary_metric():
 def test_constant_output_loss_is_the_floor_of_a_model_that_learned_nothing():
     import torch
 
-    from fracture.metrics import constant_output_loss
+    from fracture.core.metrics import constant_output_loss
 
     labels = np.array([1] * 178 + [0] * 822)
     w = 822 / 178

@@ -1,4 +1,4 @@
-"""fracture.model: FractureNet shape, VGG16 backbone, L2 term, parameter groups, freezing, weights."""
+"""fracture.model.network: FractureNet shape, VGG16 backbone, L2 term, parameter groups, freezing, weights."""
 
 import copy
 import urllib.error
@@ -8,8 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
-from fracture.config import ModelConfig
-from fracture.model import FractureNet, WeightsError, build_model, param_groups
+from fracture.core.config import ModelConfig
+from fracture.model.network import FractureNet, WeightsError, build_model, param_groups
 
 pytestmark = pytest.mark.timeout(120)
 

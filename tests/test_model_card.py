@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fracture import evaluate, metrics, model_card
-from fracture.config import Config
+from fracture.core import metrics
+from fracture.core.config import Config
+from fracture.evaluate import holdout
+from fracture.report import model_card
 
 LABELS = [0, 0, 1, 1]
 PROBS = [0.1, 0.4, 0.35, 0.8]
@@ -97,7 +99,7 @@ def card(tmp_path_factory) -> dict:
     test = df[df["split"] == "test"].reset_index(drop=True)
     rng = np.random.default_rng(1)
     probs = np.clip(test["label"] * 0.5 + rng.random(len(test)) * 0.5, 0, 1)
-    report = evaluate.report(test["label"], probs, 0.5, test.assign(view="frontal"), n_boot=100)
+    report = holdout.report(test["label"], probs, 0.5, test.assign(view="frontal"), n_boot=100)
     scored = tmp_path_factory.mktemp("scored")
     (scored / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
     lineage = {

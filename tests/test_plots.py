@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from fracture import plots
+from fracture.evaluate import plots
 
 
 def _check_png(path, min_side=200):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fracture import synthetic
+from fracture.data import synthetic
 
 
 def _header_only(tmp_path):

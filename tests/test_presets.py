@@ -1,10 +1,10 @@
-"""fracture.presets: decode to uint8 (S, S, 3) and augment deterministically for a given generator."""
+"""fracture.data.presets: decode to uint8 (S, S, 3) and augment deterministically for a given generator."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.presets import IMAGE, LABEL, PATH, augment, decode_batch, decode_resize
+from fracture.data.presets import IMAGE, LABEL, PATH, augment, decode_batch, decode_resize
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""fracture.reaper ends every process a SIGKILLed driver started, marked or not, and nothing else."""
+"""fracture.runtime.reaper ends every process a SIGKILLed driver started, marked or not, and nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import pytest
 from procs import job_env, stop_session
 
-from fracture import reaper
+from fracture.runtime import reaper
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the reaper reads /proc")
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the reaper r
 DRIVER = textwrap.dedent(
     """
     import os, subprocess, sys, time
-    from fracture import reaper
+    from fracture.runtime import reaper
     reaper.watch(os.getpid())
     sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
     marked = subprocess.Popen(sleep)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from procs import job_env
 
-from fracture import cli, cluster
-from fracture.redact import RedactingFilter, redact
+from fracture import cli
+from fracture.core.redact import RedactingFilter, redact
+from fracture.runtime import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cret-pw"
@@ -76,9 +77,9 @@ def test_an_unexpected_error_without_one_is_raised_as_it_was():
 @pytest.mark.integration
 def test_jobs_never_print_the_password_of_an_unreachable_server(tmp_path, synthetic_root):
     """jobs/train.py (preflight) and jobs/evaluate.py (before it scores anything) on a server that is down."""
-    from fracture import checkpoint
-    from fracture.config import load
-    from fracture.model import build_model
+    from fracture.core.config import load
+    from fracture.model import checkpoint
+    from fracture.model.network import build_model
 
     port = cluster.free_port()
     uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
@@ -111,9 +112,9 @@ def test_jobs_never_print_the_password_of_an_unreachable_server(tmp_path, synthe
 def test_copies_of_the_config_that_leave_the_driver_hold_no_password(tmp_path, capsys):
     import mlflow
 
-    from fracture import tracking
-    from fracture.config import load
-    from fracture.redact import redact_config
+    from fracture.core.config import load
+    from fracture.core.redact import redact_config
+    from fracture.track import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     secret_root = f"https://alice:{SECRET}@data.example/fracatlas"  # any string field, not only the URI

@@ -7,9 +7,11 @@ import pytest
 import ray.tune
 import torch
 
-from fracture import checkpoint, metrics, registry
-from fracture.config import Config
-from fracture.model import FractureNet
+from fracture.core import metrics
+from fracture.core.config import Config
+from fracture.model import checkpoint
+from fracture.model.network import FractureNet
+from fracture.track import registry
 
 
 def _saved(path, cfg: Config, *, epoch: int, threshold: float = 0.3) -> str:

@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 import ray.tune
 
-from fracture import metrics, tracking, trials
-from fracture.config import load
+from fracture.core import metrics
+from fracture.core.config import load
+from fracture.track import tracking
+from fracture.tune import trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +144,7 @@ def test_optuna_study_takes_every_trial_that_reported_and_importances_need_two(c
     assert [t.value for t in study.trials] == [0.7, 0.55, 0.52]  # the errored one has nothing to show
     assert study.best_trial.user_attrs["trial_id"] == "a"
 
-    with caplog.at_level(logging.INFO, logger="fracture.trials"):
+    with caplog.at_level(logging.INFO, logger="fracture.tune.trials"):
         written = trials.optuna_plots(trials.optuna_study(table.head(1), cfg), tmp_path)
     assert {p.name for p in written} == {"optuna_optimization_history.png", "optuna_parallel_coordinate.png"}
     assert "param_importances plot skipped" in caplog.text

@@ -19,21 +19,13 @@ import torch
 from PIL import Image
 from procs import job_env
 
-from fracture import (
-    checkpoint,
-    cli,
-    config,
-    datareport,
-    evaluate,
-    manifest,
-    metrics,
-    predict,
-    presets,
-    scoring,
-    synthetic,
-)
-from fracture.model import build_model
-from fracture.presets import ID, PATH, REASON
+from fracture import cli
+from fracture.core import config, metrics
+from fracture.data import datareport, manifest, presets, synthetic
+from fracture.data.presets import ID, PATH, REASON
+from fracture.evaluate import holdout, predict, scoring
+from fracture.model import checkpoint
+from fracture.model.network import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -226,13 +218,13 @@ def test_evaluate_run_scores_the_readable_rows_and_writes_skipped_csv(cfg, atlas
     # a file that passed the audit and broke afterwards is caught by decoding, in the same pass
     late = rows.iloc[[0]].assign(image_id="late.jpg", path=str(plain / broken["corrupt"]))
     frame = pd.concat([rows, late], ignore_index=True)
-    rep, files = evaluate.run(net, state, frame, tmp / "eval_in_process", skipped=left_out)
+    rep, files = holdout.run(net, state, frame, tmp / "eval_in_process", skipped=left_out)
     assert rep["images"] == GOOD and len(pd.read_csv(tmp / "eval_in_process" / "predictions.csv")) == GOOD
     skipped = pd.read_csv(tmp / "eval_in_process" / scoring.SKIPPED_FILE)
     assert list(skipped.columns) == ["path", "reason"] and len(skipped) == 3
     assert skipped["path"].iloc[-1] == str(plain / broken["corrupt"])
     assert skipped["reason"].iloc[-1] == "unreadable: not an image PIL can open"
-    assert rep["skipped"] == skipped.to_dict("records") and evaluate.flat_metrics(rep)["skipped"] == 3
+    assert rep["skipped"] == skipped.to_dict("records") and holdout.flat_metrics(rep)["skipped"] == 3
     assert tmp / "eval_in_process" / scoring.SKIPPED_FILE in files
 
 
@@ -241,7 +233,7 @@ def test_evaluate_run_fails_when_nothing_decodes(cfg, all_corrupt, ckpt, tmp):
     frame = scoring.select_rows(cfg, folder=all_corrupt)[0].assign(label=0)
     out = tmp / "eval_nothing"
     with pytest.raises(manifest.DataError, match=r"^no image could be scored \(3 skipped, see .*skipped.csv\)$"):
-        evaluate.run(net, state, frame, out)
+        holdout.run(net, state, frame, out)
     assert len(pd.read_csv(out / scoring.SKIPPED_FILE)) == 3
 
 

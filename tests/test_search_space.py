@@ -1,12 +1,12 @@
-"""fracture.search: study search spaces become Tune domains (no Ray cluster is started here)."""
+"""fracture.tune.search: study search spaces become Tune domains (no Ray cluster is started here)."""
 
 from pathlib import Path
 
 import pytest
 from ray.tune.search import sample
 
-from fracture.config import Config, ConfigError, load
-from fracture.search import points_to_evaluate, search_space
+from fracture.core.config import Config, ConfigError, load
+from fracture.tune.search import points_to_evaluate, search_space
 
 STUDIES = Path(__file__).resolve().parents[1] / "jobs" / "studies"
 

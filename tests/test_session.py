@@ -1,4 +1,4 @@
-"""fracture.session's checkpoints for a trial that trains in its own process: where they go, which
+"""fracture.train.session's checkpoints for a trial that trains in its own process: where they go, which
 one a restart resumes from, which ones are kept. No Ray cluster needed: the files are the contract."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture import session
+from fracture.train import session
 
 
 def _save(epoch: int, auc: float, *, complete: bool = True):

@@ -1,4 +1,4 @@
-"""fracture.split_audit: each reason a split is refused, the perceptual hash, and the override."""
+"""fracture.data.split_audit: each reason a split is refused, the perceptual hash, and the override."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from fracture import data, datareport, manifest, split_audit, synthetic
-from fracture.split_audit import audit
+from fracture.data import datareport, manifest, pipeline, split_audit, synthetic
+from fracture.data.split_audit import audit
 
 KINDS = {"id_in_two_splits", "group_in_two_splits", "exact_duplicate", "near_duplicate"}
 
@@ -181,7 +181,7 @@ def test_the_manifest_carries_hashes_and_the_report_lists_near_duplicates(resave
 def _leaky(tiny_config, root, tmp_path, source, *overrides):
     """A config whose data.manifest puts the re-saved copy in another split than its source."""
     cfg = tiny_config(f"data.root={root}", f"data.manifest={tmp_path / 'own.parquet'}", *overrides)
-    frame = data.build_manifest(cfg, root, tmp_path / "own.parquet", progress=False)
+    frame = pipeline.build_manifest(cfg, root, tmp_path / "own.parquet", progress=False)
     split = frame.set_index("image_id").at[source, "split"]
     frame.loc[frame["image_id"] == "IMG0009999.jpg", "split"] = "test" if split != "test" else "train"
     frame.to_parquet(tmp_path / "edited.parquet")  # an edited manifest records no provenance
@@ -192,14 +192,14 @@ def test_an_edited_manifest_is_refused(tiny_config, resaved_root, tmp_path):
     root, source = resaved_root
     cfg = _leaky(tiny_config, root, tmp_path, source)
     with pytest.raises(manifest.DataError, match=r"near-duplicate.*IMG0009999\.jpg.*allow_leaky_split"):
-        data.audit_split(cfg)
+        pipeline.audit_split(cfg)
 
 
 def test_allow_leaky_split_warns_and_returns_the_findings(tiny_config, resaved_root, tmp_path, caplog):
     root, source = resaved_root
     cfg = _leaky(tiny_config, root, tmp_path, source, "data.allow_leaky_split=true")
-    with caplog.at_level(logging.WARNING, logger="fracture.data"):
-        findings = data.audit_split(cfg)
+    with caplog.at_level(logging.WARNING, logger="fracture.data.pipeline"):
+        findings = pipeline.audit_split(cfg)
     # The copy shares its source's group (manifest keeps near-copies together), so moving it alone
     # splits the group as well.
     assert sorted(f.kind for f in findings) == ["group_in_two_splits", "near_duplicate"]
@@ -212,7 +212,7 @@ def test_a_manifest_without_hashes_is_hashed_when_audited(tiny_config, resaved_r
     cfg = _leaky(tiny_config, root, tmp_path, source)
     pd.read_parquet(cfg.data.manifest).drop(columns="phash").to_parquet(cfg.data.manifest)
     with pytest.raises(manifest.DataError, match="IMG0009999.jpg"):
-        data.audit_split(cfg)
+        pipeline.audit_split(cfg)
 
 
 def test_near_pairs_finds_every_pair_the_full_distance_matrix_finds():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fracture import storage
-from fracture.config import Config
-from fracture.storage import StudyPaths
+from fracture.core import storage
+from fracture.core.config import Config
+from fracture.core.storage import StudyPaths
 
 
 def test_a_local_study_has_every_path_under_its_dir(tmp_path):

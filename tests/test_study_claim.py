@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from fracture import data, storage, study
-from fracture.config import ConfigError
-from fracture.storage import StudyPaths
+from fracture import study
+from fracture.core import storage
+from fracture.core.config import ConfigError
+from fracture.core.storage import StudyPaths
+from fracture.data import pipeline
 
 
 def _earlier_study(cfg) -> None:
     """What a started study leaves in its dir: Tune's and Train's runs, config.yaml, study.json."""
-    data.ensure_manifest(cfg)
+    pipeline.ensure_manifest(cfg)
     base = cfg.run_dir
     (base / "tune").mkdir(parents=True)
     (base / "train").mkdir()
@@ -44,7 +46,7 @@ def test_a_taken_name_is_refused_naming_the_ways_on(tiny_config, change, says):
 
 
 def test_other_data_under_the_same_name_is_named(tiny_config, tmp_path):
-    from fracture import synthetic
+    from fracture.data import synthetic
 
     _earlier_study(tiny_config())
     other = synthetic.generate(tmp_path / "other", n=40, seed=5, min_size=32, max_size=40)
@@ -53,7 +55,7 @@ def test_other_data_under_the_same_name_is_named(tiny_config, tmp_path):
 
 
 def test_another_image_list_in_the_same_root_is_named(tiny_config, tmp_path):
-    from fracture import synthetic
+    from fracture.data import synthetic
 
     root = synthetic.generate(tmp_path / "atlas", n=40, seed=6, min_size=32, max_size=40)
     cfg = tiny_config(f"data.root={root}")
@@ -61,7 +63,7 @@ def test_another_image_list_in_the_same_root_is_named(tiny_config, tmp_path):
     next(iter((root / "images" / "Non_fractured").glob("*.jpg"))).unlink()
     # Same config, but the image list changed: the next job rebuilds the manifest (ensure_manifest
     # would, in a new process), and the study's recorded fingerprint no longer matches it.
-    data.build_manifest(cfg, root, data.manifest_path(cfg), progress=False)
+    pipeline.build_manifest(cfg, root, pipeline.manifest_path(cfg), progress=False)
     with pytest.raises(ConfigError, match="another image list"):
         study.claim(cfg)
 
@@ -89,7 +91,7 @@ def test_a_resume_reopens_the_parent_run_the_study_recorded(tiny_config, tmp_pat
     """Two parent runs for one study dir (an --overwrite): the resume goes to the recorded one."""
     import mlflow
 
-    from fracture import tracking
+    from fracture.track import tracking
 
     cfg = tiny_config(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
     uri, first = tracking.start_study(cfg, "runs/demo/tune")

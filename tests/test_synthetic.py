@@ -1,4 +1,4 @@
-"""fracture.synthetic: a FracAtlas-layout dataset, deterministic for its seed."""
+"""fracture.data.synthetic: a FracAtlas-layout dataset, deterministic for its seed."""
 
 import csv
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.synthetic import CSV_COLUMNS, generate
+from fracture.data.synthetic import CSV_COLUMNS, generate
 
 N = 60
 

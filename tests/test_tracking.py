@@ -21,7 +21,9 @@ import mlflow
 import pytest
 from procs import job_env, stop_session
 
-from fracture import cli, cluster, tracking
+from fracture import cli
+from fracture.runtime import cluster
+from fracture.track import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,9 @@ import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from fracture.config import Config, ConfigError, load
-from fracture.errors import StudyIncomplete, UserError
-from fracture.redact import RedactingFilter, redact, redact_config
+from fracture.core.config import Config, ConfigError, load
+from fracture.core.errors import StudyIncomplete, UserError
+from fracture.core.redact import RedactingFilter, redact, redact_config
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "jobs" / "studies" / "demo.yaml"
 

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import yaml
 
-from fracture import cluster, data, datareport, manifest, metrics, registry, search, split_audit, storage, tracking
-from fracture.config import Config, ConfigError, flat, load, loads
-from fracture.errors import StudyIncomplete
-from fracture.model import build_model
-from fracture.storage import StudyPaths
+from fracture.core import metrics, storage
+from fracture.core.config import Config, ConfigError, flat, load, loads
+from fracture.core.errors import StudyIncomplete
+from fracture.core.storage import StudyPaths
+from fracture.data import datareport, manifest, pipeline, split_audit
+from fracture.model.network import build_model
+from fracture.runtime import cluster
+from fracture.track import registry, tracking
+from fracture.tune import search
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,8 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
     """
     search.search_space(cfg)  # unknown distributions / bad arguments: before Ray starts
-    data.ensure_manifest(cfg)
-    data.audit_split(cfg)  # a leaky or unjudgeable split: refused before Ray starts
+    pipeline.ensure_manifest(cfg)
+    pipeline.audit_split(cfg)  # a leaky or unjudgeable split: refused before Ray starts
     if not resume:
         claim(cfg, overwrite=overwrite)
         if cfg.search.warm_start:
@@ -48,7 +52,7 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
 
 
 def _data_fingerprint(cfg: Config) -> dict:
-    recorded = manifest.recorded_provenance(data.manifest_path(cfg)) or {}
+    recorded = manifest.recorded_provenance(pipeline.manifest_path(cfg)) or {}
     return {
         "root": recorded.get("root", str(Path(cfg.data.root).expanduser().resolve())),
         "images": recorded.get("images"),
@@ -245,7 +249,7 @@ def run(
         extend: the finished study to add cfg.search.num_trials trials to (see extend_config): its
             next tune_ext<N>/; the champion rule judges the new trials' best, the parent run's
             trials table and "trials" cover the whole study.
-        verbose: also Tune's own console tables (fracture.progress prints a line per epoch either way).
+        verbose: also Tune's own console tables (fracture.tune.progress prints a line per epoch either way).
     Returns:
         the summary from tracking.register, plus "trials": per-trial final metrics.
     """
@@ -261,9 +265,9 @@ def run(
         save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
     earlier = search.earlier_results(paths)  # an extension's: the trials of the study's runs before it
     _announce(cfg, paths, resume=bool(resume), search_space=search_space, earlier=len(earlier))
-    split_findings = data.audit_split(cfg)  # (again: run may be called without preflight; cached)
-    datasets, pos_weight = data.build_datasets(cfg), data.pos_weight(cfg)
-    report = list(datareport.paths(data.manifest_path(cfg)))
+    split_findings = pipeline.audit_split(cfg)  # (again: run may be called without preflight; cached)
+    datasets, pos_weight = pipeline.build_datasets(cfg), pipeline.pos_weight(cfg)
+    report = list(datareport.paths(pipeline.manifest_path(cfg)))
     # A resumed or extended study reopens the parent run it recorded, by id: a name or a directory can be reused.
     again = bool(resume or extend)
     recorded = study_record(paths).get("parent_run_id") if again else None

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fracture import manifest
+from fracture.data import manifest
 
 ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "fracatlas"
 SEED = 17

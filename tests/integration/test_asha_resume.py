@@ -1,4 +1,4 @@
-"""ASHA keeps its rungs across an interrupt and --resume (fracture.search.SchedulerState).
+"""ASHA keeps its rungs across an interrupt and --resume (fracture.tune.search.SchedulerState).
 
 Real Tune, the project's ASHA and callback, trivial trainables so it takes seconds: trial 1 scores
 0.9 at every epoch and finishes; the study is interrupted (SIGINT, as from Ctrl-C) as soon as it
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import ray.tune
 
-from fracture import metrics, search
-from fracture.config import Config
+from fracture.core import metrics
+from fracture.core.config import Config
+from fracture.tune import search
 
 pytestmark = pytest.mark.integration
 

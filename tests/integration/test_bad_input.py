@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from procs import job_env
 
-from fracture import cluster, synthetic
+from fracture.data import synthetic
+from fracture.runtime import cluster
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,8 @@ from types import SimpleNamespace
 import pytest
 from procs import job_env, session_pids, stop_session
 
-from fracture import checkpoint, manifest
+from fracture.data import manifest
+from fracture.model import checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,9 @@ import mlflow
 import optuna
 import pytest
 
-from fracture import study, tracking
-from fracture.storage import StudyPaths
+from fracture import study
+from fracture.core.storage import StudyPaths
+from fracture.track import tracking
 
 pytestmark = pytest.mark.integration
 

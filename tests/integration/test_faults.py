@@ -19,9 +19,10 @@ import ray
 import ray.train
 from ray.cluster_utils import Cluster
 
-from fracture import cluster, data
-from fracture.config import Config, ConfigError, load
-from fracture.trainer import build_trainer
+from fracture.core.config import Config, ConfigError, load
+from fracture.data import pipeline
+from fracture.runtime import cluster
+from fracture.train.trainer import build_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,14 +63,14 @@ def multinode(tmp_path_factory, synthetic_root):
         assert nodes.address.startswith("127.0.0.1:"), nodes.address
         ray.init(address=nodes.address, runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
         ray.data.DataContext.get_current().enable_progress_bars = False
-        datasets = data.build_datasets(cfg)  # materialized on the head, before any worker node exists
+        datasets = pipeline.build_datasets(cfg)  # materialized on the head, before any worker node exists
         workers = [nodes.add_node(num_cpus=1, resources={SLOT: 1}) for _ in range(3)]
         yield SimpleNamespace(
             cluster=nodes,
             workers=workers,
             cfg=cfg,
             datasets=datasets,
-            pos_weight=data.pos_weight(cfg),
+            pos_weight=pipeline.pos_weight(cfg),
             storage=storage,
         )
     finally:

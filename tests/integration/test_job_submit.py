@@ -24,7 +24,8 @@ import mlflow
 import pytest
 from procs import stop_session
 
-from fracture import cluster, tracking
+from fracture.runtime import cluster
+from fracture.track import tracking
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from procs import job_env, session_pids, stop_session
 
-from fracture import tracking
+from fracture.track import tracking
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,7 +76,7 @@ def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(
         outlived = [_name(p) for p in session_pids(job.pid)]
     finally:
         stop_session(job.pid)  # whatever is left, so the resume starts clean
-    # Ray's DashboardAgent and RuntimeEnvAgent used to outlive a killed driver by minutes (fracture.reaper).
+    # Ray's DashboardAgent and RuntimeEnvAgent used to outlive a killed driver by minutes (fracture.runtime.reaper).
     assert not outlived, f"still running 10 s after kill -9 of the driver: {outlived}"
 
     proc = run_job("tune.py", "--resume", str(storage / "demo"), timeout=600)

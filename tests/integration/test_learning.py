@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 from ray.tune import ExperimentAnalysis
 
-from fracture import data, metrics, study, synthetic
+from fracture import study
+from fracture.core import metrics
+from fracture.data import pipeline, synthetic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -37,8 +39,8 @@ def test_one_trial_learns_the_synthetic_fracture_signal(ray_local, tmp_path):
     summary = study.run(cfg, search_space=False)
 
     curve = next(iter(ExperimentAnalysis(summary["study_dir"]).trial_dataframes.values())).sort_values("epoch")
-    train_labels = data.split_frame(cfg, "train")["label"]
-    floor = metrics.constant_output_loss(train_labels, data.pos_weight(cfg))
+    train_labels = pipeline.split_frame(cfg, "train")["label"]
+    floor = metrics.constant_output_loss(train_labels, pipeline.pos_weight(cfg))
     losses, aucs = curve["train_loss"].tolist(), curve["val_auc"].tolist()
     assert len(losses) == cfg.train.epochs
     assert min(losses[-3:]) < 0.6 * floor, f"train loss {losses} never left the constant-output loss {floor:.3f}"

@@ -21,7 +21,10 @@ import pytest
 import torch
 from procs import stop_session
 
-from fracture import checkpoint, cluster, study, tracking
+from fracture import study
+from fracture.model import checkpoint
+from fracture.runtime import cluster
+from fracture.track import tracking
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,12 @@ import math
 import mlflow
 import pytest
 
-from fracture import checkpoint, data, metrics, registry, search, study, tracking
+from fracture import study
+from fracture.core import metrics
+from fracture.data import pipeline
+from fracture.model import checkpoint
+from fracture.track import registry, tracking
+from fracture.tune import search
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +60,7 @@ def test_a_study_ranked_by_the_lower_bound_of_specificity_at_sensitivity(ray_loc
 
     # Registered again, the same checkpoint does not beat the champion's stored lower bound.
     results = search.restore_tuner(
-        cfg, summary["study_dir"], data.build_datasets(cfg), data.pos_weight(cfg)
+        cfg, summary["study_dir"], pipeline.build_datasets(cfg), pipeline.pos_weight(cfg)
     ).get_results()
     again = tracking.register(
         cfg,

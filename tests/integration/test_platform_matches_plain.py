@@ -20,7 +20,9 @@ import pytest
 import torch
 from ray.tune import ExperimentAnalysis
 
-from fracture import checkpoint, data, study
+from fracture import study
+from fracture.data import pipeline
+from fracture.model import checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -71,7 +73,7 @@ def test_a_trial_follows_the_plain_loop_epoch_by_epoch(ray_local, synthetic_root
     # kernels that reorder sums elsewhere. A real difference moves them far more: another
     # permutation gives a 34% different first-epoch train loss on this data and val losses 2-4%
     # apart, and 2 threads against the worker's 1 already give 0.7% by epoch 3.
-    derived = [np.random.default_rng(data.epoch_seed(cfg.seed, e, 0)).permutation(len(rows[0])) for e in range(3)]
+    derived = [np.random.default_rng(pipeline.epoch_seed(cfg.seed, e, 0)).permutation(len(rows[0])) for e in range(3)]
     same = len(rows) == len(derived) and all(np.array_equal(a, b) for a, b in zip(rows, derived, strict=True))
     note = f"recorded order {'equals' if same else 'differs from'} the seeded one"
     np.testing.assert_allclose(trial["train_loss"], [r["train_loss"] for r in plain], rtol=1e-4, err_msg=note)

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fracture import checkpoint, metrics, tracking
+from fracture.core import metrics
+from fracture.model import checkpoint
+from fracture.track import tracking
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,11 @@ import mlflow
 import pytest
 from conftest import ROOT, _run_job
 
-from fracture import checkpoint, data, evaluate, manifest, model_card, scoring, tracking
+from fracture.data import manifest, pipeline
+from fracture.evaluate import holdout, scoring
+from fracture.model import checkpoint
+from fracture.report import model_card
+from fracture.track import tracking
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +67,11 @@ def test_card_numbers_are_evaluates_and_the_manifests(carded):
     net, state = checkpoint.load_model(summary["checkpoint"])
     frame = scoring.frame_for(cfg, "test")
     probs = scoring.score(net, frame, cfg.data.image_size)
-    rep = evaluate.report(frame["label"], probs, state["threshold"], frame)
+    rep = holdout.report(frame["label"], probs, state["threshold"], frame)
     for name, key in (("AUROC", "auc"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity")):
         assert f"<td>{name}</td><td>{rep['overall'][key]:.3f}</td>" in page, name
     assert f"Threshold {state['threshold']:.4f}" in page
-    df = manifest.load(data.manifest_path(cfg))
+    df = manifest.load(pipeline.manifest_path(cfg))
     usable = df[df["usable"]]
     fractured = usable[usable["label"] == 1]
     assert f"{int((fractured['hardware'] == 1).sum())} of {len(fractured)} fractured images" in page

@@ -37,9 +37,11 @@ import pytest
 import torch
 from procs import LOOPBACK, job_env
 
-from fracture import data, engine, presets, tracking
-from fracture.config import load
-from fracture.model import build_model
+from fracture.core.config import load
+from fracture.data import pipeline, presets
+from fracture.model import engine
+from fracture.model.network import build_model
+from fracture.track import tracking
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,7 +94,7 @@ def _overrides(storage: Path, data_root: Path, cache: Path, best: int, worst: in
 
 def _initial_auc(cfg, hidden: int) -> float:
     """val AUROC of the worker's model before any update (the worker seeds torch the same way)."""
-    frame = data.split_frame(cfg, "val")
+    frame = pipeline.split_frame(cfg, "val")
     images = np.stack([presets.decode_resize(p, cfg.data.image_size) for p in frame[presets.PATH]])
     batch = {"image": torch.from_numpy(images), "label": torch.tensor(frame[presets.LABEL].to_numpy())}
     torch.manual_seed(cfg.seed)
@@ -228,7 +230,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
     assert sorted(after) == [1, 2, 3], "resume started new trials"
     assert after[1] == before[1] and after[2] == before[2], f"stopped trials ran again: {before} -> {after}"
     # Trial 3 went on from its Train run's latest checkpoint: no second epoch 0, to max_t. Its first
-    # report is the restored epoch again (fracture.worker), so an epoch checkpointed but not yet
+    # report is the restored epoch again (fracture.train.worker), so an epoch checkpointed but not yet
     # received by Tune when the SIGINT came is not lost; when Tune had it, it is the one repeat.
     # (Tune rewrites a restored trial's result.json with the results after the restore, so the
     # first run's lines come from `before`.)

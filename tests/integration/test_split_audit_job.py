@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from procs import tiny_job_args
 
-from fracture import data, synthetic, tracking
-from fracture.config import load
+from fracture.core.config import load
+from fracture.data import pipeline, synthetic
+from fracture.track import tracking
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def leaky(tmp_path_factory):
     (root / "dataset.csv").write_text("\n".join([*lines, row.replace(source.name, COPY)]) + "\n")
     cfg = load(ROOT / "jobs" / "studies" / "demo.yaml", [f"data.root={root}"])
     path = tmp / "manifest.parquet"
-    frame = data.build_manifest(cfg, root, path, progress=False)
+    frame = pipeline.build_manifest(cfg, root, path, progress=False)
     kept = frame.set_index("image_id").at[source.name, "split"]
     copy = frame["image_id"] == COPY
     frame.loc[copy, ["usable", "split"]] = [True, "test" if kept != "test" else "train"]

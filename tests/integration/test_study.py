@@ -7,14 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from fracture import checkpoint, data, presets, registry, search, study, tracking, worker
-from fracture.model import FractureNet
+from fracture import study
+from fracture.data import pipeline, presets
+from fracture.model import checkpoint
+from fracture.model.network import FractureNet
+from fracture.track import registry, tracking
+from fracture.train import worker
+from fracture.tune import search
 
 pytestmark = pytest.mark.integration
 
 
 def _images(cfg, n=6) -> torch.Tensor:
-    frame = data.split_frame(cfg, "val").head(n)
+    frame = pipeline.split_frame(cfg, "val").head(n)
     batch = np.stack([presets.decode_resize(p, cfg.data.image_size) for p in frame[presets.PATH]])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255)
 
@@ -39,7 +44,7 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
         assert run.info.status == "FINISHED"
     # Tune's progress table shows the first four reported metrics: the ones worth watching.
     results = search.restore_tuner(
-        cfg, summary["study_dir"], data.build_datasets(cfg), data.pos_weight(cfg)
+        cfg, summary["study_dir"], pipeline.build_datasets(cfg), pipeline.pos_weight(cfg)
     ).get_results()
     assert all(list(r.metrics)[:4] == list(worker.SHOWN_FIRST) for r in results), list(results[0].metrics)
     # The seed point from points_to_evaluate is the first trial.

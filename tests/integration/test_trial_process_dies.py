@@ -1,4 +1,4 @@
-"""A one-worker trial trains in its Tune trial's own process (fracture.session.TrialSession). When that
+"""A one-worker trial trains in its Tune trial's own process (fracture.train.session.TrialSession). When that
 process dies (SIGKILL: the OOM killer, a segfault in a native library, a lost node), cluster.max_failures
 decides what happens, as it does for a TorchTrainer's worker group:
 
@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 import ray.tune
 
-from fracture import data, search, session, study
-from fracture.storage import StudyPaths
+from fracture import study
+from fracture.core.storage import StudyPaths
+from fracture.data import pipeline
+from fracture.train import session
+from fracture.tune import search
 
 pytestmark = [pytest.mark.integration]
 
@@ -44,7 +47,11 @@ def _fit(cfg, tmp_path: Path):
     study.preflight(cfg)
     marker = tmp_path / "killed"
     tuner = search.build_tuner(
-        cfg, data.build_datasets(cfg), data.pos_weight(cfg), callbacks=[KillAfterFirstEpoch(marker)], search=False
+        cfg,
+        pipeline.build_datasets(cfg),
+        pipeline.pos_weight(cfg),
+        callbacks=[KillAfterFirstEpoch(marker)],
+        search=False,
     )
     (result,) = tuner.fit()
     assert marker.exists(), "the trial was never killed"

@@ -1,0 +1,1 @@
+"""A registered version's model card: its facts (MLflow lineage, a fresh scoring) and their rendering."""

@@ -1,0 +1,1 @@
+"""Ray's workarounds, named as such: local Ray on loopback, resource checks, reaper, rendezvous, log noise."""

@@ -1,0 +1,1 @@
+"""MLflow, the only package that imports it: store, study and trial runs, flavour, registration, lineage."""
