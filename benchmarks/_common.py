@@ -159,14 +159,15 @@ class Collate:
     def __call__(self, items) -> dict:
         import torch
 
+        from fracture.core.names import IMAGE, LABEL
         from fracture.data import presets
 
         images = np.stack([image for image, _ in items])  # (B, S, S, 3) uint8
         if self.augment != "none":
             images = presets.augment(images, rng=np.random.default_rng(), strength=self.augment)
         return {
-            presets.IMAGE: torch.from_numpy(images),
-            presets.LABEL: torch.from_numpy(np.asarray([label for _, label in items])),
+            IMAGE: torch.from_numpy(images),
+            LABEL: torch.from_numpy(np.asarray([label for _, label in items])),
         }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from fracture.core import names
 from fracture.data import pipeline, presets
 from fracture.model import engine
 from fracture.model.network import build_model
@@ -67,7 +68,7 @@ def batches(
         x = images[idx]
         if augment != "none":
             x = presets.augment(x, strength=augment, seeds=[[seed, epoch, int(i)] for i in idx])
-        yield {presets.IMAGE: torch.from_numpy(x), presets.LABEL: torch.from_numpy(labels[idx])}
+        yield {names.IMAGE: torch.from_numpy(x), names.LABEL: torch.from_numpy(labels[idx])}
 
 
 def fit(
@@ -91,7 +92,7 @@ def fit(
             or "stream" (stored order through a local shuffle buffer of `buffer` rows, as the
             platform read a many-block cache before), or "given" (rows[epoch], e.g. the order a
             trial recorded in its checkpoint: checkpoint.read_train_order).
-        augment: a presets.AUGMENTS strength; default cfg.data.augment.
+        augment: a names.AUGMENTS strength; default cfg.data.augment.
         init_seed: torch seed for the initial weights; default cfg.seed (what the worker uses).
     Returns:
         (one dict per epoch: epoch, train_loss, val_auc, val_sensitivity, ..., epoch_s;
@@ -136,7 +137,7 @@ def fit(
             precision=cfg.train.precision,
         )
         val_batches = (
-            {presets.IMAGE: torch.from_numpy(val[0][k : k + 128]), presets.LABEL: torch.from_numpy(val[1][k : k + 128])}
+            {names.IMAGE: torch.from_numpy(val[0][k : k + 128]), names.LABEL: torch.from_numpy(val[1][k : k + 128])}
             for k in range(0, len(val[0]), 128)
         )
         row |= engine.evaluate(scored, val_batches, device=device, threshold=cfg.train.threshold)

@@ -34,8 +34,9 @@ import _common
 import numpy as np
 import torch
 
+from fracture.core import names
+from fracture.core.names import IMAGE, LABEL
 from fracture.data import pipeline, presets
-from fracture.data.presets import IMAGE, LABEL
 
 
 class DecodeAugment(torch.utils.data.Dataset):
@@ -67,7 +68,7 @@ def _count(batches) -> tuple[int, float, float]:
 def dataloader_epochs(cfg, epochs: int, label: str, rows: list) -> tuple[int, float]:
     frame = pipeline.split_frame(cfg, "train")
     dataset = DecodeAugment(
-        frame[presets.PATH].tolist(),
+        frame[names.PATH].tolist(),
         frame[LABEL].tolist(),
         cfg.data.image_size,
         cfg.data.allow_truncated,
@@ -119,7 +120,7 @@ def main() -> None:
         tick = time.perf_counter()
         cached = pipeline.decoded(cfg, "train")
         decoded_s = time.perf_counter() - tick
-        train = cached.select_columns([IMAGE, LABEL, presets.ROW])
+        train = cached.select_columns([IMAGE, LABEL, names.ROW])
         images, seconds, _ = _count(pipeline.epoch_batches(train, cfg, "train", epoch=0))
         cold_s = decoded_s + seconds
         rows.append(["ray_data cold (decode+cache)", 0, images, decoded_s, images / decoded_s, _common.load()])

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fracture import cli, study
-from fracture.data import presets
+from fracture.core import names
 from fracture.evaluate import holdout, scoring
 from fracture.model import checkpoint
 from fracture.model.network import build_model
@@ -54,7 +54,7 @@ def _evaluate(cfg, net, threshold: float) -> dict:
     for split in ("val", "test"):
         frame = scoring.frame_for(cfg, split)
         probs = scoring.score(net, frame, cfg.data.image_size)
-        rep = holdout.report(frame[presets.LABEL].values, probs, threshold, frame, seed=cfg.seed)
+        rep = holdout.report(frame[names.LABEL].values, probs, threshold, frame, seed=cfg.seed)
         rows[split] = rep["overall"] | {"n": rep["images"], "positives": rep["positives"], "ci95": rep["ci95"]}
     return rows
 

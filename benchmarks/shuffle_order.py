@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from fracture import cli
+from fracture.core.names import ID, IMAGE, LABEL, ROW
 from fracture.data import pipeline
-from fracture.data.presets import ID, IMAGE, LABEL, ROW
 from fracture.runtime import cluster
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "cpu_scratch.yaml"

@@ -2,7 +2,7 @@
 
 import torch
 
-from fracture.data.presets import IMAGE, LABEL
+from fracture.core.names import IMAGE, LABEL
 
 
 def fixed_batches(size: int, n_batches: int = 2, batch_size: int = 8, seed: int = 0) -> list[dict]:

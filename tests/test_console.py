@@ -1,4 +1,4 @@
-"""fracture.tune.progress: trial names and dirs, the lines a study prints, and the Ray chatter it drops."""
+"""fracture.tune.console and fracture.runtime.logs: trial names, the lines a study prints, the Ray chatter dropped."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import logging
 import pytest
 from ray.tune.experiment import Trial
 
-from fracture.tune import progress
+from fracture.runtime import logs
+from fracture.tune import console
 
 # Lines as the 4-trial demo printed them before (worker lines without Ray's "(Actor pid=...)" prefix).
 RAY_CHATTER = [
@@ -71,8 +72,8 @@ def _trial(tag: str, trial_id: str = "4bd22202", first: int = 1, config: dict | 
         trial_id=trial_id,
         experiment_tag=tag,
         stub=True,
-        trial_name_creator=functools.partial(progress.trial_name, first=first),
-        trial_dirname_creator=functools.partial(progress.trial_dirname, first=first),
+        trial_name_creator=functools.partial(console.trial_name, first=first),
+        trial_dirname_creator=functools.partial(console.trial_dirname, first=first),
     )
 
 
@@ -90,12 +91,11 @@ def test_the_start_line_shows_only_the_searched_values():
             "optim": {"lr_head": 0.000191822, "lr_backbone": 1.25979e-05, "name": "adam"},
         }
     }
-    keys = progress.short_keys(["model.dropout", "model.l2", "optim.lr_head", "optim.lr_backbone"])
+    keys = console.short_keys(["model.dropout", "model.l2", "optim.lr_head", "optim.lr_backbone"])
     assert (
-        progress.searched_values(config["config"], keys)
-        == "dropout=0.32 l2=3.9e-05 lr_head=1.9e-04 lr_backbone=1.3e-05"
+        console.searched_values(config["config"], keys) == "dropout=0.32 l2=3.9e-05 lr_head=1.9e-04 lr_backbone=1.3e-05"
     )
-    assert progress.short_keys(["model.lr", "optim.lr", "model.l2"]) == {
+    assert console.short_keys(["model.lr", "optim.lr", "model.l2"]) == {
         "model.lr": "model.lr",
         "optim.lr": "optim.lr",
         "model.l2": "l2",
@@ -119,19 +119,19 @@ RESULT = {
 
 
 def test_an_epoch_line_has_the_metrics_speed_and_eta():
-    assert progress.epoch_line("trial_001", RESULT, epochs=3) == (
+    assert console.epoch_line("trial_001", RESULT, epochs=3) == (
         "trial_001 epoch 1/3  loss 0.6130  val AUROC 0.8388  sens 0.900 spec 0.796  12.7 img/s  24 s/epoch  ETA 48 s"
     )
-    last = progress.epoch_line("trial_001", RESULT | {"epochs_done": 3}, epochs=3, workers=2)
+    last = console.epoch_line("trial_001", RESULT | {"epochs_done": 3}, epochs=3, workers=2)
     assert "2x12.7 img/s" in last and "ETA" not in last
 
 
 def test_a_restored_epoch_reported_again_says_where_the_trial_goes_on_from():
     replay = RESULT | {"epoch": 4, "epochs_done": 5, "replayed": True}
-    assert progress.result_line("trial_003", replay, epochs=10) == (
+    assert console.result_line("trial_003", replay, epochs=10) == (
         "trial_003 restored its checkpoint of epoch 5/10 and trains on from there"
     )
-    assert progress.result_line("trial_003", RESULT, epochs=3) == progress.epoch_line("trial_003", RESULT, epochs=3)
+    assert console.result_line("trial_003", RESULT, epochs=3) == console.epoch_line("trial_003", RESULT, epochs=3)
 
 
 @pytest.mark.parametrize(
@@ -150,45 +150,45 @@ def test_a_restored_epoch_reported_again_says_where_the_trial_goes_on_from():
     ],
 )
 def test_the_end_line_says_how_the_trial_ended(result, says):
-    assert progress.end_line("trial_002", RESULT | result, epochs=3, patience=5) == says
+    assert console.end_line("trial_002", RESULT | result, epochs=3, patience=5) == says
 
 
 def test_lines_speak_of_the_metric_the_study_ranks_by():
     result = RESULT | {"val_spec_at_sens_lower": 0.41234, "best_val_spec_at_sens_lower": 0.45, "done": True}
-    line = progress.epoch_line("trial_001", result, epochs=3, ranked="val_spec_at_sens_lower")
+    line = console.epoch_line("trial_001", result, epochs=3, ranked="val_spec_at_sens_lower")
     assert "val AUROC 0.8388" in line and "val_spec_at_sens_lower 0.4123" in line
-    ended = progress.end_line(
+    ended = console.end_line(
         "trial_002", result | {"epochs_done": 3}, epochs=3, patience=5, ranked="val_spec_at_sens_lower"
     )
     assert ended == "trial_002 finished 3/3 epochs: best val_spec_at_sens_lower 0.4500, 1m20s"
 
 
 def test_ray_chatter_is_dropped_and_what_a_user_can_act_on_is_kept():
-    assert progress.without_noise(RAY_CHATTER + DEPRECATION) == []
-    assert progress.without_noise(ACTIONABLE) == ACTIONABLE
+    assert logs.without_noise(RAY_CHATTER + DEPRECATION) == []
+    assert logs.without_noise(ACTIONABLE) == ACTIONABLE
     mixed = [RAY_CHATTER[0], *DEPRECATION, ACTIONABLE[0], RAY_CHATTER[1], *ACTIONABLE[-2:]]
-    assert progress.without_noise(mixed) == [ACTIONABLE[0], *ACTIONABLE[-2:]]
+    assert logs.without_noise(mixed) == [ACTIONABLE[0], *ACTIONABLE[-2:]]
 
 
 def test_a_ray_data_thread_interrupted_at_shutdown_is_dropped_but_not_a_real_traceback():
-    assert progress.without_noise([ACTIONABLE[0], *SHUTDOWN_TRACEBACK, ACTIONABLE[1]]) == ACTIONABLE[:2]
+    assert logs.without_noise([ACTIONABLE[0], *SHUTDOWN_TRACEBACK, ACTIONABLE[1]]) == ACTIONABLE[:2]
     ours = [*SHUTDOWN_TRACEBACK[:4], '  File "/work/platform/fracture/data.py", line 9, in f', "    g()"]
     ours += SHUTDOWN_TRACEBACK[4:]  # a frame of the project's: a user may act on it
-    assert progress.without_noise(ours) == ours
+    assert logs.without_noise(ours) == ours
     crashed = [*SHUTDOWN_TRACEBACK[:-1], "RuntimeError: DataLoader worker exited unexpectedly"]
-    assert progress.without_noise(crashed) == crashed
+    assert logs.without_noise(crashed) == crashed
 
 
 def test_quiet_ray_filters_the_console_handlers_of_rays_loggers():
-    progress.quiet_ray()
-    progress.quiet_ray()  # idempotent: one filter per handler
+    logs.quiet_ray()
+    logs.quiet_ray()  # idempotent: one filter per handler
     handlers = [
         h
         for name in ("ray", "ray.data")
         for h in logging.getLogger(name).handlers
         if isinstance(h, logging.StreamHandler)
     ]
-    assert handlers and all(sum(isinstance(f, progress._DropNoise) for f in h.filters) == 1 for h in handlers)
+    assert handlers and all(sum(isinstance(f, logs._DropNoise) for f in h.filters) == 1 for h in handlers)
 
     def record(message: str) -> logging.LogRecord:
         return logging.makeLogRecord(

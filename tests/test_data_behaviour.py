@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from fracture.core.config import Config
+from fracture.core.names import ID, LABEL, PATH, ROW
 from fracture.data import pipeline
 from fracture.data.manifest import SCHEMA
-from fracture.data.presets import ID, LABEL, PATH, ROW
 
 
 def _manifest(tmp_path, rows: list[tuple[str, int, bool]]) -> Config:

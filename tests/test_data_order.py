@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fracture.core.config import TrainConfig
+from fracture.core.names import IMAGE, LABEL, ROW
 from fracture.data import pipeline
-from fracture.data.presets import IMAGE, LABEL, ROW
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,7 +9,7 @@ from batches import fixed_batches
 from torch import nn
 
 from fracture.core.config import ModelConfig, OptimConfig
-from fracture.data.presets import IMAGE, LABEL
+from fracture.core.names import IMAGE, LABEL
 from fracture.model.engine import (
     autocast,
     build_optimizer,

@@ -21,8 +21,8 @@ from PIL import Image
 
 from fracture import cli
 from fracture.core import config, metrics
+from fracture.core.names import ID, IMAGE, LABEL, PATH
 from fracture.data import manifest, pipeline, presets, synthetic
-from fracture.data.presets import ID, IMAGE, LABEL, PATH
 from fracture.evaluate import gradcam_examples, holdout, model_source, predict, scoring
 from fracture.model import checkpoint, engine
 from fracture.model.network import build_model

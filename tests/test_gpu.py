@@ -12,7 +12,7 @@ from batches import fixed_batches
 from torch import nn
 
 from fracture.core.config import ModelConfig, OptimConfig
-from fracture.data.presets import IMAGE
+from fracture.core.names import IMAGE
 from fracture.model.engine import build_optimizer, predict, to_model_input, train_one_epoch
 from fracture.model.network import build_model
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fracture.data.presets import IMAGE, LABEL, PATH, augment, decode_batch, decode_resize
+from fracture.core.names import IMAGE, LABEL, PATH
+from fracture.data.presets import augment, decode_batch, decode_resize
 
 SIZE = 32
 

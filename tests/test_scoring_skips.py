@@ -21,8 +21,8 @@ from procs import job_env
 
 from fracture import cli
 from fracture.core import config, metrics
+from fracture.core.names import ID, PATH, REASON
 from fracture.data import datareport, manifest, presets, synthetic
-from fracture.data.presets import ID, PATH, REASON
 from fracture.evaluate import holdout, predict, scoring
 from fracture.model import checkpoint
 from fracture.model.network import build_model

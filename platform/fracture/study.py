@@ -249,7 +249,7 @@ def run(
         extend: the finished study to add cfg.search.num_trials trials to (see extend_config): its
             next tune_ext<N>/; the champion rule judges the new trials' best, the parent run's
             trials table and "trials" cover the whole study.
-        verbose: also Tune's own console tables (fracture.tune.progress prints a line per epoch either way).
+        verbose: also Tune's own console tables (fracture.tune.console prints a line per epoch either way).
     Returns:
         the summary from tracking.register, plus "trials": per-trial final metrics.
     """

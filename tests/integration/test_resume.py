@@ -37,6 +37,7 @@ import pytest
 import torch
 from procs import LOOPBACK, job_env
 
+from fracture.core import names
 from fracture.core.config import load
 from fracture.data import pipeline, presets
 from fracture.model import engine
@@ -95,8 +96,8 @@ def _overrides(storage: Path, data_root: Path, cache: Path, best: int, worst: in
 def _initial_auc(cfg, hidden: int) -> float:
     """val AUROC of the worker's model before any update (the worker seeds torch the same way)."""
     frame = pipeline.split_frame(cfg, "val")
-    images = np.stack([presets.decode_resize(p, cfg.data.image_size) for p in frame[presets.PATH]])
-    batch = {"image": torch.from_numpy(images), "label": torch.tensor(frame[presets.LABEL].to_numpy())}
+    images = np.stack([presets.decode_resize(p, cfg.data.image_size) for p in frame[names.PATH]])
+    batch = {"image": torch.from_numpy(images), "label": torch.tensor(frame[names.LABEL].to_numpy())}
     torch.manual_seed(cfg.seed)
     net, _ = build_model(cfg.replace(model={"hidden": hidden}).model)
     return engine.evaluate(net, [batch], device=torch.device("cpu"))["val_auc"]

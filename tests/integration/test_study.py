@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fracture import study
+from fracture.core import names
 from fracture.data import pipeline, presets
 from fracture.model import checkpoint
 from fracture.model.network import FractureNet
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _images(cfg, n=6) -> torch.Tensor:
     frame = pipeline.split_frame(cfg, "val").head(n)
-    batch = np.stack([presets.decode_resize(p, cfg.data.image_size) for p in frame[presets.PATH]])
+    batch = np.stack([presets.decode_resize(p, cfg.data.image_size) for p in frame[names.PATH]])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255)
 
 

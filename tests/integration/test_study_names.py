@@ -70,4 +70,4 @@ def test_verbose_brings_rays_own_output_back(jobs):
     assert jobs.again.returncode == 0, console[-4000:]
     # Tune's table appears only when its 30 s report timer fires, so the plan lines are the sure sign
     assert "Execution plan of Dataset" in console, console[-4000:]
-    assert re.search(r"INFO fracture.tune.progress: trial_001 epoch 1/1  loss ", console), console[-4000:]
+    assert re.search(r"INFO fracture.tune.console: trial_001 epoch 1/1  loss ", console), console[-4000:]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fracture.core.errors import UserError
-from fracture.data.presets import AUGMENTS
+from fracture.core.names import AUGMENTS
 
 
 class ConfigError(UserError, ValueError):

@@ -32,8 +32,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from fracture.core import metrics
 from fracture.core.config import Config
+from fracture.core.names import ID, IMAGE, LABEL, PATH, ROW
 from fracture.data import datareport, manifest, split_audit
-from fracture.data.presets import ID, IMAGE, LABEL, PATH, ROW, augment, decode_batch
+from fracture.data.presets import augment, decode_batch
 
 log = logging.getLogger(__name__)
 

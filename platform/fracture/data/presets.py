@@ -11,12 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE = "image"
-LABEL = "label"
-ID = "image_id"
-PATH = "path"
-REASON = "reason"  # why a row could not be scored ("" when it was)
-ROW = "row"  # a train/val row's position in its decoded cache: seeds its augmentation
+from fracture.core.names import AUGMENTS, IMAGE, PATH, REASON
 
 # The seed notebook's Keras ImageDataGenerator settings.
 ROTATION_DEG = 20.0
@@ -154,7 +149,6 @@ def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out)
 
 
-AUGMENTS = ("seed", "light", "none")
 # light: flips + a shift of up to this share of the side (3 px at 64 px, the reference loop's ±3 px)
 LIGHT_SHIFT_FRACTION = 0.05
 

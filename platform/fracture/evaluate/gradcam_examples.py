@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fracture.data.presets import ID, LABEL, PATH
+from fracture.core.names import ID, LABEL, PATH
 from fracture.evaluate import explain, scoring
 from fracture.model import engine
 from fracture.model.network import FractureNet

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from fracture.core import metrics
+from fracture.core.names import LABEL, PATH
 from fracture.data import manifest
-from fracture.data.presets import LABEL, PATH
 from fracture.evaluate import gradcam_examples, model_source, plots, scoring
 from fracture.model.network import FractureNet
 

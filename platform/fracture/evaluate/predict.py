@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from fracture.core.config import Config
+from fracture.core.names import ID, IMAGE, PATH, REASON
 from fracture.data import presets
-from fracture.data.presets import ID, IMAGE, PATH, REASON
 from fracture.model import checkpoint, engine
 
 log = logging.getLogger(__name__)

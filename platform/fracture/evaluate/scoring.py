@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fracture.core.config import Config, ConfigError
+from fracture.core.names import ID, LABEL, PATH, REASON
 from fracture.data import manifest, pipeline, presets
-from fracture.data.presets import ID, LABEL, PATH, REASON
 from fracture.model import engine
 from fracture.model.network import FractureNet
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from fracture.core import metrics
 from fracture.core.config import OptimConfig
-from fracture.data.presets import IMAGE, LABEL, ROW
+from fracture.core.names import IMAGE, LABEL, ROW
 from fracture.model.network import FractureNet, param_groups
 
 Batch = dict[str, torch.Tensor]
@@ -122,7 +122,7 @@ def train_one_epoch(
         precision: train.precision, the forward pass's (autocast): auto | bf16 | fp32.
         penalty: the L2 term added to every step's loss (FractureNet.l2_penalty of the unwrapped net).
         grad_clip: max global gradient norm; 0 disables.
-        seen_rows: when given, each batch's cache rows (presets.ROW, if the batch has them) are
+        seen_rows: when given, each batch's cache rows (names.ROW, if the batch has them) are
             appended to it as numpy arrays: the order this epoch saw its images in.
         after_step: called after every optimizer step (e.g. to update a weight average).
     Returns:

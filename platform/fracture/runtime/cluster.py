@@ -76,22 +76,22 @@ def init_ray(cfg: Config, *, verbose: bool = False) -> None:
 
     A local instance gets at least (trial CPUs + 2) logical CPUs: Ray Data's decode and augment
     tasks need CPUs of their own beside the training workers, or a 2-core laptop would deadlock.
-    Unless verbose, Ray's own chatter is kept off the console (fracture.tune.progress.NOISE).
+    Unless verbose, Ray's own chatter is kept off the console (fracture.runtime.logs.NOISE).
     """
     if not verbose:
         # Tune's legacy output engine prints nothing at verbose=0 (search.build_tuner); the new one
-        # still prints a config table and a final status table. fracture.tune.progress prints instead.
+        # still prints a config table and a final status table. fracture.tune.console prints instead.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     import ray
 
-    from fracture.tune import progress
+    from fracture.runtime import logs
 
     if ray.is_initialized():
         return
     if not verbose:
-        progress.quiet_ray()
-    # fracture.tune.progress prints a line per epoch; Ray Data's per-epoch bars would drown it.
+        logs.quiet_ray()
+    # fracture.tune.console prints a line per epoch; Ray Data's per-epoch bars would drown it.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     runtime_env = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"]}}
     if os.environ.get("RAY_ADDRESS"):
@@ -105,7 +105,7 @@ def init_ray(cfg: Config, *, verbose: bool = False) -> None:
         _init_local(cfg, runtime_env)
     _quiet_data()
     if not verbose:
-        progress.quiet_worker_logs()
+        logs.quiet_worker_logs()
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

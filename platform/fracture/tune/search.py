@@ -3,7 +3,7 @@
 The trial config is `{"config": Config.to_dict()}` with each `search.space` path replaced by a Tune
 domain, so every trial carries its whole resolved config. Metric and mode are set once, in
 TuneConfig (Tune raises if the searcher or scheduler gets them too). Trials are named and printed
-by fracture.tune.progress; Tune's own console stays silent unless verbose.
+by fracture.tune.console; Tune's own console stays silent unless verbose.
 
 Optuna's study lives in the study dir (`optuna.db`, sqlite), not only inside the pickled searcher:
 `--extend` builds a new Tuner whose OptunaSearch loads it (create_study(load_if_exists=True)), so
@@ -29,7 +29,7 @@ from fracture.core.config import Config, ConfigError, distribution, loads
 from fracture.core.storage import TUNE_DIR, StudyPaths, exists, is_remote, read_text
 from fracture.runtime import cluster
 from fracture.train import trainer
-from fracture.tune import progress
+from fracture.tune import console
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def build_tuner(
     callbacks = list(callbacks or [])
     if scheduler is not None:
         callbacks.append(SchedulerState(scheduler))
-    callbacks.append(progress.trial_progress(cfg))
+    callbacks.append(console.trial_progress(cfg))
     # Tune numbers a searcher's trials from 1, and its default generator's from 0.
     first = (1 if searcher is not None else 0) - earlier
     tune_config = ray.tune.TuneConfig(
@@ -125,8 +125,8 @@ def build_tuner(
         max_concurrent_trials=cfg.search.max_concurrent if search else 1,
         search_alg=searcher,
         scheduler=scheduler,
-        trial_name_creator=functools.partial(progress.trial_name, first=first),
-        trial_dirname_creator=functools.partial(progress.trial_dirname, first=first),
+        trial_name_creator=functools.partial(console.trial_name, first=first),
+        trial_dirname_creator=functools.partial(console.trial_dirname, first=first),
         # An in-trial trial's process has imported torch and built a model: the next trial reuses it
         # (~2 s a trial). A TorchTrainer's driver fn holds nothing worth keeping.
         reuse_actors=cfg.cluster.in_trial,
