@@ -44,7 +44,7 @@ def main() -> None:
                 net,
                 scored,
                 scored[predict.PROBABILITY],
-                model_source.image_size(state),
+                checkpoint.image_size(state),
                 args.folder or cfg.data.root,
                 out.with_name(f"{out.stem}_gradcam"),
                 args.explain,

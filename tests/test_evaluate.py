@@ -74,7 +74,7 @@ def scored(cfg, root, untrained):
     net, directory = untrained
     state = checkpoint.read_state(directory)
     frame = scoring.frame_for(cfg, folder=root)
-    return net, state, frame, scoring.score(net, frame, model_source.image_size(state))
+    return net, state, frame, scoring.score(net, frame, checkpoint.image_size(state))
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +109,13 @@ def test_score_is_a_probability_per_row_and_batch_invariant(scored):
     net, state, frame, probs = scored
     assert probs.shape == (len(frame),) and probs.dtype == np.float32
     assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
-    again = scoring.score(net, frame.iloc[11::-1], model_source.image_size(state), batch_size=5)[::-1]
+    again = scoring.score(net, frame.iloc[11::-1], checkpoint.image_size(state), batch_size=5)[::-1]
     np.testing.assert_allclose(again, probs[:12], atol=1e-5)
 
 
 def test_evaluate_predict_and_training_validation_give_the_same_scores(scored, ckpt):
     net, state, frame, probs = scored
-    size = model_source.image_size(state)
+    size = checkpoint.image_size(state)
     images, reasons = presets.decode_checked(frame[PATH], size)
     assert (reasons == "").all()
     batches = [{IMAGE: torch.from_numpy(images), LABEL: torch.tensor(frame[LABEL].to_numpy())}]
@@ -197,7 +197,7 @@ def test_report_refuses_unlabelled_rows(scored):
 
 def test_explain_images_writes_overlays_and_scores_the_pointing_game(scored, root, tmp):
     net, state, frame, probs = scored
-    result = gradcam_examples.explain_images(net, frame, probs, model_source.image_size(state), root, tmp / "cam", 2)
+    result = gradcam_examples.explain_images(net, frame, probs, checkpoint.image_size(state), root, tmp / "cam", 2)
     assert result["explained"] == 4
     assert [it["reason"] for it in result["items"]] == ["top", "top", "random", "random"]
     top = sorted(probs, reverse=True)[:2]

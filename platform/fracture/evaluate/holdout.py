@@ -2,9 +2,9 @@
 which scores a frame and writes the report, predictions, skipped files and plots into a directory.
 
 The held-out test split is named here and nowhere else (training builds "train" and "val" only, see
-data.build_datasets). Which rows get scored and their scores come from fracture.evaluate.scoring, the model
-from fracture.evaluate.model_source, Grad-CAM examples from fracture.evaluate.gradcam_examples. No MLflow here and no
-choice of output paths: jobs/evaluate.py passes the directory to write into.
+data.pipeline.build_datasets). Which rows get scored and their scores come from fracture.evaluate.scoring,
+the model from fracture.evaluate.model_source, Grad-CAM examples from fracture.evaluate.gradcam_examples.
+No MLflow here and no choice of output paths: jobs/evaluate.py passes the directory to write into.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pandas as pd
 from fracture.core import metrics
 from fracture.core.names import LABEL, PATH
 from fracture.data import manifest
-from fracture.evaluate import gradcam_examples, model_source, plots, scoring
+from fracture.evaluate import gradcam_examples, plots, scoring
+from fracture.model import checkpoint
 from fracture.model.network import FractureNet
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def run(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size, threshold = model_source.image_size(state), float(state["threshold"])
+    size, threshold = checkpoint.image_size(state), float(state["threshold"])
     probs, reasons = scoring.score_rows(net, frame, size, allow_truncated=allow_truncated)
     decoded = reasons == ""
     skipped = scoring.write_skipped(

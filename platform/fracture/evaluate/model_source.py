@@ -72,8 +72,3 @@ def load(source: str, cfg: Config) -> tuple[FractureNet, dict[str, Any]]:
     directory, resolved = resolve(source, cfg)
     net, state = checkpoint.load_model(directory)
     return net, {**state, "source": source, "resolved": resolved}
-
-
-def image_size(state: dict[str, Any]) -> int:
-    """The input size the checkpoint was trained at (not the current study's data.image_size)."""
-    return int(state["config"]["data"]["image_size"])

@@ -178,7 +178,7 @@ def score_rows(
     Args:
         net: an unwrapped FractureNet; it is moved to the device and put in eval mode.
         frame: rows with a `path` column.
-        image_size: the checkpoint's input size (see image_size(state)).
+        image_size: the checkpoint's input size (see checkpoint.image_size).
     Returns:
         (probabilities float32 (N,) in [0, 1], nan where the file did not decode; reasons (N,) str,
         "" where it did, see presets.decode_or_reason).

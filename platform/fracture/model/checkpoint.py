@@ -137,6 +137,11 @@ def restore(ray_checkpoint, net: FractureNet, optimizer, scheduler=None, average
     return state
 
 
+def image_size(state: dict[str, Any]) -> int:
+    """The input size a checkpoint (its state.json) was trained at, not the current study's data.image_size."""
+    return int(state["config"]["data"]["image_size"])
+
+
 def load_model(directory: str | Path) -> tuple[FractureNet, dict[str, Any]]:
     """Rebuild the model from a checkpoint directory, in eval mode.
 
