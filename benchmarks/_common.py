@@ -211,7 +211,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def mlflow_config(uri: str):
-    """Config for logging benchmark figures with fracture.track.tracking: experiment "benchmarks" in
+    """Config for logging benchmark figures with fracture.track: experiment "benchmarks" in
     `uri` ("" = $MLFLOW_TRACKING_URI, else sqlite under runs/benchmarks/ of the repository)."""
     from fracture.core.config import load as load_config
 

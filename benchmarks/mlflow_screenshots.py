@@ -2,7 +2,7 @@
 
 Headless-Chromium screenshots of what a user sees of a study in the MLflow UI, to check it by eye:
 
-  1_experiment.png       the experiment's runs, as tracking.ui_route links them (summary["ui_route"])
+  1_experiment.png       the experiment's runs, as tags.ui_route links them (summary["ui_route"])
   1b_experiment_as_a_fresh_browser_opens_it.png
                          the same without `?workflowType=machine_learning`: MLflow 3.17 shows its
                          GenAI overview there whatever the experiment's kind tag says
@@ -143,15 +143,15 @@ def _stop(proc: subprocess.Popen) -> None:
 def pages(uri: str, experiment: str, model_name: str) -> dict[str, str]:
     """{file name: UI route} of the champion's experiment, study (parent) run, trial run and version."""
     from fracture.core import metrics
-    from fracture.track import tracking
+    from fracture.track import registration, tags
 
-    ids = tracking.champion_runs(uri, experiment, model_name)
-    exp, parent, ml = ids["experiment_id"], ids["study_run_id"], tracking.UI_QUERY  # see tracking.UI_QUERY
+    ids = registration.champion_runs(uri, experiment, model_name)
+    exp, parent, ml = ids["experiment_id"], ids["study_run_id"], tags.UI_QUERY  # see tags.UI_QUERY
     return {
-        "1_experiment.png": tracking.ui_route(exp),
+        "1_experiment.png": tags.ui_route(exp),
         "1b_experiment_as_a_fresh_browser_opens_it.png": f"/#/experiments/{exp}",
-        "2_parent_run.png": tracking.ui_route(exp, parent),
-        "3_parent_artifacts.png": f"/#/experiments/{exp}/runs/{parent}/artifacts/{tracking.STUDY_ARTIFACT}/"
+        "2_parent_run.png": tags.ui_route(exp, parent),
+        "3_parent_artifacts.png": f"/#/experiments/{exp}/runs/{parent}/artifacts/{tags.STUDY_ARTIFACT}/"
         f"optuna_parallel_coordinate.png{ml}",
         "4_trial_metrics.png": _metric_route(exp, ids["trial_run_id"], ["val_auc", metrics.BEST]) + "&" + ml[1:],
         "5_model_version.png": f"/#/models/{model_name}/versions/{ids['version']}{ml}",

@@ -23,7 +23,7 @@ minus epoch 0) is reported separately.
 On CUDA also: peak memory, MFU (VGG16 at 224 px = 15.5 GMACs = 31 GFLOPs forward, ~93 GFLOPs per
 training image forward + backward, scaled by (size/224)^2) against the GPU's dense bf16 peak, and
 with --workers 1,2,... the scaling efficiency of each worker count. --log-mlflow logs the figures
-as one run in experiment "benchmarks" via fracture.track.tracking.log_evaluation.
+as one run in experiment "benchmarks" via fracture.track.study_runs.log_evaluation.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import torch
 from fracture.data import pipeline
 from fracture.model import checkpoint, engine
 from fracture.model.network import build_model
+from fracture.track import store
 from fracture.train import trainer, worker
 
 TRAIN_GFLOPS_224 = 93.0  # forward (15.5 GMACs = 31 GFLOPs) + backward (~2x forward), per image
@@ -416,10 +417,10 @@ def main() -> None:
                 figures[f"scaling_efficiency_{w}w"] = ips / (w * base)
         print(f"load {_common.load()} at end")
         if args.log_mlflow is not None:
-            from fracture.track import tracking
+            from fracture.track import study_runs
 
             log_cfg = _common.mlflow_config(args.log_mlflow)
-            run_id = tracking.log_evaluation(
+            run_id = study_runs.log_evaluation(
                 log_cfg,
                 "bench-train-throughput",
                 figures,
@@ -433,7 +434,7 @@ def main() -> None:
                     "data": "real" if args.root else "synthetic",
                 },
             )
-            print(f"logged to MLflow {tracking.tracking_uri(log_cfg)} run {run_id}")
+            print(f"logged to MLflow {store.tracking_uri(log_cfg)} run {run_id}")
         print(
             f"ratio ray_train / plain time per epoch: train loop {r_train / p_train:.2f}×, train+eval "
             f"{r_epoch / p_epoch:.2f}×, report to report vs plain train+eval = {r_wall / p_epoch:.2f}× (target <= 1.10×)"

@@ -8,6 +8,7 @@ overlays with --explain K, and log all of it to MLflow. Exits 2 when no image co
 """
 
 from fracture import cli
+from fracture.core import redact
 
 
 def main() -> None:
@@ -22,10 +23,10 @@ def main() -> None:
     with cli.user_errors():
         # after parsing: --help must not wait for torch and MLflow
         from fracture.evaluate import holdout, model_source, scoring
-        from fracture.track import tracking
+        from fracture.track import store, study_runs
 
-        uri = tracking.tracking_uri(cfg)
-        tracking.check_reachable(uri)  # before scoring: the run is logged after it
+        uri = store.tracking_uri(cfg)
+        store.check_reachable(uri)  # before scoring: the run is logged after it
         split = args.split or holdout.DEFAULT_SPLIT
         source = args.model or model_source.champion_uri(cfg)
         net, state = model_source.load(source, cfg)
@@ -46,7 +47,7 @@ def main() -> None:
         print(holdout.format_table(report))
         for line in scoring.skipped_lines(report["skipped"], out / scoring.SKIPPED_FILE, scored=report["images"]):
             print(line)
-        run_id = tracking.log_evaluation(
+        run_id = study_runs.log_evaluation(
             cfg,
             f"evaluate-{where}",
             holdout.flat_metrics(report),
@@ -55,7 +56,7 @@ def main() -> None:
             params={"model": state["resolved"], "model_requested": source, "data": str(args.folder or split)},
             tags={"fracture.evaluation": where},
         )
-        print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {tracking.redact(uri)}")
+        print(f"\nwrote {out} ({len(files)} files); MLflow run {run_id} in {redact.redact(uri)}")
 
 
 if __name__ == "__main__":

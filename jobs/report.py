@@ -26,15 +26,15 @@ def main() -> None:
         from fracture.data import manifest, pipeline
         from fracture.evaluate import holdout, model_source, scoring
         from fracture.report import model_card
-        from fracture.track import tracking
+        from fracture.track import lineage, store
 
         if args.folder:
             raise ConfigError("--folder: a model card reports on a split of the study's manifest; use --split")
-        uri = tracking.tracking_uri(cfg)
-        tracking.check_reachable(uri)
+        uri = store.tracking_uri(cfg)
+        store.check_reachable(uri)
         net, state = model_source.load(args.model or model_source.champion_uri(cfg), cfg)
         out = (args.out or cfg.run_dir / "model_card").resolve()
-        lineage = tracking.lineage(uri, state["resolved"], out / "lineage")  # a directory is refused here
+        version = lineage.lineage(uri, state["resolved"], out / "lineage")  # a directory is refused here
         split = args.split or holdout.DEFAULT_SPLIT
         frame, skipped = scoring.select_rows(cfg, split)
         report, _ = holdout.run(
@@ -42,12 +42,12 @@ def main() -> None:
             title=split, data_root=cfg.data.root, allow_truncated=cfg.data.allow_truncated,
         )  # fmt: skip
         card = model_card.facts(
-            lineage=lineage, state=state, report=report, manifest_df=manifest.load(pipeline.manifest_path(cfg)),
+            lineage=version, state=state, report=report, manifest_df=manifest.load(pipeline.manifest_path(cfg)),
             split=split, scored_dir=out / "scored", generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )  # fmt: skip
         written = model_card.write(card, out)
         files = written + sorted(f for f in out.rglob("*") if f.is_file() and f not in written)
-        where = tracking.log_model_card(uri, lineage["model_uri"], files, base_dir=out)
+        where = lineage.log_model_card(uri, version["model_uri"], files, base_dir=out)
         print(f"wrote {written[0]} and {written[1].name}; logged to MLflow as {where}")
 
 

@@ -315,11 +315,11 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
     a fresh sqlite store costs seconds of schema migrations)."""
     from mlflow import MlflowClient
 
-    from fracture.track import tracking
+    from fracture.track import store, tags
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking.tracking_uri(cfg)
-    tracking.check_reachable(uri)
+    uri = store.tracking_uri(cfg)
+    store.check_reachable(uri)
     client = MlflowClient(uri, uri)
     experiment = client.get_experiment_by_name("fracture")
     experiment_id = (
@@ -328,7 +328,7 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
         else client.create_experiment("fracture", artifact_location=(tmp / "art").as_uri())
     )
     run_id = client.create_run(experiment_id).info.run_id
-    client.log_artifacts(run_id, str(ckpt), tracking.CHECKPOINT_ARTIFACT)
+    client.log_artifacts(run_id, str(ckpt), tags.CHECKPOINT_ARTIFACT)
     client.create_registered_model("fracture")
     version = client.create_model_version("fracture", f"runs:/{run_id}/checkpoint", run_id=run_id)
     client.set_registered_model_alias("fracture", "champion", version.version)
@@ -338,5 +338,5 @@ def test_load_from_the_registry(cfg, ckpt, tmp, monkeypatch):
     assert state["resolved"] == f"models:/fracture/{version.version}"  # what was scored, though aliases move
     saved = torch.load(ckpt / checkpoint.MODEL_FILE, weights_only=True)
     assert torch.equal(net.fc2.weight, saved["fc2.weight"])
-    with pytest.raises(tracking.TrackingError, match="models:/fracture@nope"):
+    with pytest.raises(store.TrackingError, match="models:/fracture@nope"):
         model_source.load("models:/fracture@nope", cfg)

@@ -114,7 +114,7 @@ def test_copies_of_the_config_that_leave_the_driver_hold_no_password(tmp_path, c
 
     from fracture.core.config import load
     from fracture.core.redact import redact_config
-    from fracture.track import tracking
+    from fracture.track import study_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     secret_root = f"https://alice:{SECRET}@data.example/fracatlas"  # any string field, not only the URI
@@ -131,7 +131,7 @@ def test_copies_of_the_config_that_leave_the_driver_hold_no_password(tmp_path, c
     assert "data.example/fracatlas" in printed and SECRET not in printed
 
     # the parent run's config.json (trial runs log theirs through the same redact_config)
-    _, parent = tracking.start_study(cfg, str(tmp_path / "study"))
+    _, parent = study_runs.start_study(cfg, str(tmp_path / "study"))
     got = mlflow.artifacts.download_artifacts(
         run_id=parent, artifact_path="config.json", dst_path=str(tmp_path / "got"), tracking_uri=uri
     )

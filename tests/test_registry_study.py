@@ -16,7 +16,7 @@ import ray.tune
 
 from fracture.core import metrics
 from fracture.core.config import load
-from fracture.track import tracking
+from fracture.track import store, study_runs, tags
 from fracture.tune import trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,12 +89,10 @@ def test_trials_table_has_one_row_per_trial_with_status_epochs_best_and_searched
 
 
 def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path):
-    uri, parent = tracking.start_study(cfg, str(tmp_path / "study"))
-    client = tracking._client(uri)
+    uri, parent = study_runs.start_study(cfg, str(tmp_path / "study"))
+    client = store.client(uri)
     experiment = client.get_experiment_by_name("test")
-    trial_run = client.create_run(
-        experiment.experiment_id, tags={"mlflow.parentRunId": parent, tracking.TRIAL_TAG: "a"}
-    )
+    trial_run = client.create_run(experiment.experiment_id, tags={"mlflow.parentRunId": parent, tags.TRIAL_TAG: "a"})
 
     summary = {
         "study": {"name": cfg.name},
@@ -111,11 +109,11 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
         "champion": True,
         "previous_champion_score": None,
     }
-    tracking.log_study_results(_study(cfg), cfg, uri, parent, summary)
+    study_runs.log_study_results(_study(cfg), cfg, uri, parent, summary)
 
     run = client.get_run(parent)
     params = run.data.params
-    note = run.data.tags[tracking.RUN_NOTE_TAG]
+    note = run.data.tags[tags.RUN_NOTE_TAG]
     assert "4 trials (1 finished, 1 scheduler stopped, 1 early stopped, 1 error)" in note
     assert "**fracture/3**" in note and "now `@champion`" in note
     assert "val_auc 0.7000 (95% lower bound 0.6100)" in note
@@ -124,7 +122,7 @@ def test_parent_run_gets_space_params_trials_csv_and_optuna_plots(cfg, tmp_path)
     assert params["space.optim.lr_head"] == "loguniform[0.0001, 0.003]" and params["search.num_trials"] == "4"
     local = Path(
         mlflow.artifacts.download_artifacts(
-            run_id=parent, artifact_path=tracking.STUDY_ARTIFACT, dst_path=str(tmp_path / "got"), tracking_uri=uri
+            run_id=parent, artifact_path=tags.STUDY_ARTIFACT, dst_path=str(tmp_path / "got"), tracking_uri=uri
         )
     )
     assert {p.name for p in local.iterdir()} == {
@@ -160,20 +158,20 @@ def test_optuna_plots_leave_matplotlib_style_as_it_was(cfg, tmp_path):
 
 def test_experiment_opens_on_runs_new_or_existing(cfg, tmp_path):
     uri = cfg.tracking.uri
-    client = tracking._client(uri)
+    client = store.client(uri)
     # made before the tag existed: no kind (its artifacts in tmp, not in ./mlruns of the checkout)
     client.create_experiment("older", artifact_location=(tmp_path / "art").as_uri())
-    tracking.start_study(cfg.replace(tracking={"experiment": "older"}), str(tmp_path / "s1"))
-    tracking.start_study(cfg, str(tmp_path / "s2"))
+    study_runs.start_study(cfg.replace(tracking={"experiment": "older"}), str(tmp_path / "s1"))
+    study_runs.start_study(cfg, str(tmp_path / "s2"))
     for name in ("older", "test"):
-        tags = client.get_experiment_by_name(name).tags
-        assert tags[tracking.EXPERIMENT_KIND_TAG] == tracking.CUSTOM_MODEL_KIND
+        kind = client.get_experiment_by_name(name).tags[tags.EXPERIMENT_KIND_TAG]
+        assert kind == tags.CUSTOM_MODEL_KIND
 
 
 def test_experiment_kind_a_user_chose_is_kept(cfg, tmp_path):
-    client = tracking._client(cfg.tracking.uri)
+    client = store.client(cfg.tracking.uri)
     client.create_experiment(
-        "test", artifact_location=(tmp_path / "art").as_uri(), tags={tracking.EXPERIMENT_KIND_TAG: "finetuning"}
+        "test", artifact_location=(tmp_path / "art").as_uri(), tags={tags.EXPERIMENT_KIND_TAG: "finetuning"}
     )
-    tracking.start_study(cfg, str(tmp_path / "s"))
-    assert client.get_experiment_by_name("test").tags[tracking.EXPERIMENT_KIND_TAG] == "finetuning"
+    study_runs.start_study(cfg, str(tmp_path / "s"))
+    assert client.get_experiment_by_name("test").tags[tags.EXPERIMENT_KIND_TAG] == "finetuning"

@@ -91,14 +91,14 @@ def test_a_resume_reopens_the_parent_run_the_study_recorded(tiny_config, tmp_pat
     """Two parent runs for one study dir (an --overwrite): the resume goes to the recorded one."""
     import mlflow
 
-    from fracture.track import tracking
+    from fracture.track import study_runs
 
     cfg = tiny_config(f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}")
-    uri, first = tracking.start_study(cfg, "runs/demo/tune")
-    tracking.end_study(uri, first, "KILLED")
-    _, second = tracking.start_study(cfg, "runs/demo/tune")  # the study started again, same dir
-    tracking.end_study(uri, second, "KILLED")
-    _, reopened = tracking.start_study(cfg, "runs/demo/tune", resume=True, parent_run_id=second)
+    uri, first = study_runs.start_study(cfg, "runs/demo/tune")
+    study_runs.end_study(uri, first, "KILLED")
+    _, second = study_runs.start_study(cfg, "runs/demo/tune")  # the study started again, same dir
+    study_runs.end_study(uri, second, "KILLED")
+    _, reopened = study_runs.start_study(cfg, "runs/demo/tune", resume=True, parent_run_id=second)
     client = mlflow.MlflowClient(tracking_uri=uri)
     assert reopened == second and client.get_run(second).info.status == "RUNNING"
     assert client.get_run(first).info.status == "KILLED"  # the other study's run is left alone

@@ -23,7 +23,7 @@ from procs import job_env, stop_session
 
 from fracture import cli
 from fracture.runtime import cluster
-from fracture.track import tracking
+from fracture.track import registry, store, tags, trial_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_fluent_leaves_mlflow_following_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/from-env.db")
     study_uri = f"sqlite:///{tmp_path}/study.db"
-    with tracking._fluent(study_uri):
+    with store.fluent(study_uri):
         assert mlflow.get_tracking_uri() == study_uri and mlflow.get_registry_uri() == study_uri
     # Nothing pinned: a later change of environment (the next study, the next test) takes effect.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/later.db")
@@ -49,46 +49,46 @@ def test_fluent_leaves_mlflow_following_the_environment(tmp_path, monkeypatch):
 def test_prepare_store_creates_a_sqlite_store_once_and_leaves_its_lock(tmp_path):
     db = tmp_path / "new" / "shared.db"
     uri = f"sqlite:///{db}"
-    tracking.prepare_store(uri)
+    store.prepare_store(uri)
     assert db.is_file() and (tmp_path / "new" / "shared.db.lock").is_file()
     assert mlflow.MlflowClient(uri).search_experiments()  # complete: MLflow opens it without migrating
 
 
 def test_a_store_held_locked_too_long_is_one_clear_error(tmp_path, monkeypatch):
     """A job that hangs while creating a store must not hang every job behind it."""
-    monkeypatch.setattr(tracking, "STORE_LOCK_WAIT_S", 1.0)
+    monkeypatch.setattr(store, "STORE_LOCK_WAIT_S", 1.0)
     db = tmp_path / "held.db"
     with open(f"{db}.lock", "a") as held:  # flock: another open file description conflicts, even in-process
         fcntl.flock(held, fcntl.LOCK_EX)
         started = time.monotonic()
-        with pytest.raises(tracking.TrackingError, match=r"held\.db\.lock stayed locked for 1 s"):
-            tracking.prepare_store(f"sqlite:///{db}")
+        with pytest.raises(store.TrackingError, match=r"held\.db\.lock stayed locked for 1 s"):
+            store.prepare_store(f"sqlite:///{db}")
     assert time.monotonic() - started < 5
-    tracking.prepare_store(f"sqlite:///{db}")  # released: it goes on
+    store.prepare_store(f"sqlite:///{db}")  # released: it goes on
 
 
 def test_a_store_mlflow_cannot_open_is_one_clear_error(tmp_path):
     good = tmp_path / "good.db"
-    tracking.prepare_store(f"sqlite:///{good}")
+    store.prepare_store(f"sqlite:///{good}")
     odd = tmp_path / "odd.db"
     shutil.copy(good, odd)
     with sqlite3.connect(odd) as db:  # as if migrated by another MLflow version
         db.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
-    with pytest.raises(tracking.TrackingError, match=r"MLflow store sqlite:///.*odd\.db cannot be opened"):
-        tracking.check_reachable(f"sqlite:///{odd}")
+    with pytest.raises(store.TrackingError, match=r"MLflow store sqlite:///.*odd\.db cannot be opened"):
+        store.check_reachable(f"sqlite:///{odd}")
 
 
 def test_a_bad_timeout_setting_names_the_variable(monkeypatch):
-    monkeypatch.setenv(tracking.TIMEOUT_ENV, "soon")
-    with pytest.raises(tracking.TrackingError, match="FRACTURE_MLFLOW_TIMEOUT_S='soon'"):
-        tracking.mlflow_timeout_s()
+    monkeypatch.setenv(store.TIMEOUT_ENV, "soon")
+    with pytest.raises(store.TrackingError, match="FRACTURE_MLFLOW_TIMEOUT_S='soon'"):
+        store.mlflow_timeout_s()
 
 
 def test_a_server_that_stops_answering_fails_the_study_within_the_bound(tmp_path, monkeypatch):
     """Mid-study, MLflow goes away (nothing listens on its port any more): the trial logger gives up
     after FRACTURE_MLFLOW_TIMEOUT_S, not after MLflow's own minutes of retries, and says how to go on."""
     bound = 4
-    monkeypatch.setenv(tracking.TIMEOUT_ENV, str(bound))
+    monkeypatch.setenv(store.TIMEOUT_ENV, str(bound))
     for name in (
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
@@ -96,10 +96,10 @@ def test_a_server_that_stops_answering_fails_the_study_within_the_bound(tmp_path
     ):
         monkeypatch.delenv(name, raising=False)
     uri = f"http://alice:{SECRET}@127.0.0.1:{cluster.free_port()}"
-    logger = tracking.TrialLogger(uri, "test", "parent-run", [], study_dir=str(tmp_path / "demo"))
+    logger = trial_logger.TrialLogger(uri, "test", "parent-run", [], study_dir=str(tmp_path / "demo"))
     trial = SimpleNamespace(trial_id="t1", config={"config": {}})
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError) as failure:
+    with pytest.raises(store.TrackingError) as failure:
         logger.on_trial_start(0, [], trial)
     took = time.monotonic() - started
     message = str(failure.value)
@@ -131,7 +131,7 @@ def test_check_reachable_sends_the_uri_credentials_as_a_header_not_as_a_host(tmp
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        tracking.check_reachable(f"http://alice:{SECRET}@127.0.0.1:{server.server_port}/")
+        store.check_reachable(f"http://alice:{SECRET}@127.0.0.1:{server.server_port}/")
     finally:
         server.shutdown()
         server.server_close()
@@ -177,7 +177,7 @@ def test_a_study_whose_server_dies_stops_and_resumes_as_its_error_says(tmp_path,
     """The issue's case end to end: a real `mlflow server` killed once the trial has started. The
     job must end within the bound with one error line (password masked) naming the command that
     continues the study, and that command must work once the server is back."""
-    bound, port, env = 5, cluster.free_port(), {tracking.TIMEOUT_ENV: "5"}
+    bound, port, env = 5, cluster.free_port(), {store.TIMEOUT_ENV: "5"}
     argv = [f"data.root={synthetic_root}", f"cluster.storage_path={tmp_path / 'runs'}", "data.image_size=32"]
     argv += ["train.epochs=2", "search.num_trials=1", "train.batch_size_per_worker=8", "cluster.cpus_per_worker=1"]
     argv += ["tracking.experiment=test", f"tracking.uri=http://alice:{SECRET}@127.0.0.1:{port}"]
@@ -214,9 +214,9 @@ def test_a_study_whose_server_dies_stops_and_resumes_as_its_error_says(tmp_path,
         assert job.returncode == 0, second.read_text()[-4000:]
         client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
         runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-        (trial,) = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]  # resumed, not forked
+        (trial,) = [r for r in runs if tags.TRIAL_TAG in r.data.tags]  # resumed, not forked
         assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_auc")][-1] == 1  # both epochs
-        assert client.get_model_version_by_alias("fracture", tracking.CHAMPION)
+        assert client.get_model_version_by_alias("fracture", registry.CHAMPION)
     finally:
         stop_session(server.pid)
 
@@ -227,8 +227,8 @@ def test_a_tracking_error_wrapped_by_tune_is_still_one_error_line(capsys):
 
     with pytest.raises(SystemExit) as stop, cli.user_errors():
         try:
-            raise tracking.TrackingError(f"MLflow at http://alice:{SECRET}@h:1 did not answer for 60 s")
-        except tracking.TrackingError:
+            raise store.TrackingError(f"MLflow at http://alice:{SECRET}@h:1 did not answer for 60 s")
+        except store.TrackingError:
             raise TuneError("Traceback (most recent call last): ...")  # noqa: B904  (as Tune raises it)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err == "error: MLflow at http://***@h:1 did not answer for 60 s\n"

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from fracture.core import metrics, storage
+from fracture.core import metrics, redact, storage
 from fracture.core.config import Config, ConfigError, flat, load, loads
 from fracture.core.errors import StudyIncomplete
 from fracture.core.storage import StudyPaths
 from fracture.data import datareport, manifest, pipeline, split_audit
+from fracture.evaluate import plots
 from fracture.model.network import build_model
 from fracture.runtime import cluster
-from fracture.track import registry, tracking
+from fracture.track import registration, registry, store, study_runs, tags, trial_logger
 from fracture.tune import search
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
-    tracking.check_reachable(tracking.tracking_uri(cfg))  # a server answers; an existing sqlite store opens
+    store.check_reachable(store.tracking_uri(cfg))  # a server answers; an existing sqlite store opens
 
 
 def _data_fingerprint(cfg: Config) -> dict:
@@ -271,11 +273,11 @@ def run(
     # A resumed or extended study reopens the parent run it recorded, by id: a name or a directory can be reused.
     again = bool(resume or extend)
     recorded = study_record(paths).get("parent_run_id") if again else None
-    uri, parent = tracking.start_study(cfg, paths.extended(0).tune, resume=again, parent_run_id=recorded)
+    uri, parent = study_runs.start_study(cfg, paths.extended(0).tune, resume=again, parent_run_id=recorded)
     _save_record(cfg, paths, parent)
     try:
-        tracking.log_data_report(uri, parent, report)
-        tracking.log_split_audit(
+        study_runs.log_data_report(uri, parent, report)
+        study_runs.log_split_audit(
             uri, parent, [f.as_dict() for f in split_findings], split_audit.summary(split_findings)
         )
         if resume:  # its trial logger comes back with the saved study, on this parent run
@@ -283,7 +285,7 @@ def run(
         else:
             if search_space and cfg.search.warm_start and not extend:
                 search.warm_start(cfg, paths)
-            logger = tracking.trial_logger(cfg, uri, parent, resume_at=paths.tune if extend else "")
+            logger = trial_logger.trial_logger(cfg, uri, parent, resume_at=paths.tune if extend else "")
             tuner = search.build_tuner(
                 cfg,
                 datasets,
@@ -297,18 +299,31 @@ def run(
         results = tuner.fit()
         _check_complete(results, cfg, paths, search_space=search_space)
         # The champion rule judges this run's best; the study's view (trials.csv, note) covers all its trials.
-        summary = tracking.register(cfg, uri, parent, registry.candidate(results, metrics.ranked(cfg)), report)
+        chosen = registry.candidate(results, metrics.ranked(cfg))
+        with tempfile.TemporaryDirectory(prefix="fracture-curves-") as tmp:
+            summary = registration.register(cfg, uri, parent, chosen, report, curves=_curves(chosen, Path(tmp)))
         results = [*earlier, *results]
-        tracking.log_study_results(results, cfg, uri, parent, summary)
-        tracking.finish_study(uri, parent)
+        study_runs.log_study_results(results, cfg, uri, parent, summary)
+        study_runs.finish_study(uri, parent)
         _save_record(cfg, paths, parent, finished=True)
     except (StudyIncomplete, KeyboardInterrupt):
-        tracking.end_study(uri, parent, "KILLED")
+        study_runs.end_study(uri, parent, "KILLED")
         raise
     except Exception:
-        tracking.end_study(uri, parent, "FAILED")
+        study_runs.end_study(uri, parent, "FAILED")
         raise
     return summary | {"trials": _trial_rows(results), "tracking_uri": uri, "study_dir": paths.tune}
+
+
+def _curves(chosen: registry.Candidate, directory: Path) -> Path | None:
+    """The registered trial's learning curves as one picture, the registered epoch marked.
+
+    The run charts each metric on its own; this one puts train and val loss on one axis, which is
+    where a model that does not learn (a flat train loss) or overfits shows first.
+    """
+    if not chosen.curves_history:
+        return None
+    return plots.save_training_curves(chosen.curves_history, directory / tags.CURVES_FILE, chosen_epoch=chosen.epoch)
 
 
 def _check_complete(results, cfg: Config, paths: StudyPaths, *, search_space: bool) -> None:
@@ -385,7 +400,7 @@ def print_summary(summary: dict) -> None:
     print(f"registered model version {summary['version']} ({flag})")
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"study dir:  {summary['study_dir']}   (resume: python jobs/tune.py --resume {summary['study_dir']})")
-    uri = tracking.redact(summary["tracking_uri"])
+    uri = redact.redact(summary["tracking_uri"])
     route = summary.get("ui_route", "")  # MLflow 3.17 opens experiments on GenAI pages without its query
     if uri.startswith("sqlite"):
         print(f"MLflow:     mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000{route}")

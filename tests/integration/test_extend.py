@@ -15,7 +15,7 @@ import pytest
 
 from fracture import study
 from fracture.core.storage import StudyPaths
-from fracture.track import tracking
+from fracture.track import tags
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +41,10 @@ def test_a_finished_study_extended_by_two_has_four_trials_in_one_parent_run(ray_
 
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-    trial_runs = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
+    trial_runs = [r for r in runs if tags.TRIAL_TAG in r.data.tags]
     assert sorted(r.info.run_name for r in trial_runs) == ["trial_001", "trial_002", "trial_003", "trial_004"]
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent}
-    assert [r.info.run_id for r in runs if tracking.TRIAL_TAG not in r.data.tags] == [parent]
+    assert [r.info.run_id for r in runs if tags.TRIAL_TAG not in r.data.tags] == [parent]
     assert client.get_run(parent).info.status == "FINISHED"
     assert json.loads(open(paths.record).read())["finished"] is True
     # The extension's trials ran in tune_ext1/ and carry on the numbering there.
@@ -52,7 +52,7 @@ def test_a_finished_study_extended_by_two_has_four_trials_in_one_parent_run(ray_
     assert names == ["trial_003", "trial_004"]
 
     # The parent run's trials table covers the whole study; each run registered its best.
-    table = client.download_artifacts(parent, f"{tracking.STUDY_ARTIFACT}/trials.csv", str(tmp_path))
+    table = client.download_artifacts(parent, f"{tags.STUDY_ARTIFACT}/trials.csv", str(tmp_path))
     rows = open(table).read().strip().splitlines()[1:]
     assert len(rows) == 4 and all(row.split(",")[1] for row in rows), rows  # every trial has its run id
     assert len(client.search_model_versions(f"name = '{cfg.tracking.model_name}'")) == 2

@@ -25,7 +25,7 @@ import pytest
 from procs import stop_session
 
 from fracture.runtime import cluster
-from fracture.track import tracking
+from fracture.track import registry, tags
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -177,6 +177,6 @@ def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, 
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage / 'demo' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("test")
-    trials = [r for r in client.search_runs([experiment.experiment_id]) if tracking.TRIAL_TAG in r.data.tags]
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if tags.TRIAL_TAG in r.data.tags]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
-    assert client.get_model_version_by_alias("fracture", tracking.CHAMPION)
+    assert client.get_model_version_by_alias("fracture", registry.CHAMPION)

@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from procs import job_env, session_pids, stop_session
 
-from fracture.track import tracking
+from fracture.track import registry, tags
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -96,11 +96,11 @@ def test_kill_9_of_the_driver_loses_no_epoch_and_registers_the_best_checkpoint(
     (run,) = [
         r
         for r in client.search_runs([client.get_experiment_by_name("kill").experiment_id])
-        if tracking.TRIAL_TAG in r.data.tags
+        if tags.TRIAL_TAG in r.data.tags
     ]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_auc"))
     assert steps == list(range(EPOCHS)), f"MLflow lost or doubled an epoch: {steps}"
 
     on_disk = max(s["metrics"]["val_auc"] for s in _checkpoints(storage))
-    version = client.get_model_version_by_alias("fracture", tracking.CHAMPION)
+    version = client.get_model_version_by_alias("fracture", registry.CHAMPION)
     assert float(version.tags["val_auc"]) == pytest.approx(on_disk), (version.tags, on_disk)

@@ -24,7 +24,7 @@ from procs import stop_session
 from fracture import study
 from fracture.model import checkpoint
 from fracture.runtime import cluster
-from fracture.track import tracking
+from fracture.track import registration, registry, tags
 
 pytestmark = pytest.mark.integration
 
@@ -82,20 +82,20 @@ def test_study_logs_and_registers_through_a_real_mlflow_server(tmp_path, ray_loc
 
         client = mlflow.MlflowClient(tracking_uri=uri)
         runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-        parents = [r for r in runs if tracking.STUDY_DIR_TAG in r.data.tags]
-        trials = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
+        parents = [r for r in runs if tags.STUDY_DIR_TAG in r.data.tags]
+        trials = [r for r in runs if tags.TRIAL_TAG in r.data.tags]
         assert [r.info.status for r in parents] == ["FINISHED"]
         assert len(trials) == cfg.search.num_trials
         assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
         assert all(client.get_metric_history(r.info.run_id, "val_auc") for r in trials)
-        version = client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION)
+        version = client.get_model_version_by_alias(cfg.tracking.model_name, registry.CHAMPION)
         assert int(version.version) == int(summary["version"])
 
         # Both logged forms of the champion come back through the server: our checkpoint files and
         # the mlflow.pytorch model, and they agree.
-        net, state = checkpoint.load_model(tracking.champion_checkpoint(uri, cfg.tracking.model_name)[0])
+        net, state = checkpoint.load_model(registration.champion_checkpoint(uri, cfg.tracking.model_name)[0])
         assert state["config"]["name"] == cfg.name and state["threshold"] == pytest.approx(summary["threshold"])
-        logged = mlflow.pytorch.load_model(f"models:/{cfg.tracking.model_name}@{tracking.CHAMPION}")
+        logged = mlflow.pytorch.load_model(f"models:/{cfg.tracking.model_name}@{registry.CHAMPION}")
         x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
         with torch.no_grad():
             torch.testing.assert_close(logged(x), net.eval()(x))

@@ -16,7 +16,7 @@ from fracture import study
 from fracture.core import metrics
 from fracture.data import pipeline
 from fracture.model import checkpoint
-from fracture.track import registry, tracking
+from fracture.track import registration, registry, study_runs, tags
 from fracture.tune import search
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def test_a_study_ranked_by_the_lower_bound_of_specificity_at_sensitivity(ray_loc
 
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"])
     experiment = client.get_experiment_by_name("test")
-    trials = [r for r in client.search_runs([experiment.experiment_id]) if tracking.TRIAL_TAG in r.data.tags]
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if tags.TRIAL_TAG in r.data.tags]
     assert len(trials) == 2
     scores = []
     for run in trials:
@@ -62,10 +62,10 @@ def test_a_study_ranked_by_the_lower_bound_of_specificity_at_sensitivity(ray_loc
     results = search.restore_tuner(
         cfg, summary["study_dir"], pipeline.build_datasets(cfg), pipeline.pos_weight(cfg)
     ).get_results()
-    again = tracking.register(
+    again = registration.register(
         cfg,
         summary["tracking_uri"],
-        tracking.start_study(cfg, summary["study_dir"])[1],
+        study_runs.start_study(cfg, summary["study_dir"])[1],
         registry.candidate(results, ranked),
     )
     assert not again["champion"] and again["previous_champion_score"] == float(version.tags[ranked])

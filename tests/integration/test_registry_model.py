@@ -17,7 +17,7 @@ import torch
 
 from fracture.core import metrics
 from fracture.model import checkpoint
-from fracture.track import tracking
+from fracture.track import registry, store, tags
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def registered(one_trial_study):
     """(cfg, summary) of the finished one-trial study; MLflow's fluent API points at its store meanwhile."""
     cfg, summary = one_trial_study
-    with tracking._fluent(summary["tracking_uri"]):
+    with store.fluent(summary["tracking_uri"]):
         yield cfg, summary
 
 
@@ -43,7 +43,7 @@ def _checkpoint_probability(summary, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 5])
 def test_pytorch_flavor_takes_any_batch_and_returns_the_checkpoints_logits(registered, n):
     cfg, summary = registered
-    net = mlflow.pytorch.load_model(f"models:/{cfg.tracking.model_name}@{tracking.CHAMPION}")
+    net = mlflow.pytorch.load_model(f"models:/{cfg.tracking.model_name}@{registry.CHAMPION}")
     x = _images(n, cfg.data.image_size)
     with torch.no_grad():
         logits = net(torch.from_numpy(x))
@@ -56,7 +56,7 @@ def test_pytorch_flavor_takes_any_batch_and_returns_the_checkpoints_logits(regis
 @pytest.mark.parametrize("n", [1, 5])
 def test_pyfunc_returns_probability_and_decision_at_the_stored_threshold(registered, n):
     cfg, summary = registered
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.model_name}@{tracking.CHAMPION}")
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.model_name}@{registry.CHAMPION}")
     x = _images(n, cfg.data.image_size)
     out = model.predict(x)
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["probability", "fracture"] and len(out) == n
@@ -106,14 +106,14 @@ def test_runs_link_to_the_version_and_trial_charts_stay_per_epoch(registered):
     parent = client.get_run(summary["study"]["parent_run_id"])
     name = f"{cfg.tracking.model_name}/{summary['version']}"
     for run in (trial, parent):
-        assert run.data.tags[tracking.REGISTERED_TAG] == name
-        assert run.data.tags[tracking.REGISTERED_URI_TAG] == f"models:/{name}"
-    note = parent.data.tags[tracking.RUN_NOTE_TAG]  # the UI's run description
+        assert run.data.tags[tags.REGISTERED_TAG] == name
+        assert run.data.tags[tags.REGISTERED_URI_TAG] == f"models:/{name}"
+    note = parent.data.tags[tags.RUN_NOTE_TAG]  # the UI's run description
     assert f"**{name}**" in note and "1 trial (1 finished)" in note and "@champion" in note
     # Registration adds no point to the trial's per-epoch best_val_auc chart.
     history = client.get_metric_history(summary["run_id"], metrics.BEST)
     assert [m.step for m in history] == list(range(len(history)))
-    assert trial.data.tags[tracking.SELECTED_EPOCH_TAG] == str(summary["epoch"])
+    assert trial.data.tags[tags.SELECTED_EPOCH_TAG] == str(summary["epoch"])
     assert (
         trial.info.end_time < client.get_model_version(cfg.tracking.model_name, summary["version"]).creation_timestamp
     )
@@ -128,7 +128,7 @@ def test_parent_run_holds_space_trials_table_plots_and_the_experiment_opens_on_r
     assert set(params) >= {f"space.{k}" for k in cfg.search.space}
 
     local = mlflow.artifacts.download_artifacts(
-        run_id=parent_id, artifact_path=tracking.STUDY_ARTIFACT, dst_path=str(tmp_path)
+        run_id=parent_id, artifact_path=tags.STUDY_ARTIFACT, dst_path=str(tmp_path)
     )
     table = pd.read_csv(f"{local}/trials.csv")
     assert len(table) == 1 and table.loc[0, "run_id"] == summary["run_id"]
@@ -139,6 +139,6 @@ def test_parent_run_holds_space_trials_table_plots_and_the_experiment_opens_on_r
     assert files == {"optuna_optimization_history.png", "optuna_parallel_coordinate.png"}, files
 
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.CUSTOM_MODEL_KIND
+    assert experiment.tags[tags.EXPERIMENT_KIND_TAG] == tags.CUSTOM_MODEL_KIND
     # MLflow 3.17's UI goes by the page's query, not the tag: the link a user gets carries it.
     assert summary["ui_route"] == f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"

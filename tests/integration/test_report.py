@@ -17,7 +17,7 @@ from fracture.data import manifest, pipeline
 from fracture.evaluate import holdout, scoring
 from fracture.model import checkpoint
 from fracture.report import model_card
-from fracture.track import tracking
+from fracture.track import tags
 
 pytestmark = pytest.mark.integration
 
@@ -83,9 +83,9 @@ def test_card_is_logged_on_the_versions_run_and_the_version_points_to_it(carded,
     assert job.returncode == 0, job.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
     version = client.get_model_version(cfg.tracking.model_name, summary["version"])
-    where = f"runs:/{version.run_id}/{tracking.MODEL_CARD_ARTIFACT}/{model_card.HTML_FILE}"
-    assert version.run_id == summary["run_id"] and version.tags[tracking.MODEL_CARD_TAG] == where
-    names = {f.path for f in client.list_artifacts(version.run_id, tracking.MODEL_CARD_ARTIFACT)}
+    where = f"runs:/{version.run_id}/{tags.MODEL_CARD_ARTIFACT}/{model_card.HTML_FILE}"
+    assert version.run_id == summary["run_id"] and version.tags[tags.MODEL_CARD_TAG] == where
+    names = {f.path for f in client.list_artifacts(version.run_id, tags.MODEL_CARD_ARTIFACT)}
     assert {f"model_card/{model_card.HTML_FILE}", f"model_card/{model_card.MARKDOWN_FILE}"} <= names
     local = client.download_artifacts(version.run_id, f"model_card/{model_card.HTML_FILE}", str(tmp_path))
     assert open(local).read() == (out / model_card.HTML_FILE).read_text()

@@ -42,7 +42,7 @@ from fracture.core.config import load
 from fracture.data import pipeline, presets
 from fracture.model import engine
 from fracture.model.network import build_model
-from fracture.track import tracking
+from fracture.track import registry, tags
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -212,7 +212,7 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
     uri = f"sqlite:///{storage / 'demo' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("test")
-    parents = [r for r in client.search_runs([experiment.experiment_id]) if tracking.STUDY_DIR_TAG in r.data.tags]
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if tags.STUDY_DIR_TAG in r.data.tags]
     assert [r.info.status for r in parents] == ["KILLED"], [(r.info.run_id, r.info.status) for r in parents]
 
     trials = _trials(tune_dir)
@@ -261,14 +261,14 @@ def test_resume_keeps_asha_stopped_trials_and_continues_the_unfinished_one(
     # MLflow: the resumed study reopened its parent run and finished it; one child run per trial
     # (the resumed trial kept its run), all under that parent; champion registered.
     everything = client.search_runs([experiment.experiment_id])
-    after_parents = [r for r in everything if tracking.STUDY_DIR_TAG in r.data.tags]
+    after_parents = [r for r in everything if tags.STUDY_DIR_TAG in r.data.tags]
     assert [(r.info.run_id, r.info.status) for r in after_parents] == [(parents[0].info.run_id, "FINISHED")]
-    runs = [r for r in everything if tracking.TRIAL_TAG in r.data.tags]
+    runs = [r for r in everything if tags.TRIAL_TAG in r.data.tags]
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
-    by_trial = {r.data.tags[tracking.TRIAL_TAG]: r for r in runs}
+    by_trial = {r.data.tags[tags.TRIAL_TAG]: r for r in runs}
     assert len(runs) == 3 == len(by_trial)
     ids = {n: _trial_id(path) for n, path in _trials(tune_dir).items()}
     assert len(client.get_metric_history(by_trial[ids[2]].info.run_id, "val_auc")) == 1
     steps = sorted(m.step for m in client.get_metric_history(by_trial[ids[3]].info.run_id, "val_auc"))
     assert steps == list(range(EPOCHS)), steps  # every epoch once: a replay Tune already had is not logged twice
-    assert client.get_model_version_by_alias("fracture", tracking.CHAMPION)
+    assert client.get_model_version_by_alias("fracture", registry.CHAMPION)

@@ -17,7 +17,7 @@ from procs import tiny_job_args
 
 from fracture.core.config import load
 from fracture.data import pipeline, synthetic
-from fracture.track import tracking
+from fracture.track import store, tags
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +65,11 @@ def test_allow_leaky_split_trains_and_tags_the_parent_run(run_job, leaky, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "allow_leaky_split=true: running anyway" in proc.stderr
     cfg = load(ROOT / "jobs" / "studies" / "demo.yaml", args)
-    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(cfg))
+    client = mlflow.MlflowClient(tracking_uri=store.tracking_uri(cfg))
     experiment = client.get_experiment_by_name("test")
-    parents = [r for r in client.search_runs([experiment.experiment_id]) if tracking.SPLIT_AUDIT_TAG in r.data.tags]
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if tags.SPLIT_AUDIT_TAG in r.data.tags]
     assert len(parents) == 1
-    tag = parents[0].data.tags[tracking.SPLIT_AUDIT_TAG]
+    tag = parents[0].data.tags[tags.SPLIT_AUDIT_TAG]
     assert tag.startswith("overridden: ") and "exact_duplicate" in tag, tag
     record = client.download_artifacts(parents[0].info.run_id, "data/split_audit.json", str(tmp_path))
     assert COPY in Path(record).read_text()  # the findings, ids included

@@ -4,7 +4,7 @@ MLflow creates a sqlite store lazily, on a process's first use, by running its s
 two processes doing that at once leave the store half-migrated for good (issue #15, item 2). Here
 four processes start together on a store that does not exist yet: jobs/train.py (a one-trial
 study, so trial runs, metrics and a registered model) and three processes that log evaluation
-runs through fracture.track.tracking, as jobs/evaluate.py does after scoring. The three meet at one
+runs through fracture.track, as jobs/evaluate.py does after scoring. The three meet at one
 instant, so their first touches of the store really coincide, and keep logging while the study
 trains. All four must succeed and the store must stay usable.
 """

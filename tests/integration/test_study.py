@@ -12,7 +12,7 @@ from fracture.core import names
 from fracture.data import pipeline, presets
 from fracture.model import checkpoint
 from fracture.model.network import FractureNet
-from fracture.track import registry, tracking
+from fracture.track import registration, registry, study_runs, tags
 from fracture.train import worker
 from fracture.tune import search
 
@@ -33,11 +33,11 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"])
     experiment = client.get_experiment_by_name("test")
     runs = client.search_runs([experiment.experiment_id])
-    trials = [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
+    trials = [r for r in runs if tags.TRIAL_TAG in r.data.tags]
     parents = [r for r in runs if r.info.run_id == trials[0].data.tags["mlflow.parentRunId"]]
     assert len(trials) == 2 and len(parents) == 1
     assert sorted(r.info.run_name for r in trials) == ["trial_001", "trial_002"]  # the console's names
-    assert parents[0].data.tags[tracking.STUDY_TAG] == cfg.name and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags[tags.STUDY_TAG] == cfg.name and parents[0].info.status == "FINISHED"
     for run in trials:
         history = client.get_metric_history(run.info.run_id, "val_auc")
         assert 1 <= len(history) <= cfg.train.epochs  # ASHA may stop one after the grace epoch
@@ -52,17 +52,17 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     seeded = [r for r in trials if float(r.data.params["model.dropout"]) == 0.5]
     assert seeded, "the study's points_to_evaluate did not run"
 
-    version = client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION)
+    version = client.get_model_version_by_alias(cfg.tracking.model_name, registry.CHAMPION)
     assert int(version.version) == int(summary["version"]) and summary["champion"]
     # Beside its checkpoint, the registered trial's run shows its learning curves as one picture.
     logged = {a.path for a in client.list_artifacts(summary["run_id"])}
-    assert {tracking.CURVES_FILE, tracking.CHECKPOINT_ARTIFACT} <= logged, logged
+    assert {tags.CURVES_FILE, tags.CHECKPOINT_ARTIFACT} <= logged, logged
 
     # The registered checkpoint loads back, weights_only, and predicts exactly as the trained one.
     x = _images(cfg)
     trained, state = checkpoint.load_model(summary["checkpoint"])
     champion, champion_state = checkpoint.load_model(
-        tracking.champion_checkpoint(summary["tracking_uri"], cfg.tracking.model_name)[0]
+        registration.champion_checkpoint(summary["tracking_uri"], cfg.tracking.model_name)[0]
     )
     raw = FractureNet(hidden=cfg.model.hidden, arch=cfg.model.arch).eval()
     raw.load_state_dict(torch.load(f"{summary['checkpoint']}/model.pt", weights_only=True))
@@ -73,11 +73,11 @@ def test_two_trial_study_tracks_registers_and_reloads(ray_local, tiny_config):
     assert champion_state["config"]["name"] == cfg.name and "history" in state
 
     # A model that does not beat the champion's val AUROC is registered but does not take the alias.
-    again = tracking.register(
-        cfg, summary["tracking_uri"], tracking.start_study(cfg, summary["study_dir"])[1], registry.candidate(results)
+    again = registration.register(
+        cfg, summary["tracking_uri"], study_runs.start_study(cfg, summary["study_dir"])[1], registry.candidate(results)
     )
     assert int(again["version"]) == int(summary["version"]) + 1
     assert not again["champion"], (again["val_auc"], again["previous_champion_score"], summary["val_auc"])
-    assert int(client.get_model_version_by_alias(cfg.tracking.model_name, tracking.CHAMPION).version) == int(
+    assert int(client.get_model_version_by_alias(cfg.tracking.model_name, registry.CHAMPION).version) == int(
         version.version
     )

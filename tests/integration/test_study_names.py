@@ -16,7 +16,7 @@ from conftest import _run_job
 
 from fracture.core.storage import STUDY_FILE
 from fracture.data import synthetic
-from fracture.track import tracking
+from fracture.track import tags
 
 pytestmark = pytest.mark.integration
 
@@ -59,10 +59,10 @@ def test_a_taken_name_is_refused_and_overwrite_starts_a_study_of_its_own(jobs, s
     after = client.get_run(record["parent_run_id"]).info
     assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)
     parents = client.search_runs(
-        [client.get_experiment_by_name("names").experiment_id], f"tags.`{tracking.STUDY_TAG}` = 'demo'"
+        [client.get_experiment_by_name("names").experiment_id], f"tags.`{tags.STUDY_TAG}` = 'demo'"
     )
     assert {r.info.run_id for r in parents} == {record["parent_run_id"], renewed["parent_run_id"]}
-    assert client.get_run(renewed["parent_run_id"]).data.tags.get(tracking.STUDY_DIR_TAG)
+    assert client.get_run(renewed["parent_run_id"]).data.tags.get(tags.STUDY_DIR_TAG)
 
 
 def test_verbose_brings_rays_own_output_back(jobs):

@@ -1,6 +1,6 @@
 """Where a model to score comes from: a checkpoint directory or a `models:/<name>@<alias>` URI.
 
-MLflow is reached only through fracture.track.tracking, imported when a URI has to be resolved, so a
+MLflow is reached only through fracture.track, imported when a URI has to be resolved, so a
 checkpoint directory never needs a tracking server.
 """
 
@@ -22,7 +22,7 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>[^@/]+)$")
 
 def champion_uri(cfg: Config) -> str:
     """The default model to score: models:/<tracking.model_name>@champion."""
-    from fracture.track.tracking import CHAMPION
+    from fracture.track.registry import CHAMPION
 
     return f"models:/{cfg.tracking.model_name}@{CHAMPION}"
 
@@ -41,11 +41,11 @@ def resolve(source: str, cfg: Config) -> tuple[Path, str]:
     """
     match = _MODEL_URI.match(source)
     if match:
-        from fracture.track import tracking
+        from fracture.track import registration, store
 
-        uri = tracking.tracking_uri(cfg)
-        tracking.check_reachable(uri)
-        directory, version = tracking.champion_checkpoint(uri, match["name"], match["alias"])
+        uri = store.tracking_uri(cfg)
+        store.check_reachable(uri)
+        directory, version = registration.champion_checkpoint(uri, match["name"], match["alias"])
         log.info("%s is version %s (downloaded to %s)", source, version, directory)
         return directory, f"models:/{match['name']}/{version}"
     if source.startswith("models:/"):

@@ -35,6 +35,15 @@ class Candidate:
     def checkpoint(self) -> str:
         return self.row["checkpoint_path"]
 
+    @property
+    def epoch(self) -> int:
+        return int(self.row["epoch"])
+
+    @property
+    def curves_history(self) -> list[dict[str, Any]]:
+        """What its learning curves show: every epoch its trial ran, else its checkpoint's history."""
+        return list(self.history) or self.state.get("history", [])
+
 
 def best_checkpoint(results, metric: str = metrics.PRIMARY) -> tuple[Any, dict]:
     """(ray Result, metrics row) of the best epoch of the best trial that has a checkpoint on disk.
@@ -163,7 +172,7 @@ def version_description(summary: dict) -> str:
             "(ImageNet mean/std).",
             "- **Output, `mlflow.pyfunc.load_model(uri).predict(x)`**: a DataFrame with `probability` "
             "(P(fracture)) and `fracture` (bool: probability >= threshold). Needs the `fracture` package "
-            "installed (its loader is `fracture.track.tracking`).",
+            "installed (its loader is `fracture.track.flavor`).",
             "- **Output, `mlflow.pytorch.load_model(uri)(x)`**: a torch module returning logits, shape N×1; "
             "probability = sigmoid(logit).",
             f"- **Threshold**: {summary['threshold']:.6f}, chosen on the validation split by "
