@@ -109,9 +109,6 @@ def without_noise(lines: Sequence[str]) -> list[str]:
 # Ray Data's file-listing thread (ListFiles) raises InterruptedError when the Dataset's execution ends
 # before it has queued its end marker; the thread's traceback is printed though nothing failed.
 _TRACEBACK_START = re.compile(r"^(Exception in thread .*:|Traceback \(most recent call last\):)$")
-
-
-_TRACEBACK_START = re.compile(r"^(Exception in thread .*:|Traceback \(most recent call last\):)$")
 _INSIDE_RAY = re.compile(r'^\s+File ".*(site-packages/ray/|/threading\.py")')
 
 

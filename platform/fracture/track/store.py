@@ -45,19 +45,10 @@ class TrackingError(UserError, RuntimeError):
 # 'database is locked') before TrackingError: a server that died must end a study in about a
 # minute, not leave it retrying silently.
 TIMEOUT_ENV = "FRACTURE_MLFLOW_TIMEOUT_S"
-
-
-TIMEOUT_ENV = "FRACTURE_MLFLOW_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 60.0
-
-
 DEFAULT_TIMEOUT_S = 60.0
 # MLflow's own retries inside one HTTP call, kept few and quick (its default: 7 with backoff factor
 # 2, ~4 minutes per call), so retry's clock bounds the wait; they still cover the calls retry
 # does not wrap (Model.log's uploads, artifact downloads).
-HTTP_RETRIES = 2
-
-
 HTTP_RETRIES = 2
 _TRANSIENT = (
     "locked",
