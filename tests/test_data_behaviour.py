@@ -8,7 +8,7 @@ import pytest
 from fracture.core.config import Config
 from fracture.core.names import ID, LABEL, PATH, ROW
 from fracture.data import pipeline
-from fracture.data.manifest import SCHEMA
+from fracture.data.scan import SCHEMA
 
 
 def _manifest(tmp_path, rows: list[tuple[str, int, bool]]) -> Config:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fracture.core.errors import DataError
 from fracture.data import download, synthetic
-from fracture.data.manifest import DataError
 
 
 @pytest.fixture

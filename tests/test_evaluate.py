@@ -21,6 +21,7 @@ from PIL import Image
 
 from fracture import cli
 from fracture.core import config, metrics
+from fracture.core.errors import DataError
 from fracture.core.names import ID, IMAGE, LABEL, PATH
 from fracture.data import manifest, pipeline, presets, synthetic
 from fracture.evaluate import gradcam_examples, holdout, model_source, predict, scoring
@@ -191,7 +192,7 @@ def test_a_small_slice_gets_no_auc_and_a_flag():
 
 def test_report_refuses_unlabelled_rows(scored):
     _, _, frame, probs = scored
-    with pytest.raises(manifest.DataError):
+    with pytest.raises(DataError):
         holdout.report(np.full(len(frame), -1), probs, 0.5, frame)
 
 

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fracture.data import datareport, manifest, synthetic
-from fracture.data.manifest import DataError
+from fracture.core.errors import DataError
+from fracture.core.names import SPLITS
+from fracture.data import datareport, manifest, scan, splits, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 CSV_COLUMNS = synthetic.CSV_COLUMNS  # FracAtlas' dataset.csv columns
@@ -92,18 +93,18 @@ EXPECTED = {  # image id -> (status, usable)
 
 @pytest.fixture(scope="module")
 def scanned(atlas) -> pd.DataFrame:
-    return manifest.scan(atlas, progress=False).set_index("image_id", drop=False)
+    return scan.scan(atlas, progress=False).set_index("image_id", drop=False)
 
 
 def test_every_defect_gets_its_status(scanned):
     assert scanned["status"].to_dict() == {k: v[0] for k, v in EXPECTED.items()}
     assert scanned["usable"].to_dict() == {k: v[1] for k, v in EXPECTED.items()}
-    assert set(scanned["status"]) <= set(manifest.STATUSES)
+    assert set(scanned["status"]) <= set(scan.STATUSES)
 
 
 def test_schema_and_per_image_facts(scanned, atlas):
-    assert list(scanned.columns) == list(manifest.SCHEMA)
-    for col, dtype in manifest.SCHEMA.items():
+    assert list(scanned.columns) == list(scan.SCHEMA)
+    for col, dtype in scan.SCHEMA.items():
         assert pd.api.types.is_string_dtype(scanned[col]) if dtype == "str" else scanned[col].dtype == dtype, col
     one, two, big = (scanned.loc[f"IMG000000{i}.jpg"] for i in (1, 2, 3))
     assert (one.width, one.height, one["mode"], two["mode"]) == (40, 30, "RGB", "L")
@@ -131,13 +132,13 @@ def test_duplicates_point_at_the_kept_copy(scanned):
 
 
 def test_allow_truncated_makes_truncated_usable(atlas):
-    df = manifest.scan(atlas, allow_truncated=True, progress=False).set_index("image_id")
+    df = scan.scan(atlas, allow_truncated=True, progress=False).set_index("image_id")
     assert df.loc["IMG0000004.jpg", "status"] == "truncated" and df.loc["IMG0000004.jpg", "usable"]
 
 
 def test_progress_is_logged(atlas, caplog):
-    caplog.set_level("INFO", logger="fracture.data.manifest")
-    manifest.scan(atlas, progress=True)
+    caplog.set_level("INFO", logger="fracture.data.scan")
+    scan.scan(atlas, progress=True)
     assert "scanned 9/9 files" in caplog.text
 
 
@@ -163,7 +164,7 @@ def test_bad_roots_raise_one_line(tmp_path, case, message):
     if case == "bad_label":
         pd.DataFrame([csv_row("IMG1.jpg", 2)]).to_csv(root / "dataset.csv", index=False)
     with pytest.raises(DataError, match=message) as info:
-        manifest.scan(root, progress=False)
+        scan.scan(root, progress=False)
     assert "\n" not in str(info.value)
 
 
@@ -183,11 +184,11 @@ def many(tmp_path_factory) -> pd.DataFrame:
         image_id = f"IMG{900 + i:07d}.jpg"
         files[image_id] = files[f"IMG{i:07d}.jpg"]
         rows.append(rows[i] | {"image_id": image_id})
-    return manifest.scan(write_atlas(tmp_path_factory.mktemp("many"), files, rows), progress=False)
+    return scan.scan(write_atlas(tmp_path_factory.mktemp("many"), files, rows), progress=False)
 
 
 def split(df, seed=17, **kw):
-    return manifest.assign_splits(df, seed=seed, val_fraction=0.15, test_fraction=0.15, **kw)
+    return splits.assign_splits(df, seed=seed, val_fraction=0.15, test_fraction=0.15, **kw)
 
 
 def test_split_is_deterministic_per_seed(many):
@@ -198,7 +199,7 @@ def test_split_is_deterministic_per_seed(many):
 def test_split_is_stratified(many):
     df = split(many)
     usable = df[df["usable"]]
-    assert set(usable["split"]) == set(manifest.SPLITS) and (df.loc[~df["usable"], "split"] == "").all()
+    assert set(usable["split"]) == set(SPLITS) and (df.loc[~df["usable"], "split"] == "").all()
     shares = usable["split"].value_counts(normalize=True)
     assert shares["train"] == pytest.approx(0.70, abs=0.03) and shares["test"] == pytest.approx(0.15, abs=0.03)
     overall = usable["label"].mean()

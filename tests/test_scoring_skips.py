@@ -21,6 +21,7 @@ from procs import job_env
 
 from fracture import cli
 from fracture.core import config, metrics
+from fracture.core.errors import DataError
 from fracture.core.names import ID, PATH, REASON
 from fracture.data import datareport, manifest, presets, synthetic
 from fracture.evaluate import holdout, predict, scoring
@@ -232,7 +233,7 @@ def test_evaluate_run_fails_when_nothing_decodes(cfg, all_corrupt, ckpt, tmp):
     net, state = checkpoint.load_model(ckpt)
     frame = scoring.select_rows(cfg, folder=all_corrupt)[0].assign(label=0)
     out = tmp / "eval_nothing"
-    with pytest.raises(manifest.DataError, match=r"^no image could be scored \(3 skipped, see .*skipped.csv\)$"):
+    with pytest.raises(DataError, match=r"^no image could be scored \(3 skipped, see .*skipped.csv\)$"):
         holdout.run(net, state, frame, out)
     assert len(pd.read_csv(out / scoring.SKIPPED_FILE)) == 3
 

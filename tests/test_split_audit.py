@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
+from fracture.core.errors import DataError
 from fracture.data import datareport, manifest, pipeline, split_audit, synthetic
 from fracture.data.split_audit import audit
 
@@ -191,7 +192,7 @@ def _leaky(tiny_config, root, tmp_path, source, *overrides):
 def test_an_edited_manifest_is_refused(tiny_config, resaved_root, tmp_path):
     root, source = resaved_root
     cfg = _leaky(tiny_config, root, tmp_path, source)
-    with pytest.raises(manifest.DataError, match=r"near-duplicate.*IMG0009999\.jpg.*allow_leaky_split"):
+    with pytest.raises(DataError, match=r"near-duplicate.*IMG0009999\.jpg.*allow_leaky_split"):
         pipeline.audit_split(cfg)
 
 
@@ -211,7 +212,7 @@ def test_a_manifest_without_hashes_is_hashed_when_audited(tiny_config, resaved_r
     root, source = resaved_root
     cfg = _leaky(tiny_config, root, tmp_path, source)
     pd.read_parquet(cfg.data.manifest).drop(columns="phash").to_parquet(cfg.data.manifest)
-    with pytest.raises(manifest.DataError, match="IMG0009999.jpg"):
+    with pytest.raises(DataError, match="IMG0009999.jpg"):
         pipeline.audit_split(cfg)
 
 

@@ -23,7 +23,7 @@ from fracture.core import metrics, redact, storage
 from fracture.core.config import Config, ConfigError, flat, load, loads
 from fracture.core.errors import StudyIncomplete
 from fracture.core.storage import StudyPaths
-from fracture.data import datareport, manifest, pipeline, split_audit
+from fracture.data import datareport, pipeline, provenance, split_audit
 from fracture.evaluate import plots
 from fracture.model.network import build_model
 from fracture.runtime import cluster
@@ -54,7 +54,7 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
 
 
 def _data_fingerprint(cfg: Config) -> dict:
-    recorded = manifest.recorded_provenance(pipeline.manifest_path(cfg)) or {}
+    recorded = provenance.recorded_provenance(pipeline.manifest_path(cfg)) or {}
     return {
         "root": recorded.get("root", str(Path(cfg.data.root).expanduser().resolve())),
         "images": recorded.get("images"),

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fracture.data import manifest
+from fracture.core.names import SPLITS
+from fracture.data import manifest, scan, splits
 
 ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "fracatlas"
 SEED = 17
@@ -32,10 +33,10 @@ def usable(built) -> pd.DataFrame:
 
 
 def test_schema_and_dtypes(built):
-    assert list(built.columns) == list(manifest.SCHEMA)
-    for col, dtype in manifest.SCHEMA.items():
+    assert list(built.columns) == list(scan.SCHEMA)
+    for col, dtype in scan.SCHEMA.items():
         assert pd.api.types.is_string_dtype(built[col]) if dtype == "str" else built[col].dtype == dtype, col
-    assert set(built["status"]) <= set(manifest.STATUSES)
+    assert set(built["status"]) <= set(scan.STATUSES)
 
 
 def test_labels_and_ids(built):
@@ -57,7 +58,7 @@ def test_planted_defects_are_found(built):
 
 
 def test_usable_rows_are_split_and_the_rest_are_not(built, usable):
-    assert (usable["path"] != "").all() and set(usable["split"]) == set(manifest.SPLITS)
+    assert (usable["path"] != "").all() and set(usable["split"]) == set(SPLITS)
     assert (built.loc[~built["usable"], "split"] == "").all()
 
 
@@ -76,7 +77,7 @@ def test_class_ratio_per_split_matches_the_whole(usable):
 
 
 def test_split_is_reproducible(built):
-    again = manifest.assign_splits(built, seed=SEED, val_fraction=0.15, test_fraction=0.15)
+    again = splits.assign_splits(built, seed=SEED, val_fraction=0.15, test_fraction=0.15)
     assert again["split"].equals(built["split"])
 
 

@@ -10,4 +10,5 @@ ID = "image_id"
 PATH = "path"
 REASON = "reason"  # why a row could not be scored ("" when it was)
 ROW = "row"  # a train/val row's position in its decoded cache: seeds its augmentation
+SPLITS = ("train", "val", "test")  # a manifest row's split: train and val reach trials, test only evaluation
 AUGMENTS = ("seed", "light", "none")  # data.augment: the notebook's, flips + small shifts, none

@@ -12,7 +12,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from fracture.data.manifest import DataError
+from fracture.core.errors import DataError
 
 
 def fetch(url: str, dest: str | Path, *, sha256: str | None = None) -> Path:

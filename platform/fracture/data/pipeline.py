@@ -32,8 +32,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from fracture.core import metrics
 from fracture.core.config import Config
-from fracture.core.names import ID, IMAGE, LABEL, PATH, ROW
-from fracture.data import datareport, manifest, split_audit
+from fracture.core.errors import DataError
+from fracture.core.names import ID, IMAGE, LABEL, PATH, ROW, SPLITS
+from fracture.data import datareport, manifest, provenance, split_audit
 from fracture.data.presets import augment, decode_batch
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def manifest_path(cfg: Config) -> Path:
 
 
 def split_settings(cfg: Config) -> dict:
-    """cfg.data's split and defect settings, as manifest.build and manifest.provenance take them."""
+    """cfg.data's split and defect settings, as manifest.build and provenance.provenance take them."""
     d = cfg.data
     return dict(
         seed=d.split_seed,
@@ -67,7 +68,7 @@ def build_manifest(cfg: Config, root: str | Path, out: str | Path, *, progress: 
     frame = manifest.build(root, out, progress=progress, **split_settings(cfg))
     try:
         check_trainable(frame, root, datareport.paths(out)[1], test_split=cfg.data.test_fraction > 0)
-    except manifest.DataError:
+    except DataError:
         Path(out).unlink(missing_ok=True)
         raise
     return frame
@@ -82,13 +83,13 @@ def check_trainable(frame: pd.DataFrame, root: str | Path, report: Path, *, test
     if usable.empty:
         statuses = frame["status"].value_counts().to_dict()
         found = ", ".join(f"{n} {s}" for s, n in statuses.items()) or "an empty dataset.csv and no image files"
-        raise manifest.DataError(f"no usable image in {root} ({found}); see {report}")
-    # Classes each split needs, in manifest.SPLITS order (train, val, test; only evaluate names test).
-    for split, classes in zip(manifest.SPLITS, (2, 2, 1 if test_split else 0), strict=True):
+        raise DataError(f"no usable image in {root} ({found}); see {report}")
+    # Classes each split needs, in SPLITS order (train, val, test; only evaluate names test).
+    for split, classes in zip(SPLITS, (2, 2, 1 if test_split else 0), strict=True):
         labels = set(usable.loc[usable["split"] == split, LABEL])
         if len(labels) < classes:
             have = "no images" if not labels else f"only {'fractured' if 1 in labels else 'non-fractured'} images"
-            raise manifest.DataError(
+            raise DataError(
                 f"the {split} split of {root} has {have} ({len(usable)} usable images in all): "
                 f"add images, or change data.val_fraction / data.test_fraction; see {report}"
             )
@@ -100,7 +101,7 @@ _checked: set[tuple] = set()  # (manifest, its mtime, root, split settings) that
 def ensure_manifest(cfg: Config) -> Path:
     """The study's manifest, built from cfg.data.root if absent or made from other data.
 
-    A manifest records what it was built from (manifest.provenance). The study's own manifest
+    A manifest records what it was built from (fracture.data.provenance). The study's own manifest
     (<run_dir>/manifest.parquet) is rebuilt when that is not cfg.data.root, its image list or
     cfg.data's split settings; a manifest named by data.manifest is the user's file, never
     overwritten: a mismatch is a DataError. So one study name can never train on another
@@ -118,15 +119,15 @@ def ensure_manifest(cfg: Config) -> Path:
     if not path.is_file():
         log.info("no manifest at %s: scanning %s", path, cfg.data.root)
         build_manifest(cfg, cfg.data.root, path)
-    elif (recorded := manifest.recorded_provenance(path)) is None:
+    elif (recorded := provenance.recorded_provenance(path)) is None:
         if own:
             log.warning("%s does not record the data it was built from: rebuilding it from %s", path, cfg.data.root)
             build_manifest(cfg, cfg.data.root, path)
         else:
             log.warning("%s does not record the data it was built from: cannot check it against data.root", path)
-    elif reason := manifest.provenance_mismatch(recorded, manifest.provenance(root, **split_settings(cfg))):
+    elif reason := provenance.provenance_mismatch(recorded, provenance.provenance(root, **split_settings(cfg))):
         if not own:
-            raise manifest.DataError(
+            raise DataError(
                 f"data.manifest={path}: {reason}; rebuild it with: python jobs/prepare.py "
                 f"--root {cfg.data.root} --out {path}, or set data.root to the data it was "
                 "built from"
@@ -159,7 +160,7 @@ def audit_split(cfg: Config) -> list[split_audit.Finding]:
         selection = tuple(dict.fromkeys((*TRAINING_SPLITS, metrics.ranked(cfg).split("_")[0])))
         findings = split_audit.audit(frame, selection=selection)
         if findings and not cfg.data.allow_leaky_split:
-            raise manifest.DataError(split_audit.refusal(findings, path))
+            raise DataError(split_audit.refusal(findings, path))
         if findings:
             log.warning("data.allow_leaky_split=true: running anyway on %s", split_audit.refusal(findings, path))
         _audited[key] = findings
@@ -216,7 +217,7 @@ def decoded(cfg: Config, split: str, columns: list[str] | None = None):
     frame[ROW] = frame.index.astype("int64")
     if frame[LABEL].nunique() < 2:
         # AUROC, the metric every trial is judged by, is undefined on one class.
-        raise manifest.DataError(
+        raise DataError(
             f"split {split!r} of {manifest_path(cfg)} needs both classes but has "
             f"{len(frame)} images with labels {sorted(frame[LABEL].unique().tolist())}"
         )

@@ -1,6 +1,6 @@
 """Is a manifest's split fit to train and judge a model on? Checked before any trial starts.
 
-A user may bring their own manifest (data.manifest) or edit one, so the split `manifest.assign_splits`
+A user may bring their own manifest (data.manifest) or edit one, so the split `splits.assign_splits`
 made cannot be trusted to still be leak-free. `audit` lists what would make the test AUROC a lie or
 undefined: one image (by id, by the manifest's `group`, by bytes, or by a perceptual hash) in two
 splits, an empty test split, test used to select models, a split without a fractured image.
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SPLITS = ("train", "val", "test")
+from fracture.core.names import SPLITS
+
 SIDE = 16  # hash grid: SIDE rows of SIDE horizontal differences = 256 bits
 THRESHOLD = 8  # near-duplicate: Hamming distance <= 8 of 256 bits (see the module docstring)
 DRAFT = (64, 64)  # JPEGs decode at the smallest DCT scale that keeps >= 64 px: ~2 s for FracAtlas
@@ -148,7 +149,7 @@ def audit(
     """Everything wrong with the split of a manifest's usable rows; [] when it is clean.
 
     Args:
-        frame: a manifest (manifest.SCHEMA; `phash` optional: no near-duplicate check without it).
+        frame: a manifest (scan.SCHEMA; `phash` optional: no near-duplicate check without it).
         selection: the splits training and model selection read (data.TRAINING_SPLITS and the
             primary metric's split); "test" among them is a finding.
         threshold: near-duplicate Hamming distance (of 256 bits).

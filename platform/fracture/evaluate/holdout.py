@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from fracture.core import metrics
+from fracture.core.errors import DataError
 from fracture.core.names import LABEL, PATH
-from fracture.data import manifest
 from fracture.evaluate import gradcam_examples, plots, scoring
 from fracture.model import checkpoint
 from fracture.model.network import FractureNet
@@ -81,7 +81,7 @@ def report(
     if len(frame) != y.size:
         raise ValueError(f"{len(frame)} rows but {y.size} labels")
     if y.size == 0 or not np.isin(y, (0, 1)).all():
-        raise manifest.DataError("evaluation needs labelled images (label 0 or 1): a folder needs its dataset.csv")
+        raise DataError("evaluation needs labelled images (label 0 or 1): a folder needs its dataset.csv")
     ci = metrics.bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed, metrics=CI_METRICS)
     out: dict[str, Any] = {
         "images": int(y.size),

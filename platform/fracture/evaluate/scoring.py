@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fracture.core.config import Config, ConfigError
-from fracture.core.names import ID, LABEL, PATH, REASON
+from fracture.core.errors import DataError
+from fracture.core.names import ID, LABEL, PATH, REASON, SPLITS
 from fracture.data import manifest, pipeline, presets
 from fracture.model import engine
 from fracture.model.network import FractureNet
@@ -46,7 +47,7 @@ def select_rows(
     """The rows to score, and the files left out with why.
 
     Args:
-        split: one of manifest.SPLITS of the study's manifest (built from cfg.data.root on demand);
+        split: one of SPLITS of the study's manifest (built from cfg.data.root on demand);
             needed unless `folder` is given (evaluate.DEFAULT_SPLIT is the held-out one).
         folder: a FracAtlas-layout folder (images/{Fractured,Non_fractured}, dataset.csv); when given,
             `split` is ignored and every usable image of the folder is taken (its manifest is built
@@ -80,13 +81,13 @@ def select_rows(
         if Path(folder).resolve() == Path(cfg.data.root).resolve():
             log.warning("%s is the study's data root: its images include the training split", folder)
     else:
-        if split not in manifest.SPLITS:
-            raise ConfigError(f"--split {split!r}: choose one of {', '.join(manifest.SPLITS)}")
+        if split not in SPLITS:
+            raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
         path = pipeline.ensure_manifest(cfg)
         df = manifest.load(path)
         rows, skipped, where = df[df["usable"] & (df["split"] == split)], skips(), f"split {split!r} of {path}"
     if rows.empty and skipped.empty:
-        raise manifest.DataError(f"{where} has no usable images")
+        raise DataError(f"{where} has no usable images")
     columns = [ID, PATH, LABEL, *SLICE_COLUMNS, "split"]
     return rows[columns].reset_index(drop=True), skipped
 
@@ -95,7 +96,7 @@ def frame_for(cfg: Config, split: str | None = None, folder: str | Path | None =
     """select_rows' rows for callers that report no skipped files; DataError when there are none."""
     rows, skipped = select_rows(cfg, split, folder)
     if rows.empty:
-        raise manifest.DataError(f"{folder or split} has no usable images ({len(skipped)} files left out)")
+        raise DataError(f"{folder or split} has no usable images ({len(skipped)} files left out)")
     return rows
 
 
@@ -119,7 +120,7 @@ def write_skipped(path: str | Path, *tables: pd.DataFrame, scored: int) -> pd.Da
     table = skips([p for t in tables for p in t[PATH]], [r for t in tables for r in t[REASON]])
     table.to_csv(path, index=False)
     if scored == 0:
-        raise manifest.DataError(f"no image could be scored ({len(table)} skipped, see {path})")
+        raise DataError(f"no image could be scored ({len(table)} skipped, see {path})")
     return table
 
 
@@ -137,14 +138,14 @@ def skipped_lines(skipped, path: str | Path, *, scored: int, limit: int = SKIPPE
 
 def _unlabelled(folder: Path) -> pd.DataFrame:
     if not folder.is_dir():
-        raise manifest.DataError(f"--folder {folder} does not exist")
+        raise DataError(f"--folder {folder} does not exist")
     paths = sorted(
         p
         for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
     )
     if not paths:
-        raise manifest.DataError(f"{folder} has neither dataset.csv nor any {'/'.join(IMAGE_SUFFIXES)} image")
+        raise DataError(f"{folder} has neither dataset.csv nor any {'/'.join(IMAGE_SUFFIXES)} image")
     ids = [str(p.relative_to(folder)) for p in paths]  # unique even when names repeat in subfolders
     return pd.DataFrame(
         {
@@ -210,5 +211,5 @@ def score(
     probs, reasons = score_rows(net, frame, image_size, batch_size=batch_size, allow_truncated=allow_truncated)
     bad = np.flatnonzero(reasons != "")
     if bad.size:
-        raise manifest.DataError(f"{frame[PATH].iloc[bad[0]]}: {reasons[bad[0]]} ({bad.size} files did not decode)")
+        raise DataError(f"{frame[PATH].iloc[bad[0]]}: {reasons[bad[0]]} ({bad.size} files did not decode)")
     return probs

@@ -25,7 +25,8 @@ import pandas as pd
 
 from fracture.core import metrics
 from fracture.core.config import Config, flat
-from fracture.data import manifest
+from fracture.core.names import SPLITS
+from fracture.data import manifest, scan
 from fracture.evaluate import holdout
 from fracture.track import registry
 
@@ -81,13 +82,13 @@ def data_facts(df: pd.DataFrame) -> dict[str, Any]:
         "usable": len(usable),
         "excluded": {
             s: {"count": int((df["status"] == s).sum()), "decision": manifest.DECISIONS[s]}
-            for s in manifest.STATUSES[1:]
+            for s in scan.STATUSES[1:]
             if (df["status"] == s).any()
         },
         "left_out_by_balancing": int((usable["split"] == "").sum()),
-        "splits": {s: by_class(in_split[in_split["split"] == s]) for s in manifest.SPLITS},
+        "splits": {s: by_class(in_split[in_split["split"] == s]) for s in SPLITS},
         "body_parts": {
-            part: {s: by_class(grp[grp["split"] == s]) for s in manifest.SPLITS}
+            part: {s: by_class(grp[grp["split"] == s]) for s in SPLITS}
             for part, grp in in_split.groupby("body_part", sort=True)
         },
         "hardware": {
@@ -381,7 +382,7 @@ def _blocks(card: dict[str, Any]) -> list[tuple]:
         ("h3", "Per body part (fractured / images)"),
         (
             "table",
-            ["body part", *manifest.SPLITS],
+            ["body part", *SPLITS],
             [
                 [part, *(f"{c['fractured']} / {c['total']}" for c in counts.values())]
                 for part, counts in d["body_parts"].items()
