@@ -13,7 +13,7 @@ from fracture import study
 from fracture.core import storage
 from fracture.core.config import ConfigError
 from fracture.core.storage import StudyPaths
-from fracture.tune import search
+from fracture.tune import optuna_store
 
 
 def _optuna_study(paths: StudyPaths, name: str, trials: list[tuple[dict, float]], space: dict | None = None):
@@ -24,7 +24,7 @@ def _optuna_study(paths: StudyPaths, name: str, trials: list[tuple[dict, float]]
         "config/optim/lr_head": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True),
         "config/optim/lr_backbone": optuna.distributions.FloatDistribution(1e-5, 3e-4, log=True),
     }
-    created = optuna.create_study(storage=search.optuna_storage(paths), study_name=name, direction="maximize")
+    created = optuna.create_study(storage=optuna_store.optuna_storage(paths), study_name=name, direction="maximize")
     for params, value in trials:
         created.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
 
@@ -117,7 +117,7 @@ def test_overwrite_removes_the_extensions_and_optuna_storage(tiny_config):
 def test_warm_start_copies_the_earlier_trials_into_the_new_study(tiny_config):
     earlier = _study(tiny_config("name=earlier"))
     cfg = tiny_config("name=later", f"search.warm_start={earlier.root}")
-    assert search.warm_start(cfg, StudyPaths.of(cfg)) == 2
+    assert optuna_store.warm_start(cfg, StudyPaths.of(cfg)) == 2
     loaded = optuna.load_study(study_name="later", storage=f"sqlite:///{StudyPaths.of(cfg).optuna}")
     assert [(t.params, t.value) for t in loaded.trials] == [(p, v) for p, v in POINTS]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in loaded.trials)
@@ -132,13 +132,13 @@ def test_warm_start_needs_the_same_searched_keys(tiny_config):
         "search.points_to_evaluate=[]",
     )
     with pytest.raises(ConfigError, match=r"searched model\.dropout, model\.l2.*this one searches model\.dropout:"):
-        search.warm_trials(cfg)
+        optuna_store.warm_trials(cfg)
 
 
 def test_warm_start_from_a_study_without_optuna_storage_is_refused(tiny_config):
     earlier = _study(tiny_config("name=earlier"), with_optuna=False)
     with pytest.raises(ConfigError, match="no Optuna study there"):
-        search.warm_trials(tiny_config("name=later", f"search.warm_start={earlier.root}"))
+        optuna_store.warm_trials(tiny_config("name=later", f"search.warm_start={earlier.root}"))
 
 
 def test_warm_start_leaves_out_trials_outside_the_new_space(tiny_config):
@@ -148,4 +148,4 @@ def test_warm_start_leaves_out_trials_outside_the_new_space(tiny_config):
         "optim.lr_head: {loguniform: [1.0e-4, 3.0e-3]}, optim.lr_backbone: {loguniform: [1.0e-5, 3.0e-4]}}"
     )
     cfg = tiny_config("name=later", f"search.warm_start={earlier.root}", narrower)
-    assert [t.params["config/model/dropout"] for t in search.warm_trials(cfg)] == [0.5]
+    assert [t.params["config/model/dropout"] for t in optuna_store.warm_trials(cfg)] == [0.5]

@@ -6,7 +6,7 @@ import pytest
 from ray.tune.search import sample
 
 from fracture.core.config import Config, ConfigError, load
-from fracture.tune.search import points_to_evaluate, search_space
+from fracture.tune.space import points_to_evaluate, search_space
 
 STUDIES = Path(__file__).resolve().parents[1] / "jobs" / "studies"
 

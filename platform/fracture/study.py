@@ -28,7 +28,7 @@ from fracture.evaluate import plots
 from fracture.model.network import build_model
 from fracture.runtime import cluster
 from fracture.track import registration, registry, store, study_runs, tags, trial_logger
-from fracture.tune import search
+from fracture.tune import optuna_store, search, space
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def preflight(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
 
     Raises ConfigError / DataError / WeightsError / TrackingError with a one-line message.
     """
-    search.search_space(cfg)  # unknown distributions / bad arguments: before Ray starts
+    space.search_space(cfg)  # unknown distributions / bad arguments: before Ray starts
     pipeline.ensure_manifest(cfg)
     pipeline.audit_split(cfg)  # a leaky or unjudgeable split: refused before Ray starts
     if not resume:
         claim(cfg, overwrite=overwrite)
         if cfg.search.warm_start:
-            search.warm_trials(cfg)  # a study to warm-start from that is missing or searched other keys
+            optuna_store.warm_trials(cfg)  # a study to warm-start from that is missing or searched other keys
     if cfg.model.weights not in ("none", ""):
         # Also warms the torchvision cache (TORCH_HOME) on this node, so workers never download.
         build_model(cfg.model)
@@ -265,7 +265,7 @@ def run(
     cluster.check_cluster(cfg)
     if not resume or storage.read_text(paths.config) is None:
         save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
-    earlier = search.earlier_results(paths)  # an extension's: the trials of the study's runs before it
+    earlier = optuna_store.earlier_results(paths)  # an extension's: the trials of the study's runs before it
     _announce(cfg, paths, resume=bool(resume), search_space=search_space, earlier=len(earlier))
     split_findings = pipeline.audit_split(cfg)  # (again: run may be called without preflight; cached)
     datasets, pos_weight = pipeline.build_datasets(cfg), pipeline.pos_weight(cfg)
@@ -284,7 +284,7 @@ def run(
             tuner = search.restore_tuner(cfg, paths.tune, datasets, pos_weight, verbose=verbose)
         else:
             if search_space and cfg.search.warm_start and not extend:
-                search.warm_start(cfg, paths)
+                optuna_store.warm_start(cfg, paths)
             logger = trial_logger.trial_logger(cfg, uri, parent, resume_at=paths.tune if extend else "")
             tuner = search.build_tuner(
                 cfg,
