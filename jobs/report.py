@@ -25,7 +25,7 @@ def main() -> None:
         from fracture.core.config import ConfigError
         from fracture.data import manifest, pipeline
         from fracture.evaluate import holdout, model_source, scoring
-        from fracture.report import model_card
+        from fracture.report import facts, render
         from fracture.track import lineage, store
 
         if args.folder:
@@ -41,11 +41,11 @@ def main() -> None:
             net, state, frame, out / "scored", skipped=skipped, explain_k=args.explain,
             title=split, data_root=cfg.data.root, allow_truncated=cfg.data.allow_truncated,
         )  # fmt: skip
-        card = model_card.facts(
+        card = facts.facts(
             lineage=version, state=state, report=report, manifest_df=manifest.load(pipeline.manifest_path(cfg)),
             split=split, scored_dir=out / "scored", generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )  # fmt: skip
-        written = model_card.write(card, out)
+        written = render.write(card, out)
         files = written + sorted(f for f in out.rglob("*") if f.is_file() and f not in written)
         where = lineage.log_model_card(uri, version["model_uri"], files, base_dir=out)
         print(f"wrote {written[0]} and {written[1].name}; logged to MLflow as {where}")

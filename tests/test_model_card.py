@@ -12,7 +12,7 @@ import pytest
 from fracture.core import metrics
 from fracture.core.config import Config
 from fracture.evaluate import holdout
-from fracture.report import model_card
+from fracture.report import facts, render
 
 LABELS = [0, 0, 1, 1]
 PROBS = [0.1, 0.4, 0.35, 0.8]
@@ -82,14 +82,14 @@ def _manifest() -> pd.DataFrame:
 
 
 def test_data_facts_counts_implants_by_class_over_usable_images_and_lists_defects():
-    facts = model_card.data_facts(_manifest())
-    assert facts["rows"] == 41 and facts["usable"] == 40
-    assert facts["hardware"] == {"fractured": 6, "fractured_total": 10, "non_fractured": 1, "non_fractured_total": 30}
-    assert list(facts["excluded"]) == ["truncated"] and facts["excluded"]["truncated"]["count"] == 1
-    assert sum(s["total"] for s in facts["splits"].values()) == 40
-    assert sum(s["fractured"] for s in facts["splits"].values()) == 10
-    assert set(facts["body_parts"]) == {"hand", "leg"}
-    assert sum(c["total"] for part in facts["body_parts"].values() for c in part.values()) == 40
+    counts = facts.data_facts(_manifest())
+    assert counts["rows"] == 41 and counts["usable"] == 40
+    assert counts["hardware"] == {"fractured": 6, "fractured_total": 10, "non_fractured": 1, "non_fractured_total": 30}
+    assert list(counts["excluded"]) == ["truncated"] and counts["excluded"]["truncated"]["count"] == 1
+    assert sum(s["total"] for s in counts["splits"].values()) == 40
+    assert sum(s["fractured"] for s in counts["splits"].values()) == 10
+    assert set(counts["body_parts"]) == {"hand", "leg"}
+    assert sum(c["total"] for part in counts["body_parts"].values() for c in part.values()) == 40
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def card(tmp_path_factory) -> dict:
         "files": {},
     }
     state = {"config": Config().to_dict(), "threshold": 0.5, "epoch": 1}
-    return model_card.facts(
+    return facts.facts(
         lineage=lineage,
         state=state,
         report=report,
@@ -138,7 +138,7 @@ SECTIONS = ("Intended use", "Data", "Model and training", "Results", "Explainabi
 
 
 def test_html_is_self_contained_with_every_section_and_the_numbers(card):
-    page = model_card.render_html(card, {"roc": b"\x89PNG fake"})
+    page = render.render_html(card, {"roc": b"\x89PNG fake"})
     for heading in SECTIONS:
         assert f"<h2>{heading}</h2>" in page, heading
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
@@ -155,7 +155,7 @@ def test_html_is_self_contained_with_every_section_and_the_numbers(card):
 
 
 def test_markdown_has_the_same_sections_and_links_figures(card):
-    text = model_card.render_markdown(card, {"roc": "scored/roc.png"})
+    text = render.render_markdown(card, {"roc": "scored/roc.png"})
     for heading in SECTIONS:
         assert f"\n## {heading}\n" in text, heading
     assert "![ROC curve, operating point marked](scored/roc.png)" in text
@@ -174,10 +174,10 @@ def test_claim_table_lists_all_42_items_and_what_is_not_covered(card):
 
 def test_text_is_escaped(card):
     odd = card | {"model": card["model"] | {"name": "<b>x</b>"}}
-    assert "<b>x</b>" not in model_card.render_html(odd, {})
+    assert "<b>x</b>" not in render.render_html(odd, {})
 
 
 def test_write_puts_html_and_markdown_side_by_side(card, tmp_path):
-    html_path, md_path = model_card.write(card, tmp_path)
+    html_path, md_path = render.write(card, tmp_path)
     assert html_path.read_text().count("data:image/png;base64,") == 1
     assert "](" in md_path.read_text()

@@ -16,7 +16,7 @@ from conftest import ROOT, _run_job
 from fracture.data import manifest, pipeline
 from fracture.evaluate import holdout, scoring
 from fracture.model import checkpoint
-from fracture.report import model_card
+from fracture.report import render
 from fracture.track import tags
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def carded(tmp_path_factory, one_trial_study, synthetic_root):
 def test_card_is_one_self_contained_html_with_every_section(carded):
     _, _, job, out = carded
     assert job.returncode == 0, job.stderr[-3000:]
-    page = (out / model_card.HTML_FILE).read_text()
+    page = (out / render.HTML_FILE).read_text()
     for heading in ("Intended use", "Data", "Model and training", "Results", "Explainability", "Limitations"):
         assert f"<h2>{heading}</h2>" in page, heading
     assert "<h2>CLAIM checklist</h2>" in page
@@ -56,13 +56,13 @@ def test_card_is_one_self_contained_html_with_every_section(carded):
     assert "<script" not in page and "<link" not in page
     assert page.count('src="data:image/png;base64,') >= 4  # ROC, PR, calibration, confusion (+ curves, Grad-CAM)
     assert "Grad-CAM pointing game" in page or "Pointing game" in page
-    assert (out / model_card.MARKDOWN_FILE).is_file()
+    assert (out / render.MARKDOWN_FILE).is_file()
 
 
 def test_card_numbers_are_evaluates_and_the_manifests(carded):
     cfg, summary, job, out = carded
     assert job.returncode == 0, job.stderr[-3000:]
-    page = (out / model_card.HTML_FILE).read_text()
+    page = (out / render.HTML_FILE).read_text()
     # The split scored afresh, in this process, from the registered checkpoint.
     net, state = checkpoint.load_model(summary["checkpoint"])
     frame = scoring.frame_for(cfg, "test")
@@ -83,9 +83,9 @@ def test_card_is_logged_on_the_versions_run_and_the_version_points_to_it(carded,
     assert job.returncode == 0, job.stderr[-3000:]
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"], registry_uri=summary["tracking_uri"])
     version = client.get_model_version(cfg.tracking.model_name, summary["version"])
-    where = f"runs:/{version.run_id}/{tags.MODEL_CARD_ARTIFACT}/{model_card.HTML_FILE}"
+    where = f"runs:/{version.run_id}/{tags.MODEL_CARD_ARTIFACT}/{render.HTML_FILE}"
     assert version.run_id == summary["run_id"] and version.tags[tags.MODEL_CARD_TAG] == where
     names = {f.path for f in client.list_artifacts(version.run_id, tags.MODEL_CARD_ARTIFACT)}
-    assert {f"model_card/{model_card.HTML_FILE}", f"model_card/{model_card.MARKDOWN_FILE}"} <= names
-    local = client.download_artifacts(version.run_id, f"model_card/{model_card.HTML_FILE}", str(tmp_path))
-    assert open(local).read() == (out / model_card.HTML_FILE).read_text()
+    assert {f"model_card/{render.HTML_FILE}", f"model_card/{render.MARKDOWN_FILE}"} <= names
+    local = client.download_artifacts(version.run_id, f"model_card/{render.HTML_FILE}", str(tmp_path))
+    assert open(local).read() == (out / render.HTML_FILE).read_text()
