@@ -17,7 +17,7 @@ def main() -> None:
     cfg, args = cli.parse(p=p)
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import study  # after parsing: --help must not wait for torch and Ray to import
+        from fracture import study
 
         study.preflight(cfg, overwrite=args.overwrite)  # bad data / weights / MLflow URI / a taken name: before Ray
         cluster.init_ray(cfg, verbose=args.verbose)

@@ -38,12 +38,12 @@ def main() -> None:
         p.error("--extend goes alone: not with --resume or --overwrite")
     cli.setup_logging(verbose=args.verbose)
     with cli.user_errors():
-        from fracture import study  # after parsing: --help must not wait for torch and Ray to import
+        from fracture import resume, study
 
         if args.resume:
-            cfg = study.resume_config(args.resume, config=args.config, overrides=args.overrides) or cfg
+            cfg = resume.resume_config(args.resume, config=args.config, overrides=args.overrides) or cfg
         if args.extend:
-            cfg = study.extend_config(args.extend, config=args.config, overrides=args.overrides)
+            cfg = resume.extend_config(args.extend, config=args.config, overrides=args.overrides)
         # bad data / weights / MLflow URI / a taken name: before Ray
         study.preflight(cfg, resume=args.resume or args.extend, overwrite=args.overwrite)
         cluster.init_ray(cfg, verbose=args.verbose)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture import cli, study
+from fracture import cli, resume
 from fracture.core.config import ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def stored_study(tmp_path):
         ROOT / "jobs" / "studies" / "demo.yaml",
         [f"cluster.storage_path={tmp_path}", "train.epochs=2", "data.image_size=32", "name=stored"],
     )
-    study.save_config(cfg)
+    resume.save_config(cfg)
     return cfg, tmp_path / "stored"
 
 
@@ -106,7 +106,7 @@ def test_resume_alone_restores_the_stored_config(stored_study):
     cfg, study_dir = stored_study
     assert (study_dir / "config.yaml").is_file()
     for where in (study_dir, study_dir / "tune", f"{study_dir}/tune/"):
-        assert study.resume_config(where) == cfg
+        assert resume.resume_config(where) == cfg
 
 
 def test_resume_accepts_a_command_line_that_repeats_the_study(stored_study):
@@ -120,23 +120,23 @@ def test_resume_accepts_a_command_line_that_repeats_the_study(stored_study):
             "name=stored",
         ],
     )
-    assert study.resume_config(study_dir, **argv) == cfg
-    assert study.resume_config(study_dir, overrides=["train.epochs=2"]) == cfg  # overrides apply to the stored config
+    assert resume.resume_config(study_dir, **argv) == cfg
+    assert resume.resume_config(study_dir, overrides=["train.epochs=2"]) == cfg  # overrides apply to the stored config
 
 
 def test_resume_refuses_a_command_line_that_changes_the_study(stored_study):
     _, study_dir = stored_study
     with pytest.raises(ConfigError) as refused:
-        study.resume_config(study_dir, overrides=["train.epochs=5", "model.dropout=0.5"])
+        resume.resume_config(study_dir, overrides=["train.epochs=5", "model.dropout=0.5"])
     message = str(refused.value)
     assert message.startswith(f"--resume {study_dir}: a resumed study keeps the config it was started with")
     assert "train.epochs=5 (the study has 2)" in message and "model.dropout" not in message  # 0.5 is the stored value
     with pytest.raises(ConfigError, match=r"data.image_size=64 \(the study has 32\)"):
-        study.resume_config(study_dir, config=ROOT / "jobs" / "studies" / "demo.yaml")
+        resume.resume_config(study_dir, config=ROOT / "jobs" / "studies" / "demo.yaml")
 
 
 def test_resume_of_a_study_without_a_stored_config_uses_the_command_line(tmp_path):
-    assert study.resume_config(tmp_path) is None
+    assert resume.resume_config(tmp_path) is None
 
 
 @pytest.mark.parametrize(

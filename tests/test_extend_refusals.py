@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from fracture import study
+from fracture import resume
 from fracture.core import storage
 from fracture.core.config import ConfigError
 from fracture.core.storage import StudyPaths
@@ -54,7 +54,7 @@ POINTS = [
 def _study(cfg, *, finished: bool = True, with_optuna: bool = True) -> StudyPaths:
     """What a study leaves in its dir once it ran: config.yaml, study.json and (when it searched) optuna.db."""
     paths = StudyPaths.of(cfg)
-    study.save_config(cfg, paths)
+    resume.save_config(cfg, paths)
     storage.write_text(paths.record, json.dumps({"name": cfg.name, "parent_run_id": "parent-1", "finished": finished}))
     if with_optuna:
         _optuna_study(paths, cfg.name, POINTS)
@@ -63,7 +63,7 @@ def _study(cfg, *, finished: bool = True, with_optuna: bool = True) -> StudyPath
 
 def test_a_finished_study_extends_with_more_trials_and_its_own_config(tiny_config):
     paths = _study(tiny_config())
-    cfg = study.extend_config(paths.root, overrides=["search.num_trials=8", "search.max_concurrent=2"])
+    cfg = resume.extend_config(paths.root, overrides=["search.num_trials=8", "search.max_concurrent=2"])
     assert (cfg.search.num_trials, cfg.search.max_concurrent) == (8, 2)
     assert cfg.to_dict() | {"search": {}} == tiny_config().to_dict() | {"search": {}}
 
@@ -71,29 +71,29 @@ def test_a_finished_study_extends_with_more_trials_and_its_own_config(tiny_confi
 def test_an_extension_may_not_change_what_the_trials_were_measured_with(tiny_config):
     paths = _study(tiny_config())
     with pytest.raises(ConfigError, match=r"--extend .*train\.epochs=5 \(the study has 2\)"):
-        study.extend_config(paths.root, overrides=["search.num_trials=8", "train.epochs=5"])
+        resume.extend_config(paths.root, overrides=["search.num_trials=8", "train.epochs=5"])
 
 
 def test_an_unfinished_study_is_refused_naming_the_resume(tiny_config):
     paths = _study(tiny_config(), finished=False)
     with pytest.raises(ConfigError, match=rf"not finished.*--resume {paths.tune}"):
-        study.extend_config(paths.root, overrides=["search.num_trials=8"])
+        resume.extend_config(paths.root, overrides=["search.num_trials=8"])
     Path(paths.extended(1).tune).mkdir(parents=True)  # an interrupted extension: that is what to resume
     with pytest.raises(ConfigError, match=rf"--resume {paths.extended(1).tune}"):
-        study.extend_config(paths.root)
+        resume.extend_config(paths.root)
 
 
 def test_a_study_without_optuna_storage_is_refused(tiny_config):
     paths = _study(tiny_config(), with_optuna=False)
     with pytest.raises(ConfigError, match="no Optuna storage"):
-        study.extend_config(paths.root)
+        resume.extend_config(paths.root)
 
 
 def test_nothing_there_and_remote_storage_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="no study there"):
-        study.extend_config(tmp_path / "nothing")
+        resume.extend_config(tmp_path / "nothing")
     with pytest.raises(ConfigError, match="remote storage"):
-        study.extend_config("s3://bucket/runs/demo")
+        resume.extend_config("s3://bucket/runs/demo")
 
 
 def test_extensions_have_their_own_tune_dir_and_config(tiny_config):
@@ -110,7 +110,7 @@ def test_extensions_have_their_own_tune_dir_and_config(tiny_config):
 def test_overwrite_removes_the_extensions_and_optuna_storage(tiny_config):
     paths = _study(tiny_config())
     Path(paths.extended(1).tune).mkdir(parents=True)
-    study.claim(tiny_config(), overwrite=True)
+    resume.claim(tiny_config(), overwrite=True)
     assert not storage.exists(paths.optuna) and storage.extensions(paths) == []
 
 

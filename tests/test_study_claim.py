@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture import study
+from fracture import resume
 from fracture.core import storage
 from fracture.core.config import ConfigError
 from fracture.core.storage import StudyPaths
@@ -20,12 +20,12 @@ def _earlier_study(cfg) -> None:
     base = cfg.run_dir
     (base / "tune").mkdir(parents=True)
     (base / "train").mkdir()
-    study.save_config(cfg)
-    study._save_record(cfg, StudyPaths(str(base)), "parent-1")
+    resume.save_config(cfg)
+    resume.save_record(cfg, StudyPaths(str(base)), "parent-1")
 
 
 def test_a_fresh_name_is_free(tiny_config):
-    study.claim(tiny_config())  # nothing raised, nothing created
+    resume.claim(tiny_config())  # nothing raised, nothing created
     assert not (tiny_config().run_dir / "tune").exists()
 
 
@@ -39,7 +39,7 @@ def test_a_fresh_name_is_free(tiny_config):
 def test_a_taken_name_is_refused_naming_the_ways_on(tiny_config, change, says):
     _earlier_study(tiny_config())
     with pytest.raises(ConfigError) as info:
-        study.claim(tiny_config(*change))
+        resume.claim(tiny_config(*change))
     message = str(info.value)
     assert "--resume" in message and "name=" in message and "--overwrite" in message and says in message
     assert "\n" not in message
@@ -51,7 +51,7 @@ def test_other_data_under_the_same_name_is_named(tiny_config, tmp_path):
     _earlier_study(tiny_config())
     other = synthetic.generate(tmp_path / "other", n=40, seed=5, min_size=32, max_size=40)
     with pytest.raises(ConfigError, match="data.root="):  # the config differs in data.root first
-        study.claim(tiny_config(f"data.root={other}"))
+        resume.claim(tiny_config(f"data.root={other}"))
 
 
 def test_another_image_list_in_the_same_root_is_named(tiny_config, tmp_path):
@@ -65,24 +65,24 @@ def test_another_image_list_in_the_same_root_is_named(tiny_config, tmp_path):
     # would, in a new process), and the study's recorded fingerprint no longer matches it.
     pipeline.build_manifest(cfg, root, pipeline.manifest_path(cfg), progress=False)
     with pytest.raises(ConfigError, match="another image list"):
-        study.claim(cfg)
+        resume.claim(cfg)
 
 
 def test_overwrite_removes_the_earlier_study_but_keeps_shared_files(tiny_config):
     cfg = tiny_config()
     _earlier_study(cfg)
     (cfg.run_dir / "mlflow.db").write_bytes(b"")
-    study.claim(cfg, overwrite=True)
+    resume.claim(cfg, overwrite=True)
     left = {p.name for p in cfg.run_dir.iterdir()}
     assert not left & {Path(p).name for p in StudyPaths.of(cfg).parts}, left
     assert {"manifest.parquet", "mlflow.db"} <= left
-    study.claim(cfg)  # the name is free again
+    resume.claim(cfg)  # the name is free again
 
 
 def test_the_record_keeps_the_parent_run_and_data(tiny_config):
     cfg = tiny_config()
     _earlier_study(cfg)
-    record = study.study_record(StudyPaths.at(cfg.run_dir / "tune"))  # as --resume names it
+    record = resume.study_record(StudyPaths.at(cfg.run_dir / "tune"))  # as --resume names it
     assert record["parent_run_id"] == "parent-1" and record["data"]["images"]
     assert json.loads((cfg.run_dir / storage.STUDY_FILE).read_text()) == record
 

@@ -13,7 +13,7 @@ import mlflow
 import optuna
 import pytest
 
-from fracture import study
+from fracture import resume, study
 from fracture.core.storage import StudyPaths
 from fracture.track import tags
 
@@ -27,7 +27,7 @@ def test_a_finished_study_extended_by_two_has_four_trials_in_one_parent_run(ray_
     paths = StudyPaths.of(cfg)
     parent = json.loads(open(paths.record).read())["parent_run_id"]
 
-    more = study.extend_config(paths.root, overrides=["search.num_trials=2"])
+    more = resume.extend_config(paths.root, overrides=["search.num_trials=2"])
     study.preflight(more, resume=paths.root)
     summary = study.run(more, extend=paths.root)
     assert len(summary["trials"]) == 4 and summary["study_dir"] == paths.extended(1).tune
