@@ -126,7 +126,7 @@ def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
     augmentation by (seed, epoch, i) gives the views the platform's collate gives it.
     """
     from fracture.data import pipeline
-    from fracture.data.presets import IMAGE, LABEL, ROW
+    from fracture.core.names import IMAGE, LABEL, ROW
 
     parts = list(
         pipeline.decoded(cfg, split)

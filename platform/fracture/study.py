@@ -3,10 +3,11 @@
 jobs/train.py (one trial, no search) and jobs/tune.py (the search) both come through here, so a
 debug run and a study share one code path and one MLflow layout.
 
-A study stores its resolved config beside its Tune experiment (`<storage>/<name>/config.yaml`), so
-`jobs/tune.py --resume DIR` needs nothing else to continue it (resume_config). A finished study can
-be extended (`--extend DIR`, extend_config): a new Tune run (tune_ext<N>/) whose sampler loads the
-study's Optuna storage, logged under the same parent run, after which the champion rule runs again.
+`run` is the recipe, read top to bottom: paths -> datasets -> parent run -> tuner -> fit -> the best
+checkpoint -> registry -> close; each step is a module that calls nothing above it. What a study's
+directory permits (a new name, a --resume, an --extend) is fracture.resume's. An extension is a new
+Tune run (tune_ext<N>/) whose sampler loads the study's Optuna storage, logged under the same parent
+run, after which the champion rule runs again.
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def run(
     """Run (or resume, or extend) the study and register its best checkpoint; call preflight(cfg) first.
 
     Args:
-        resume: the study to continue (see resume_config for the cfg to pass with it).
-        extend: the finished study to add cfg.search.num_trials trials to (see extend_config): its
+        resume: the study to continue (see resume.resume_config for the cfg to pass with it).
+        extend: the finished study to add cfg.search.num_trials trials to (resume.extend_config): its
             next tune_ext<N>/; the champion rule judges the new trials' best, the parent run's
             trials table and "trials" cover the whole study.
         verbose: also Tune's own console tables (fracture.tune.console prints a line per epoch either way).
     Returns:
-        the summary from tracking.register, plus "trials": per-trial final metrics.
+        the summary from registration.register, plus "trials": per-trial final metrics.
     """
     if extend:
         first = StudyPaths.at(extend).extended(0)
