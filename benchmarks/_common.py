@@ -125,8 +125,8 @@ def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
     Index i is the image whose ROW is i (its place in the cache), so that seeding image i's
     augmentation by (seed, epoch, i) gives the views the platform's collate gives it.
     """
-    from fracture.data import pipeline
     from fracture.core.names import IMAGE, LABEL, ROW
+    from fracture.data import pipeline
 
     parts = list(
         pipeline.decoded(cfg, split)

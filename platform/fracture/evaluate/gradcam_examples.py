@@ -73,49 +73,22 @@ def explain_images(
         {"explained", "pointing_game" {images, hits, hit_rate (None without boxed fractured images)},
         "items" [{image_id, reason, probability, label, hit, overlay}], "grid"}.
     """
-    from PIL import Image
-
     probs = np.asarray(probs, dtype=np.float64).ravel()
     chosen = _choose(probs, k, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = engine.default_device()
-    net.to(dev)
     rows = frame.iloc[[i for i, _ in chosen]].reset_index(drop=True)
-    images = torch.from_numpy(scoring.decode_all(rows[PATH], image_size, allow_truncated=allow_truncated)[0])
-    heatmaps = np.concatenate(
-        [
-            explain.gradcam(net, engine.to_model_input(images[j : j + GRADCAM_BATCH], dev))
-            for j in range(0, len(images), GRADCAM_BATCH)
-        ]
-    )  # (K, S, S)
+    heatmaps = _heatmaps(net, rows, image_size, allow_truncated)  # (K, S, S)
     shown = scoring.decode_all(rows[PATH], max(image_size, DISPLAY_PX), allow_truncated=allow_truncated)[0]
     yolo = Path(data_root) / "annotations" / "yolo" if data_root else None
     items, overlays, titles = [], [], []
     for rank, ((i, reason), row) in enumerate(zip(chosen, rows.itertuples(index=False), strict=True)):
-        row = row._asdict()
-        label = int(row.get(LABEL, -1))
-        box_file = yolo / f"{Path(row[ID]).stem}.txt" if yolo else None
-        boxes = explain.read_yolo_boxes(box_file) if box_file and box_file.is_file() else []
-        hit = explain.pointing_game(heatmaps[rank], boxes) if label == 1 else None
-        image = _draw_boxes(explain.overlay(shown[rank], heatmaps[rank]), boxes)
-        path = out_dir / f"{rank:02d}_{reason}_{Path(row[ID]).stem}.png"
-        Image.fromarray(image).save(path)
-        implant = " implant" if int(row.get("hardware", -1)) == 1 else ""
-        mark = {True: " hit", False: " miss", None: ""}[hit]
-        titles.append(f"{reason} p={probs[i]:.3f} y={label if label >= 0 else '?'}{mark}{implant}")
-        overlays.append(image)
-        items.append(
-            {
-                "image_id": row[ID],
-                "reason": reason,
-                "probability": float(probs[i]),
-                "label": label,
-                "boxes": len(boxes),
-                "hit": hit,
-                "overlay": str(path),
-            }
+        item, image, title = _explained(
+            row._asdict(), reason, float(probs[i]), heatmaps[rank], shown[rank], yolo, out_dir / f"{rank:02d}_{reason}"
         )
+        items.append(item)
+        overlays.append(image)
+        titles.append(title)
     grid = explain.save_grid(overlays, titles, out_dir / "grid.png") if overlays else None
     scored = [it["hit"] for it in items if it["hit"] is not None]
     return {
@@ -128,6 +101,47 @@ def explain_images(
         "items": items,
         "grid": str(grid) if grid else None,
     }
+
+
+def _heatmaps(net: FractureNet, rows: pd.DataFrame, image_size: int, allow_truncated: bool) -> np.ndarray:
+    """Grad-CAM of each row's image at the model's input size, in batches: (K, S, S)."""
+    dev = engine.default_device()
+    net.to(dev)
+    images = torch.from_numpy(scoring.decode_all(rows[PATH], image_size, allow_truncated=allow_truncated)[0])
+    return np.concatenate(
+        [
+            explain.gradcam(net, engine.to_model_input(images[j : j + GRADCAM_BATCH], dev))
+            for j in range(0, len(images), GRADCAM_BATCH)
+        ]
+    )
+
+
+def _explained(
+    row: dict, reason: str, probability: float, heatmap: np.ndarray, shown: np.ndarray, yolo: Path | None, stem: Path
+) -> tuple[dict[str, Any], np.ndarray, str]:
+    """One explained image: its item (with the pointing game's verdict), its overlay (saved), its grid title."""
+    from PIL import Image
+
+    label = int(row.get(LABEL, -1))
+    box_file = yolo / f"{Path(row[ID]).stem}.txt" if yolo else None
+    boxes = explain.read_yolo_boxes(box_file) if box_file and box_file.is_file() else []
+    hit = explain.pointing_game(heatmap, boxes) if label == 1 else None
+    image = _draw_boxes(explain.overlay(shown, heatmap), boxes)
+    path = stem.with_name(f"{stem.name}_{Path(row[ID]).stem}.png")
+    Image.fromarray(image).save(path)
+    implant = " implant" if int(row.get("hardware", -1)) == 1 else ""
+    mark = {True: " hit", False: " miss", None: ""}[hit]
+    title = f"{reason} p={probability:.3f} y={label if label >= 0 else '?'}{mark}{implant}"
+    item = {
+        "image_id": row[ID],
+        "reason": reason,
+        "probability": probability,
+        "label": label,
+        "boxes": len(boxes),
+        "hit": hit,
+        "overlay": str(path),
+    }
+    return item, image, title
 
 
 def pointing_summary(result: dict[str, Any]) -> str:

@@ -49,67 +49,80 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
     Returns:
         {"roc", "pr", "confusion", "calibration"} -> path written.
     """
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     y = np.asarray(labels).ravel().astype(int)
     p = np.asarray(probs, dtype=float).ravel()
+    scored = _Scored(y, p, threshold, f"{title}: " if title else "")
     out_dir = Path(out_dir)
-    m, counts = metrics.binary_metrics(y, p, threshold), metrics.confusion(y, p, threshold)
-    head = f"{title}: " if title else ""
-    op = f"threshold {threshold:.2f}"
-    paths = {}
+    return {
+        "roc": _save(_roc(scored), out_dir / "roc.png"),
+        "pr": _save(_precision_recall(scored), out_dir / "pr.png"),
+        "confusion": _save(_confusion(scored), out_dir / "confusion.png"),
+        "calibration": _save(_calibration(scored), out_dir / "calibration.png"),
+    }
+
+
+class _Scored:
+    """One prediction set at its operating point, as every evaluation plot draws it."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray, threshold: float, head: str):
+        self.y, self.p, self.threshold, self.head = y, p, threshold, head
+        self.m, self.counts = metrics.binary_metrics(y, p, threshold), metrics.confusion(y, p, threshold)
+        self.op = f"threshold {threshold:.2f}"
+
+
+def _roc(s: _Scored):
+    from sklearn.metrics import roc_curve
 
     fig = figure(figsize=(5, 5))
     ax = fig.subplots()
-    fpr, tpr, _ = roc_curve(y, p)
-    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {m['auc']:.3f})")
+    fpr, tpr, _ = roc_curve(s.y, s.p)
+    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {s.m['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
-    ax.plot(
-        1 - m["specificity"],
-        m["sensitivity"],
-        "o",
-        c="red",
-        ms=8,
-        label=f"{op}: sens {m['sensitivity']:.2f}, spec {m['specificity']:.2f}",
-    )
+    operating = f"{s.op}: sens {s.m['sensitivity']:.2f}, spec {s.m['specificity']:.2f}"
+    ax.plot(1 - s.m["specificity"], s.m["sensitivity"], "o", c="red", ms=8, label=operating)
     ax.set(
         xlabel="False positive rate (1 - specificity)",
         ylabel="True positive rate (sensitivity)",
-        title=f"{head}ROC curve",
+        title=f"{s.head}ROC curve",
         xlim=(0, 1),
         ylim=(0, 1.02),
         aspect="equal",
     )
     ax.legend(loc="lower right", fontsize=8)
-    paths["roc"] = _save(fig, out_dir / "roc.png")
+    return fig
+
+
+def _precision_recall(s: _Scored):
+    from sklearn.metrics import precision_recall_curve
 
     fig = figure(figsize=(5, 5))
     ax = fig.subplots()
-    precision, recall, _ = precision_recall_curve(y, p)
-    ax.step(recall, precision, where="post", lw=2, label=f"PR (AP = {m['auprc']:.3f})")
-    ax.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence ({y.mean():.2f})")
-    n_pred = counts["tp"] + counts["fp"]
+    precision, recall, _ = precision_recall_curve(s.y, s.p)
+    ax.step(recall, precision, where="post", lw=2, label=f"PR (AP = {s.m['auprc']:.3f})")
+    ax.axhline(s.y.mean(), ls="--", c="grey", lw=1, label=f"prevalence ({s.y.mean():.2f})")
+    n_pred = s.counts["tp"] + s.counts["fp"]
     if n_pred:  # precision is undefined with no positive calls
-        ax.plot(m["sensitivity"], counts["tp"] / n_pred, "o", c="red", ms=8, label=op)
+        ax.plot(s.m["sensitivity"], s.counts["tp"] / n_pred, "o", c="red", ms=8, label=s.op)
     ax.set(
         xlabel="Recall (sensitivity)",
         ylabel="Precision",
-        title=f"{head}Precision-recall curve",
+        title=f"{s.head}Precision-recall curve",
         xlim=(0, 1),
         ylim=(0, 1.02),
     )
     ax.legend(loc="lower left", fontsize=8)
-    paths["pr"] = _save(fig, out_dir / "pr.png")
+    return fig
 
+
+def _confusion(s: _Scored):
     fig = figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    cm = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])  # rows: actual, cols: predicted
+    c = s.counts
+    cm = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])  # rows: actual, cols: predicted
     ax.imshow(cm, cmap="Blues")
     for (i, j), count in np.ndenumerate(cm):
-        ax.text(
-            j, i, str(count), ha="center", va="center", fontsize=14, color="white" if count > cm.max() / 2 else "black"
-        )
+        color = "white" if count > cm.max() / 2 else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=14, color=color)
     ax.set(
         xticks=[0, 1],
         yticks=[0, 1],
@@ -117,25 +130,28 @@ def save_evaluation_plots(labels, probs, threshold: float, out_dir: str | Path, 
         yticklabels=CLASS_NAMES,
         xlabel="Predicted",
         ylabel="Actual",
-        title=f"{head}Confusion matrix ({op})",
+        title=f"{s.head}Confusion matrix ({s.op})",
     )
-    paths["confusion"] = _save(fig, out_dir / "confusion.png")
+    return fig
+
+
+def _calibration(s: _Scored):
+    from sklearn.calibration import calibration_curve
 
     fig = figure(figsize=(5, 6))
     ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    strategy = calibration_bins(p)
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy=strategy)
+    strategy = calibration_bins(s.p)
+    prob_true, prob_pred = calibration_curve(s.y, s.p, n_bins=10, strategy=strategy)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
     bins = "deciles of scores" if strategy == "quantile" else "10 equal bins"
     ax.plot(prob_pred, prob_true, "o-", lw=2, label=f"model ({bins})")
-    ax.set(ylabel="Observed fracture fraction", title=f"{head}Calibration (reliability)", xlim=(0, 1), ylim=(0, 1))
+    ax.set(ylabel="Observed fracture fraction", title=f"{s.head}Calibration (reliability)", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
-    hist.hist([p[y == 0], p[y == 1]], bins=20, range=(0, 1), stacked=True, label=CLASS_NAMES)
-    hist.axvline(threshold, c="red", lw=1)
+    hist.hist([s.p[s.y == 0], s.p[s.y == 1]], bins=20, range=(0, 1), stacked=True, label=CLASS_NAMES)
+    hist.axvline(s.threshold, c="red", lw=1)
     hist.set(xlabel="Predicted fracture probability", ylabel="Count")
     hist.legend(fontsize=8)
-    paths["calibration"] = _save(fig, out_dir / "calibration.png")
-    return paths
+    return fig
 
 
 def calibration_bins(probs: np.ndarray, n_bins: int = 10) -> str:
