@@ -119,24 +119,6 @@ def make_config(tmp: Path, root: Path, *overrides: str):
     )
 
 
-def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The decoded cache of a split as in-memory arrays: images uint8 (N, S, S, 3), labels (N,).
-
-    Index i is the image whose ROW is i (its place in the cache), so that seeding image i's
-    augmentation by (seed, epoch, i) gives the views the platform's collate gives it.
-    """
-    from fracture.core.names import IMAGE, LABEL, ROW
-    from fracture.data import pipeline
-
-    parts = list(
-        pipeline.decoded(cfg, split)
-        .select_columns([IMAGE, LABEL, ROW])
-        .iter_batches(batch_size=None, batch_format="numpy")
-    )
-    order = np.argsort(np.concatenate([p[ROW] for p in parts]))
-    return np.concatenate([p[IMAGE] for p in parts])[order], np.concatenate([p[LABEL] for p in parts])[order]
-
-
 class InMemory:
     """Map-style dataset over decoded arrays: item i = (image uint8 (S, S, 3), label)."""
 

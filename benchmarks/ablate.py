@@ -3,7 +3,7 @@
 Controlled experiments on why a training run does (not) learn: each variant changes one thing
 against the platform's former data path (manifest order read through a 256-row local shuffle
 buffer, the notebook's augmentation, 70% train) and trains the same model with the plain loop of
-`_plain.fit` on the real FracAtlas split at 64 px. Prints each variant's train-loss curve and val
+`fracture.train.reference.fit` on the real FracAtlas split at 64 px. Prints each variant's train-loss curve and val
 AUROC, and appends one JSON line per variant to --out.
 """
 
@@ -14,7 +14,8 @@ import json
 import time
 
 import _common
-import _plain
+
+from fracture.train import reference
 
 # The issue's command: from scratch, Adam 1e-4 everywhere, no schedule, no clipping, 64 px, CPU.
 BASE = [
@@ -72,7 +73,7 @@ def main() -> None:
         )
         key = (cfg.name, cfg.data.test_fraction)
         if key not in arrays:
-            arrays[key] = (_common.split_arrays(cfg, "train"), _common.split_arrays(cfg, "val"))
+            arrays[key] = (reference.split_arrays(cfg, "train"), reference.split_arrays(cfg, "val"))
         train, val = arrays[key]
         print(
             f"== {name}: {kwargs} {extra}  train {len(train[0])} ({int(train[1].sum())} pos), "
@@ -80,7 +81,7 @@ def main() -> None:
             flush=True,
         )
         start = time.perf_counter()
-        hist, _ = _plain.fit(cfg, train, val, log=lambda s: print(s, flush=True), **kwargs)
+        hist, _ = reference.fit(cfg, train, val, log=lambda s: print(s, flush=True), **kwargs)
         with open(args.out, "a") as f:
             f.write(
                 json.dumps(

@@ -6,7 +6,7 @@ test split once. Prints val and test AUROC / sensitivity / specificity (test wit
 and the machine, image size, epochs and weights behind them.
 
 --plain first trains the same recipe on the same decoded arrays with a plain PyTorch loop
-(benchmarks/_plain.py: the same model, initial weights, loss, optimizer and augmentation preset),
+(fracture.train.reference: the same model, initial weights, loss, optimizer and augmentation preset),
 then through the platform, and prints both learning curves side by side, writes them as a PNG, and
 gives the ratio of best val AUROC, platform / plain (goal >= 0.98 at equal epochs).
 --plain-order says which batches the plain loop sees: "platform" (default) the very permutation
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import _common
-import _plain
 import numpy as np
 import torch
 
@@ -37,6 +36,7 @@ from fracture.evaluate import holdout, scoring
 from fracture.model import checkpoint
 from fracture.model.network import build_model
 from fracture.runtime import cluster
+from fracture.train import reference
 
 DEFAULT = Path(__file__).resolve().parents[1] / "jobs" / "studies" / "fracatlas.yaml"
 
@@ -129,14 +129,14 @@ def main() -> None:
         curves: dict[str, list[dict]] = {}
         if args.plain:
             _common.quiet_data_context()
-            train, val = _common.split_arrays(cfg, "train"), _common.split_arrays(cfg, "val")
+            train, val = reference.split_arrays(cfg, "train"), reference.split_arrays(cfg, "val")
             print(
                 f"plain torch loop: train {len(train[0])} images, val {len(val[0])}, "
                 f"{cfg.train.epochs} epochs at {cfg.data.image_size} px, order {args.plain_order}",
                 flush=True,
             )
             start = time.perf_counter()
-            curves["plain torch"], best_state = _plain.fit(
+            curves["plain torch"], best_state = reference.fit(
                 cfg, train, val, order=args.plain_order, log=lambda s: print(s, flush=True)
             )
             report["plain_wall_s"] = time.perf_counter() - start

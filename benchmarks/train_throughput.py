@@ -46,7 +46,7 @@ from fracture.data import pipeline
 from fracture.model import checkpoint, engine
 from fracture.model.network import build_model
 from fracture.track import store
-from fracture.train import trainer, worker
+from fracture.train import reference, trainer, worker
 
 TRAIN_GFLOPS_224 = 93.0  # forward (15.5 GMACs = 31 GFLOPs) + backward (~2x forward), per image
 DENSE_BF16_TFLOPS = [  # (pattern in torch.cuda.get_device_name(), dense bf16 peak), first match wins
@@ -257,8 +257,8 @@ def main() -> None:
         pos_weight = pipeline.pos_weight(cfg)
         datasets = pipeline.build_datasets(cfg)  # builds the decoded cache (both splits)
         cache_s = time.perf_counter() - tick
-        train_x, train_y = _common.split_arrays(cfg, "train")
-        val_x, val_y = _common.split_arrays(cfg, "val")
+        train_x, train_y = reference.split_arrays(cfg, "train")
+        val_x, val_y = reference.split_arrays(cfg, "val")
         print(
             f"data: {root} ({'real' if args.root else 'synthetic'}), train {len(train_x)} / val {len(val_x)} "
             f"images at {args.image_size} px, batch {_common.BATCH}; decoded cache built in {cache_s:.1f} s"

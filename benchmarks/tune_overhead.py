@@ -41,6 +41,7 @@ import torch
 from fracture.data import pipeline, synthetic
 from fracture.model import checkpoint, engine
 from fracture.model.network import build_model
+from fracture.train import reference
 from fracture.tune import search
 
 
@@ -230,7 +231,7 @@ def main() -> None:
 
         # --- the project's studies, between two halves of the plain loop
         pos_weight = pipeline.pos_weight(cfg)
-        arrays = {split: _common.split_arrays(cfg, split) for split in ("train", "val")}  # builds the cache
+        arrays = {split: reference.split_arrays(cfg, split) for split in ("train", "val")}  # builds the cache
         first = n // 2
         plain_s, ckpt_s = plain_trainings(cfg, arrays, pos_weight, first)
         timed = {}

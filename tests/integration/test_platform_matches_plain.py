@@ -1,7 +1,7 @@
 """The platform adds no math of its own: a trial through Ray Data -> Ray Train -> Tune trains exactly
 like a plain PyTorch loop that is given the same batches.
 
-benchmarks/_plain.fit is the yardstick loop (in-memory arrays, no Ray). It is handed the order the
+fracture.train.reference.fit is the yardstick loop (in-memory arrays, no Ray). It is handed the order the
 trial recorded in its checkpoint (checkpoint.read_train_order: the cache rows each epoch trained
 on), and it seeds each image's augmentation by (seed, epoch, row) as the worker's collate does; the
 initial weights come from the same seed. So any difference in the worker path (input scaling, the
@@ -12,7 +12,6 @@ seed, is tests/test_data_order.py's business, and is checked here only against t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,12 @@ from ray.tune import ExperimentAnalysis
 from fracture import study
 from fracture.data import pipeline
 from fracture.model import checkpoint
+from fracture.train import reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
 
 def test_a_trial_follows_the_plain_loop_epoch_by_epoch(ray_local, synthetic_root, tmp_path):
-    import _common
-    import _plain
     from conftest import _tiny
 
     cfg = _tiny(
@@ -58,10 +54,10 @@ def test_a_trial_follows_the_plain_loop_epoch_by_epoch(ray_local, synthetic_root
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.cluster.cpus_per_worker))  # the worker's thread count: same reduction order
     try:
-        plain, _ = _plain.fit(
+        plain, _ = reference.fit(
             cfg,
-            _common.split_arrays(cfg, "train"),
-            _common.split_arrays(cfg, "val"),
+            reference.split_arrays(cfg, "train"),
+            reference.split_arrays(cfg, "val"),
             order="given",
             rows=rows,
             log=lambda _: None,

@@ -1,9 +1,9 @@
-"""A plain PyTorch training loop over in-memory arrays: the yardstick for the platform's training.
+"""The plain PyTorch training loop the platform's is measured against: over in-memory arrays, no Ray.
 
-No Ray: the same model, optimizer, loss, engine functions and augmentation presets as the worker,
-fed by a Python generator whose order and augmentation are set by knobs. The ablation and the
-side-by-side quality benchmark both train through `fit`, so they differ from the platform only in
-what the knobs say.
+The same model, optimizer, loss, engine functions and augmentation presets as the worker, fed by a
+Python generator whose order and augmentation are set by knobs. The bit-identity test
+(tests/integration/test_platform_matches_plain.py), the ablation and the side-by-side quality
+benchmark all train through `fit`, so they differ from the platform only in what the knobs say.
 """
 
 from __future__ import annotations
@@ -20,6 +20,24 @@ from fracture.model import engine
 from fracture.model.network import build_model
 
 ORDERS = ("permute", "platform", "stream", "given")
+
+
+def split_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded cache of a split as in-memory arrays: images uint8 (N, S, S, 3), labels (N,).
+
+    Index i is the image whose ROW is i (its place in the cache), so that seeding image i's
+    augmentation by (seed, epoch, i) gives the views the platform's collate gives it.
+    """
+    parts = list(
+        pipeline.decoded(cfg, split, [names.IMAGE, names.LABEL, names.ROW]).iter_batches(
+            batch_size=None, batch_format="numpy"
+        )
+    )
+    order = np.argsort(np.concatenate([p[names.ROW] for p in parts]))
+    return (
+        np.concatenate([p[names.IMAGE] for p in parts])[order],
+        np.concatenate([p[names.LABEL] for p in parts])[order],
+    )
 
 
 def _stream_order(n: int, buffer: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
