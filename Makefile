@@ -28,10 +28,13 @@ data/synthetic/dataset.csv: | $(STAMP)
 demo: $(STAMP) data/synthetic/dataset.csv
 	$(BIN)/python jobs/tune.py --config jobs/studies/demo.yaml --overwrite
 
-## lint: ruff's checks and format check (settings in pyproject.toml); `ruff format .` fixes the layout
+## lint: ruff's checks and format check, the stages' one-way imports (import-linter), module and
+## function sizes (tests/test_layout.py); settings in pyproject.toml; `ruff format .` fixes the layout
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(PYTEST) -q -p no:cacheprovider tests/test_layout.py
 
 ## test: lint, then the whole suite (unit + tiny real Ray/MLflow runs); `make test-fast` skips the slow ones
 test: lint
