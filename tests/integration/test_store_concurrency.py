@@ -33,6 +33,7 @@ import sys, time
 from pathlib import Path
 
 from fracture.core.config import load
+from fracture.track import study_runs
 
 start, n, stop, storage = float(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 cfg = load(sys.argv[5], sys.argv[6:])
@@ -44,7 +45,7 @@ logged = 0
 while logged < 2 or not stop.exists():
     values = {f"test_metric_{k}": k * 0.01 + n for k in range(40)}
     tags = {"fracture.evaluation": "concurrent"}
-    tracking.log_evaluation(cfg, f"evaluate-{n}-{logged}", values, [note], params={"logger": n}, tags=tags)
+    study_runs.log_evaluation(cfg, f"evaluate-{n}-{logged}", values, [note], params={"logger": n}, tags=tags)
     logged += 1
     time.sleep(5)
 print("logged", logged)
