@@ -3,7 +3,9 @@
 Audit a FracAtlas folder and write the leak-free manifest (Parquet) plus its data report (JSON +
 Markdown beside it); print the report. --out defaults to data.manifest, else
 <storage_path>/<name>/manifest.parquet, where jobs/train.py and jobs/tune.py look for it.
---download URL [--sha256 HEX] fetches and unpacks the dataset into the data root first.
+--download URL [--sha256 HEX] fetches and unpacks the dataset into the data root first;
+--download fracatlas takes the FracAtlas release from figshare (its API gives the archive's URL
+and MD5, checked) and logs the archive's sha256 to pin with --sha256 on later downloads.
 """
 
 import logging
@@ -16,7 +18,11 @@ def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--root", type=Path, help="FracAtlas folder (sets data.root)")
     p.add_argument("--out", type=Path, help="manifest path (sets data.manifest)")
-    p.add_argument("--download", metavar="URL", help="fetch the FracAtlas archive (https:// or file://) first")
+    p.add_argument(
+        "--download",
+        metavar="URL",
+        help="fetch the dataset archive first: https://, file://, or fracatlas (the figshare release)",
+    )
     p.add_argument("--sha256", help="expected checksum of the archive")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress lines go to stderr
     cfg, args = cli.parse(p=p)

@@ -1,14 +1,20 @@
-"""Processes the integration tests start: a job's environment, and ending a whole process session."""
+"""Processes the integration tests start: a job's environment, a `ray start` head, ending a process session."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).parent / "ray"
 # For processes that join a job's local Ray as clients: they must also see a one-machine Ray, or they
 # announce the host's address (jobs themselves get this from fracture.runtime.cluster.init_ray).
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -71,3 +77,77 @@ def tiny_job_args(
         f"tracking.experiment={experiment}",
         *extra,
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORTS = (
+    "port",
+    "dashboard-port",
+    "ray-client-server-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+)
+
+
+@contextlib.contextmanager
+def ray_head(workdir: Path, *args: str, env: dict | None = None, num_cpus: int = 4, port: int | None = None):
+    """A cluster started with `ray start --head` on free loopback ports, as `ray up` starts one; stopped after.
+
+    Token authentication stays on: the head, its nodes, jobs and the CLI share a token file made
+    here (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH). The head runs from this venv, as a user's
+    would after activating it. Yields address (the dashboard's, for `ray job`), gcs (for
+    RAY_ADDRESS), env (for the CLI and jobs), pid and log. `port`: the GCS port (default: a free one).
+    """
+    token = workdir / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        **LOOPBACK,  # single machine: Ray keeps to 127.0.0.1
+        **(env or {}),
+    }
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    ports = {name: free_port() for name in PORTS} | ({"port": port} if port else {})
+    log = workdir / "head.log"
+    with log.open("w") as out:
+        # --block keeps `ray start` as the leader of a session of its own: teardown ends that session only.
+        command = [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+        command += [f"--num-cpus={num_cpus}", "--disable-usage-stats", *args]
+        command += [f"--{name}={port}" for name, port in ports.items()]
+        proc = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    head = SimpleNamespace(
+        address=f"http://127.0.0.1:{ports['dashboard-port']}",
+        gcs=f"127.0.0.1:{ports['port']}",
+        env=env,
+        pid=proc.pid,
+        log=log,
+    )
+    try:
+        deadline = time.time() + 180
+        while ray_cli(head, "job", "list", "--address", head.address).returncode != 0:
+            assert proc.poll() is None and time.time() < deadline, f"ray start failed:\n{log.read_text()[-3000:]}"
+            time.sleep(2)
+        yield head
+    finally:
+        stop_session(proc.pid)
+        proc.wait(timeout=30)
+        address_file = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        if address_file.is_file() and address_file.read_text().strip() == head.gcs:
+            address_file.unlink()  # `ray start` pointed "the latest cluster" here
+
+
+def ray_cli(head, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """The `ray` CLI against `head`, from the repo root (what --working-dir . uploads)."""
+    return subprocess.run([str(RAY), *args], cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=timeout)

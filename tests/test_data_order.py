@@ -78,3 +78,16 @@ def test_cache_is_stored_in_a_seeded_random_order_not_in_id_order(ordered):
     stored_labels = rows.sort_values(ROW)[LABEL].to_numpy()
     assert not np.array_equal(stored_labels, frame[LABEL].to_numpy())  # the manifest's id order is gone
     assert sorted(stored_labels) == sorted(frame[LABEL])
+
+
+def test_a_trial_that_reads_the_cache_itself_gets_the_same_epochs(ordered):
+    """On a cluster a one-worker trial reads the cache's files where it runs (read_in_trial): the
+    batches are those the driver's materialized dataset gives, epoch by epoch, augmentation included."""
+    cfg, ds = ordered
+    cfg = cfg.replace(data={"augment": "seed"})
+    files = pipeline.build_datasets(cfg, read_in_trial=True)["train"]
+    assert isinstance(files, pipeline.CacheFiles) and all(f.endswith(".parquet") for f in files.files)
+    opened = pipeline.opened(files)
+    assert pipeline.opened(files) is opened  # read once per process, however many trials it runs
+    for epoch in (0, 1):
+        assert _epoch(opened, cfg, epoch) == _epoch(ds, cfg, epoch)

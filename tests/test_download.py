@@ -1,6 +1,7 @@
 """fracture.data.download: a dataset archive is verified, unpacked once, and its data root found."""
 
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -35,3 +36,35 @@ def test_fetch_refuses_a_bad_checksum(archive, tmp_path):
     with pytest.raises(DataError, match="checksum mismatch"):
         download.fetch(archive.as_uri(), tmp_path / "data", sha256="0" * 64)
     assert not any((tmp_path / "data").iterdir())
+
+
+def test_fetch_fracatlas_takes_the_url_and_md5_that_figshares_api_publishes(archive, tmp_path, monkeypatch):
+    """`--download fracatlas`: the article's file list names the archive's URL and MD5 (file:// here)."""
+    listing = {"files": [{"name": "README.txt", "download_url": "file:///nowhere"}]}
+    listing["files"].append(
+        {
+            "name": download.FRACATLAS_FILE,
+            "download_url": archive.as_uri(),
+            "computed_md5": hashlib.md5(archive.read_bytes()).hexdigest(),
+        }
+    )
+    api = tmp_path / "article.json"
+    api.write_text(json.dumps(listing))
+    monkeypatch.setattr(download, "FRACATLAS_API", api.as_uri())
+    root = download.fetch(download.FRACATLAS, tmp_path / "data")
+    assert root == tmp_path / "data" / "FracAtlas" and (root / "dataset.csv").is_file()
+
+    listing["files"][1]["computed_md5"] = "0" * 32  # bytes that are not the release's
+    api.write_text(json.dumps(listing))
+    with pytest.raises(DataError, match="figshare publishes MD5 0{32}, the download differs"):
+        download.fetch(download.FRACATLAS, tmp_path / "other")
+    assert not list((tmp_path / "other").iterdir())
+
+
+def test_a_data_root_above_the_unpacked_folder_is_followed_into_it(archive, tmp_path):
+    """The study's data.root may name the folder an archive was unpacked into (FracAtlas/ inside)."""
+    from fracture.core.config import load
+
+    download.fetch(archive.as_uri(), tmp_path / "data")
+    cfg = load(None, [f"data.root={tmp_path / 'data'}"])
+    assert cfg.data.root == str(tmp_path / "data" / "FracAtlas")

@@ -89,11 +89,38 @@ def test_a_study_without_optuna_storage_is_refused(tiny_config):
         resume.extend_config(paths.root)
 
 
-def test_nothing_there_and_remote_storage_are_refused(tmp_path):
+def test_nothing_there_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no study there"):
         resume.extend_config(tmp_path / "nothing")
-    with pytest.raises(ConfigError, match="remote storage"):
-        resume.extend_config("s3://bucket/runs/demo")
+
+
+@pytest.fixture
+def remote_study(tiny_config, tmp_path, monkeypatch):
+    """A finished study on URI storage (file://: pyarrow's, as s3:// is, on this disk), whose driver
+    wrote optuna.db in its local copy and stored it beside the study; the copy then gone, as on a
+    fresh machine. Returns the study's config."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where the driver's copy lives (~/.fracture/<name>)
+    cfg = tiny_config(f"cluster.storage_path=file://{tmp_path}/bucket")
+    paths = _study(cfg)
+    assert paths.root == f"file://{tmp_path}/bucket/{cfg.name}" and not storage.exists(paths.optuna)
+    with optuna_store.stored(paths):  # the end of the Tune run that made it
+        pass
+    paths.optuna_local.unlink()
+    return cfg
+
+
+def test_a_study_on_remote_storage_extends_from_its_stored_optuna_study(remote_study):
+    paths = StudyPaths.of(remote_study)
+    assert resume.extend_config(paths.root, overrides=["search.num_trials=3"]).search.num_trials == 3
+    optuna_store.fetch(paths, fresh=False)  # what the extension's driver does before its Tuner
+    assert [(t.params, t.value) for t in optuna_store.optuna_trials(paths.optuna_local)[1]] == POINTS
+    optuna_store.fetch(paths, fresh=True)  # a new study of that name starts with none
+    assert not paths.optuna_local.exists()
+
+
+def test_warm_start_reads_a_study_on_remote_storage(remote_study, tiny_config):
+    cfg = tiny_config("name=later", f"search.warm_start={StudyPaths.of(remote_study).root}")
+    assert optuna_store.warm_start(cfg, StudyPaths.of(cfg)) == 2
 
 
 def test_extensions_have_their_own_tune_dir_and_config(tiny_config):

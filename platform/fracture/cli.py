@@ -44,15 +44,24 @@ def parser(description: str = "") -> argparse.ArgumentParser:
 
 
 def parse(
-    argv: Sequence[str] | None = None, *, description: str = "", p: argparse.ArgumentParser | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    description: str = "",
+    p: argparse.ArgumentParser | None = None,
+    check_paths: bool = True,
 ) -> tuple[Config, argparse.Namespace]:
-    """Parse argv into (Config, the argparse namespace for job-specific flags)."""
+    """Parse argv into (Config, the argparse namespace for job-specific flags).
+
+    check_paths: check_job_paths on the command line's config; a job that runs another config
+    (tune.py --resume runs the study's stored one) checks that one itself.
+    """
     p = p or parser(description)
     args = p.parse_args(argv)
     study = args.config or (DEFAULT_STUDY if DEFAULT_STUDY.is_file() else None)
     with user_errors():
         cfg = load(study, args.overrides)
-        check_job_paths(cfg)
+        if check_paths:
+            check_job_paths(cfg)
     if args.print_config:
         import yaml
 
@@ -116,7 +125,7 @@ def check_job_paths(cfg: Config) -> None:
 
 # Loggers whose INFO lines are bookkeeping, not progress: MLflow creating or upgrading the tables of
 # its sqlite store (MLflow itself keeps alembic's migration lines at WARNING), Optuna creating its
-# study (in memory, or in the study's optuna.db) or loading it again for --extend.
+# study in the study's optuna.db or loading it again for --extend.
 QUIET_LOGGERS = (
     "mlflow.store.db.utils",
     "optuna.storages._in_memory",

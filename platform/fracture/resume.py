@@ -183,17 +183,12 @@ def extend_config(study: str | Path, *, config: str | Path | None = None, overri
 
 
 def check_extendable(paths: StudyPaths, named: str | Path) -> None:
-    """Refuse `--extend named` unless it is a finished study on local storage with its Optuna storage.
+    """Refuse `--extend named` unless it is a finished study with its Optuna storage (optuna.db, local or remote).
 
     Raises:
         ConfigError saying which, and what to do instead.
     """
     where = f"--extend {named}"
-    if storage.is_remote(paths.root):
-        raise ConfigError(
-            f"{where}: a study on remote storage keeps its Optuna study in memory (sqlite needs a local "
-            "file), so no new run can go on from its trials; start a new study instead"
-        )
     if storage.read_text(paths.config) is None:
         raise ConfigError(f"{where}: no study there ({paths.config} not found)")
     if not storage.exists(paths.optuna):

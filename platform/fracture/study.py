@@ -78,12 +78,13 @@ def run(
     if resume:
         search.check_restorable(paths.tune, resume)  # a wrong --resume must not open MLflow runs
     cluster.check_cluster(cfg)
+    optuna_store.fetch(paths, fresh=not (resume or extend))  # remote storage: the driver's sqlite copy
     if not resume or storage.read_text(paths.config) is None:
         save_config(cfg, paths)  # (a study from before configs were stored with it has one from now on)
     earlier = optuna_store.earlier_results(paths)  # an extension's: the trials of the study's runs before it
     _announce(cfg, paths, resume=bool(resume), search_space=search_space, earlier=len(earlier))
     split_findings = pipeline.audit_split(cfg)  # (again: run may be called without preflight; cached)
-    datasets, pos_weight = pipeline.build_datasets(cfg), pipeline.pos_weight(cfg)
+    datasets, pos_weight = _datasets(cfg), pipeline.pos_weight(cfg)
     report = list(datareport.paths(pipeline.manifest_path(cfg)))
     # A resumed or extended study reopens the parent run it recorded, by id: a name or a directory can be reused.
     again = bool(resume or extend)
@@ -111,7 +112,8 @@ def run(
                 paths=paths,
                 earlier=len(earlier),
             )
-        results = tuner.fit()
+        with optuna_store.stored(paths):  # however the run ends: --resume and --extend go on from it
+            results = tuner.fit()
         _check_complete(results, cfg, paths, search_space=search_space)
         # The champion rule judges this run's best; the study's view (trials.csv, note) covers all its trials.
         chosen = registry.candidate(results, metrics.ranked(cfg))
@@ -128,6 +130,11 @@ def run(
         study_runs.end_study(uri, parent, "FAILED")
         raise
     return summary | {"trials": _trial_rows(results), "tracking_uri": uri, "study_dir": paths.tune}
+
+
+def _datasets(cfg: Config) -> dict:
+    """The trials' datasets; on a cluster of several nodes a one-worker trial reads the decoded cache where it runs."""
+    return pipeline.build_datasets(cfg, read_in_trial=cfg.cluster.in_trial and cluster.spans_nodes())
 
 
 def _curves(chosen: registry.Candidate, directory: Path) -> Path | None:

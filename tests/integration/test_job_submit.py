@@ -12,34 +12,26 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import mlflow
 import pytest
-from procs import stop_session
+from procs import ray_cli, ray_head
 
-from fracture.runtime import cluster
 from fracture.track import registry, tags
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-RAY = Path(sys.executable).parent / "ray"
+# As cluster.yaml starts its head: `ray job stop` interrupts the study the way Ctrl-C does.
+STOP_AS_CTRL_C = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "120"}
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def _cli(head, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RAY), *args], cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=timeout)
-
-
 def _status(head, job_id: str) -> str | None:
-    out = _cli(head, "job", "status", "--address", head.address, job_id)
+    out = ray_cli(head, "job", "status", "--address", head.address, job_id)
     text = out.stdout + out.stderr
     ended = re.search(rf"Job '{re.escape(job_id)}' (succeeded|failed|was stopped)", text)
     if ended:
@@ -51,69 +43,29 @@ def _status(head, job_id: str) -> str | None:
 @pytest.fixture
 def head(tmp_path):
     """A one-node cluster started with `ray start --head` on free loopback ports; stopped afterwards."""
-    token = tmp_path / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = {
-        **os.environ,
-        "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }  # single machine: Ray keeps to 127.0.0.1
-    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
-        env.pop(key, None)
-    ports = {
-        name: cluster.free_port()
-        for name in (
-            "port",
-            "dashboard-port",
-            "ray-client-server-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-        )
-    }
-    log = tmp_path / "head.log"
-    with log.open("w") as out:
-        # --block keeps `ray start` as the leader of a session of its own: teardown ends that session only.
-        proc = subprocess.Popen(
-            [
-                str(RAY),
-                "start",
-                "--head",
-                "--block",
-                "--node-ip-address=127.0.0.1",
-                "--dashboard-host=127.0.0.1",
-                "--num-cpus=4",
-                "--disable-usage-stats",
-                *[f"--{name}={port}" for name, port in ports.items()],
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    head = SimpleNamespace(address=f"http://127.0.0.1:{ports['dashboard-port']}", env=env, pid=proc.pid, log=log)
-    try:
-        deadline = time.time() + 180
-        while _cli(head, "job", "list", "--address", head.address).returncode != 0:
-            assert proc.poll() is None and time.time() < deadline, f"ray start failed:\n{log.read_text()[-3000:]}"
-            time.sleep(2)
-        yield head
-    finally:
-        stop_session(proc.pid)
-        proc.wait(timeout=30)
-        address_file = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-        if address_file.is_file() and address_file.read_text().strip() == f"127.0.0.1:{ports['port']}":
-            address_file.unlink()  # `ray start` pointed "the latest cluster" here
+    with ray_head(tmp_path, env=STOP_AS_CTRL_C) as started:
+        yield started
 
 
 def _submit(head, *args: str, wait_s: float = 480) -> tuple[str, str]:
     """`ray job submit --working-dir . -- python jobs/tune.py ARGS`, waited for: (final status, job logs)."""
+    job_id = _start(head, *args)
+    status, deadline = None, time.time() + wait_s
+    while status not in TERMINAL and time.time() < deadline:
+        time.sleep(5)
+        status = _status(head, job_id)
+    return status, _logs(head, job_id)
+
+
+def _logs(head, job_id: str) -> str:
+    logs = ray_cli(head, "job", "logs", "--address", head.address, job_id)
+    return logs.stdout + logs.stderr
+
+
+def _start(head, *args: str) -> str:
+    """`ray job submit --no-wait` of jobs/tune.py ARGS; returns the job's id."""
     job_id = f"fracture-test-{uuid.uuid4().hex[:8]}"
-    submit = _cli(
+    submit = ray_cli(
         head,
         "job",
         "submit",
@@ -130,12 +82,7 @@ def _submit(head, *args: str, wait_s: float = 480) -> tuple[str, str]:
         *args,
     )
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-3000:]
-    status, deadline = None, time.time() + wait_s
-    while status not in TERMINAL and time.time() < deadline:
-        time.sleep(5)
-        status = _status(head, job_id)
-    logs = _cli(head, "job", "logs", "--address", head.address, job_id)
-    return status, logs.stdout + logs.stderr
+    return job_id
 
 
 def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, tmp_path_factory, synthetic_root):
@@ -180,3 +127,35 @@ def test_ray_job_submit_runs_a_study_and_registers_the_champion(head, tmp_path, 
     trials = [r for r in client.search_runs([experiment.experiment_id]) if tags.TRIAL_TAG in r.data.tags]
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
     assert client.get_model_version_by_alias("fracture", registry.CHAMPION)
+
+
+def test_ray_job_stop_interrupts_a_study_that_resume_then_finishes(head, tmp_path, synthetic_root, tiny_args):
+    """`ray job stop` sends SIGINT (RAY_JOB_STOP_SIGNAL, as cluster.yaml sets it): Tune saves the
+    study, the job says how to continue it, and `--resume` then finishes every trial."""
+    storage = tmp_path / "runs"
+    study = tiny_args(synthetic_root, storage, epochs=4, trials=2)
+    job_id = _start(head, "--config", "jobs/studies/demo.yaml", *study)
+    deadline = time.time() + 300
+    while not re.search(r"trial_\d{3} epoch 1/4", _logs(head, job_id)):
+        assert _status(head, job_id) not in TERMINAL and time.time() < deadline, _logs(head, job_id)[-3000:]
+        time.sleep(3)
+    stop = ray_cli(head, "job", "stop", "--address", head.address, job_id, timeout=180)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+    status, deadline = _status(head, job_id), time.time() + 150
+    while status not in TERMINAL and time.time() < deadline:
+        time.sleep(2)
+        status = _status(head, job_id)
+    output = _logs(head, job_id)
+    assert status == "STOPPED", output[-3000:]
+    study_dir = storage / "demo" / "tune"
+    assert f"interrupted: the study was saved; continue it with: python jobs/tune.py --resume {study_dir}" in output, (
+        output[-3000:]
+    )
+    assert "Traceback" not in output, output[-3000:]
+
+    status, output = _submit(head, "--resume", str(study_dir), wait_s=300)
+    assert status == "SUCCEEDED", output[-4000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{storage / 'demo' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    trials = [r for r in runs if tags.TRIAL_TAG in r.data.tags]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials), [r.info for r in trials]

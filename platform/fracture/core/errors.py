@@ -21,5 +21,9 @@ class StudyIncomplete(Exception):
     """The study was saved before every trial ended; the message names the command that continues it."""
 
 
+class CapacityError(UserError):
+    """The cluster did not get room for a trial in time (its autoscaler could not launch the nodes)."""
+
+
 class DataError(UserError, ValueError):
     """The data cannot be used as given; the message is one human-readable line."""

@@ -8,6 +8,7 @@ every node of a cluster reaches. Under it, `<storage>/<name>/` holds the study:
     config.yaml   the resolved config the study was started with
     study.json    what made it (data fingerprint), where it is tracked (MLflow parent run id), finished or not
     optuna.db     Optuna's study (sqlite): every trial the sampler has seen, so `--extend` can go on with it
+                  (on remote storage the driver works on a local copy, `StudyPaths.optuna_local`)
     tune_ext<N>/, config_ext<N>.yaml   the N-th `--extend`: its Tune experiment and config
 
 `StudyPaths` names each of those once. The functions below go through pyarrow's filesystems for
@@ -16,8 +17,12 @@ both kinds of location, so no caller tests for "://" itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from fracture.core.config import Config
@@ -100,6 +105,15 @@ class StudyPaths:
         return self.join(OPTUNA_FILE)
 
     @property
+    def optuna_local(self) -> Path:
+        """The optuna.db that sqlite opens: `optuna` itself on local storage. sqlite needs a file on
+        this disk, so a study on remote storage works on a copy under ~/.fracture/<name> (its
+        Config.run_dir), which fracture.tune.optuna_store fetches before a Tune run and stores after it."""
+        if is_remote(self.root):
+            return Path.home() / ".fracture" / self.root.rpartition("/")[2] / OPTUNA_FILE
+        return Path(self.optuna)
+
+    @property
     def parts(self) -> tuple[str, ...]:
         """What the study dir holds of the study itself: the manifest, decoded cache and embedded
         MLflow store beside them are keyed by their inputs or shared, and outlive an --overwrite.
@@ -155,6 +169,58 @@ def upload_dir(local: str | Path, location: str) -> None:
     fs, path = _fs(location)
     fs.create_dir(path, recursive=True)
     pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def upload_file(local: str | Path, location: str) -> None:
+    """Copy one local file to `location` (a URI or a local path)."""
+    write_bytes(location, Path(local).read_bytes())
+
+
+def download_file(location: str, local: str | Path) -> bool:
+    """Copy the file at `location` to the local path `local`; False (and `local` untouched) when there is none.
+
+    The copy is written beside `local` and renamed over it, so a failed download never leaves a torn
+    file where sqlite would open it.
+    """
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return False
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(local.name + ".part")
+    with fs.open_input_stream(path) as f:
+        partial.write_bytes(f.read())
+    os.replace(partial, local)
+    return True
+
+
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[Path | None]:
+    """A path on this disk holding the file at `location` (itself when local, a temporary download
+    of a URI), for readers such as sqlite that open files by name; None when there is no file there."""
+    if not is_remote(location):
+        yield Path(location) if Path(location).is_file() else None
+        return
+    with tempfile.TemporaryDirectory(prefix="fracture-") as tmp:
+        local = Path(tmp, location.rstrip("/").rpartition("/")[2])
+        yield local if download_file(location, local) else None
+
+
+@contextlib.contextmanager
+def local_dir(location: str) -> Iterator[Path]:
+    """A directory on this disk holding what the directory at `location` holds (itself when local, a
+    temporary download of a URI), for readers that open files by name (torch.load, MLflow's log_artifacts)."""
+    import pyarrow.fs
+
+    if not is_remote(location):
+        yield Path(location)
+        return
+    fs, path = _fs(location)
+    with tempfile.TemporaryDirectory(prefix="fracture-") as tmp:
+        pyarrow.fs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield Path(tmp)
 
 
 def list_dir(location: str) -> list[str]:

@@ -17,6 +17,7 @@ Only "train" and "val" are ever built here: the test split is for jobs/evaluate.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -203,12 +204,13 @@ def cache_dir(cfg: Config) -> Path:
     return Path(cfg.data.cache_dir).expanduser().resolve() if cfg.data.cache_dir else cfg.run_dir / "cache"
 
 
-def decoded(cfg: Config, split: str, columns: list[str] | None = None):
+def decoded(cfg: Config, split: str, columns: list[str] | None = None, *, files_only: bool = False):
     """The split as a ray.data.Dataset of {image_id, image uint8 (S, S, 3), label, row} (or `columns`), from the cache.
 
     The rows are stored in a random order seeded by data.split_seed (ROW = position in it), never in
     the manifest's id order. A missing cache is built with Ray Data itself (parallel decode) and
     published with an atomic rename, so concurrent trials never read a half-written cache.
+    files_only: the cache's files (CacheFiles) for a trial to read itself (`opened`), not a Dataset.
     """
     import ray.data
 
@@ -243,6 +245,8 @@ def decoded(cfg: Config, split: str, columns: list[str] | None = None):
     # from Parquet, with no Ray Data task to schedule. Blocks in file order, files in name order:
     # the seeded shuffle then permutes the same sequence in every study.
     files = sorted(p for p in target.iterdir() if p.suffix == ".parquet")
+    if files_only:
+        return CacheFiles(tuple(map(str, files)), tuple(columns or ()))
     if sum(f.stat().st_size for f in files) <= READ_IN_DRIVER_BYTES:
         # A small cache is read here and put in the object store as is (a block per file): Ray
         # Data's own read of it costs seconds of task start-up, more than the read.
@@ -255,9 +259,42 @@ def decoded(cfg: Config, split: str, columns: list[str] | None = None):
     return (ds.select_columns(columns) if columns else ds).materialize()
 
 
-def build_datasets(cfg: Config) -> dict:
-    """{"train", "val"} Ray Datasets of {image, label, row}, as decoded; `epoch_batches` shuffles and augments."""
+@dataclasses.dataclass(frozen=True)
+class CacheFiles:
+    """A split's decoded cache as files on storage every node reaches, for the trial to read (`opened`)."""
+
+    files: tuple
+    columns: tuple
+
+
+_OPENED: dict = {}
+
+
+def opened(source):
+    """A Dataset to iterate: `source` itself, or the CacheFiles read in this process into its node's
+    object store (once per process: a reused trial actor keeps it for its next trials)."""
+    if not isinstance(source, CacheFiles):
+        return source
+    if source not in _OPENED:
+        import pyarrow.parquet as pq
+        import ray.data
+
+        ds = ray.data.from_arrow([pq.read_table(f, columns=list(source.columns) or None) for f in source.files])
+        ds.context.execution_options.preserve_order = True
+        _OPENED[source] = ds
+    return _OPENED[source]
+
+
+def build_datasets(cfg: Config, *, read_in_trial: bool = False) -> dict:
+    """{"train", "val"} Ray Datasets of {image, label, row}, as decoded; `epoch_batches` shuffles and augments.
+
+    read_in_trial: CacheFiles instead, which each trial reads itself (`opened`) where it runs. On a
+    cluster this keeps the cache off the driver's node: trials on GPU nodes would otherwise pull
+    every block from the head's object store, each trial, each epoch.
+    """
     # Workers get numbers only: the string ids stay behind (iter_torch_batches cannot tensorise them).
+    if read_in_trial:
+        return {split: decoded(cfg, split, [IMAGE, LABEL, ROW], files_only=True) for split in TRAINING_SPLITS}
     # Read as materialized: an epoch then only fetches blocks, with no Ray Data task to schedule.
     out = {split: decoded(cfg, split, [IMAGE, LABEL, ROW]) for split in TRAINING_SPLITS}
     for ds in out.values():

@@ -12,60 +12,95 @@ import os
 
 from fracture.core import storage
 from fracture.core.config import Config, ConfigError
+from fracture.runtime import capacity
 
 DRIVER_CPU = 0.01  # each trial's driver fn: it only orchestrates, and Tune refuses an empty request
 DATA_CPU = 1.0  # Ray Data's read/augment tasks (1 CPU each) beside the training workers
 
 
-def check_resources(cfg: Config) -> None:
+def _trial(cfg: Config) -> tuple[list[dict], str]:
+    """One trial's resource bundles (each must fit on one node) and what they are for."""
+    workers, cpus = cfg.cluster.num_workers, cfg.cluster.cpus_per_worker
+    worker = {"CPU": cpus, **({"GPU": 1} if cfg.cluster.use_gpu else {})}
+    if cfg.cluster.in_trial:
+        # The trial itself is the worker and reads the study's materialized datasets: no Ray Data task.
+        return [worker], f"{cpus:g} for the trial, which trains in its own process"
+    parts = f"{workers} x {cpus:g} for its workers, {DATA_CPU:g} for Ray Data, {DRIVER_CPU:g} for its driver"
+    return [worker] * workers + [{"CPU": DATA_CPU + DRIVER_CPU}], parts
+
+
+def check_resources(cfg: Config, kinds: list[capacity.NodeType] | None = None) -> capacity.Demand | None:
     """Refuse, instead of waiting forever, a trial that this cluster can never place.
 
     A trial that trains in its own process (ClusterConfig.in_trial) holds its worker's CPUs (and
     GPU). A TorchTrainer's trial holds its driver's sliver of a CPU and its workers' CPUs (and
     GPUs), and Ray Data's split tasks need a whole CPU beyond that, or the workers wait for batches
     that are never made. Each worker must also fit on one node.
-    """
-    import ray
 
-    total = ray.cluster_resources()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    workers, cpus = cfg.cluster.num_workers, cfg.cluster.cpus_per_worker
-    need_gpu = workers if cfg.cluster.use_gpu else 0
-    have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
-    shape = f"cluster.num_workers={workers}, cpus_per_worker={cpus:g}, use_gpu={cfg.cluster.use_gpu}"
-    if cfg.cluster.in_trial:
-        # The trial itself is the worker and reads the study's materialized datasets: no Ray Data task.
-        need_cpu, parts = cpus, f"{cpus:g} for the trial, which trains in its own process"
-    else:
-        need_cpu = workers * cpus + DRIVER_CPU + DATA_CPU
-        parts = f"{workers} x {cpus:g} for its workers, {DATA_CPU:g} for Ray Data, {DRIVER_CPU:g} for its driver"
+    Args:
+        kinds: the node types the cluster's autoscaler may launch (capacity.node_types); None for a
+            fixed cluster, where the nodes that are up are all there will be.
+    Returns:
+        What to wait for (capacity.wait_for) when a trial fits only once the autoscaler has
+        launched nodes; None when it fits now, or on a fixed cluster.
+    """
+    bundles, parts = _trial(cfg)
+    nodes = capacity.alive_nodes()
+    ever = nodes + [k.resources for k in kinds or () for _ in range(k.max_workers)]
+    shape = f"cluster.num_workers={cfg.cluster.num_workers}, cpus_per_worker={cfg.cluster.cpus_per_worker:g}, "
+    shape += f"use_gpu={cfg.cluster.use_gpu}"
+    launchable = f" with every node its autoscaler may launch ({_kinds(kinds)})" if kinds else ""
+    need_cpu, need_gpu = (sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU"))
+    have_cpu, have_gpu = (sum(n.get(key, 0) for n in ever) for key in ("CPU", "GPU"))
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise ConfigError(
-            f"one trial needs {need_cpu:g} CPU ({parts}) and {need_gpu} GPU ({shape}), but the cluster has "
-            f"{have_cpu:g} CPU and {have_gpu:g} GPU in all: lower cluster.*, add nodes, or give `ray start` "
-            "more --num-cpus"
+            f"one trial needs {need_cpu:g} CPU ({parts}) and {need_gpu:g} GPU ({shape}), but the cluster has "
+            f"{have_cpu:g} CPU and {have_gpu:g} GPU in all{launchable}: lower cluster.*, add nodes or node "
+            "types, or give `ray start` more --num-cpus"
         )
-    gpu_each = 1 if cfg.cluster.use_gpu else 0
-    if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpu_each for n in nodes):
-        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+    worker = bundles[0]
+    if ever and not any(capacity.fits(worker, n) for n in ever):
+        biggest = max(ever, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         raise ConfigError(
-            f"one training worker needs {cpus:g} CPU and {gpu_each} GPU on a single node ({shape}), but the "
-            f"largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU"
+            f"one training worker needs {worker['CPU']:g} CPU and {worker.get('GPU', 0)} GPU on a single node "
+            f"({shape}), but the largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU"
+            f"{launchable}"
         )
+    if not kinds or capacity.place(bundles, nodes):
+        return None
+    if not capacity.place(bundles, ever):
+        raise ConfigError(f"one trial's workers ({parts}; {shape}) fit on no set of this cluster's nodes{launchable}")
+    trials = min(max(cfg.search.max_concurrent, 1), cfg.search.num_trials)
+    return capacity.Demand(bundles, trials, cfg.cluster.capacity_timeout_s)
+
+
+def _kinds(kinds: list[capacity.NodeType]) -> str:
+    return "; ".join(f"up to {k.max_workers} x {k.name}: {capacity.shape(k)}" for k in kinds)
 
 
 def check_cluster(cfg: Config) -> None:
-    """Checks that need the running cluster: resources a trial needs, storage every node reaches."""
-    import ray
+    """Checks that need the running cluster: resources a trial needs, storage every node reaches.
 
-    check_resources(cfg)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if not storage.is_remote(cfg.cluster.storage_path) and not cfg.cluster.storage_shared and len(nodes) > 1:
+    On a cluster whose autoscaler must first launch the nodes a trial needs (GPU workers that
+    scale from zero), asks for them and waits, with a progress line, up to cluster.capacity_timeout_s.
+    """
+    kinds = capacity.node_types()
+    demand = check_resources(cfg, kinds)
+    nodes = capacity.alive_nodes()
+    if not storage.is_remote(cfg.cluster.storage_path) and not cfg.cluster.storage_shared and (len(nodes) > 1 or kinds):
+        many = f"{len(nodes)} nodes" if len(nodes) > 1 else "an autoscaler that launches more nodes"
         raise ConfigError(
             f"cluster.storage_path={cfg.cluster.storage_path} is local to this node, but the cluster has "
-            f"{len(nodes)} nodes and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
+            f"{many} and Ray needs checkpoint storage they all reach: use s3://..., gs://... or "
             "a shared mount with cluster.storage_shared=true"
         )
+    if demand is not None:
+        capacity.wait_for(demand, kinds)
+
+
+def spans_nodes() -> bool:
+    """Whether trials may run on another node than this driver's (several nodes, or an autoscaler)."""
+    return len(capacity.alive_nodes()) > 1 or bool(capacity.node_types())
 
 
 def init_ray(cfg: Config, *, verbose: bool = False) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fracture.core import metrics
+from fracture.core import metrics, storage
 from fracture.core.config import Config
 from fracture.core.redact import redact
 from fracture.track import flavor, registry, store, study_runs
@@ -110,7 +110,8 @@ def _log_checkpoint(client, uri: str, summary: dict, data_report: list[Path]) ->
     from mlflow.entities import RunTag
 
     run_id = summary["run_id"]
-    store.retry(client.log_artifacts, run_id, summary["checkpoint"], CHECKPOINT_ARTIFACT)
+    with storage.local_dir(summary["checkpoint"]) as files:  # MLflow logs files on this disk, not a URI's
+        store.retry(client.log_artifacts, run_id, str(files), CHECKPOINT_ARTIFACT)
     store.retry(
         client.log_batch,
         run_id,

@@ -56,16 +56,28 @@ def best_checkpoint(results, metric: str = metrics.PRIMARY) -> tuple[Any, dict]:
         raise RuntimeError(f"best trial {best.path} reported no checkpoint")
     frame = frame[frame["checkpoint_path"].notna()].sort_values(metric, ascending=metrics.MODE == "min")
     for _, row in frame.iterrows():
-        path = row["checkpoint_path"]
+        path = _location(row["checkpoint_path"], best.filesystem)
         if storage.is_remote(path) or Path(path).joinpath("state.json").is_file():
-            return best, row.to_dict()
+            return best, row.to_dict() | {"checkpoint_path": path}
     raise RuntimeError(f"best trial {best.path}: none of its checkpoints is still on disk")
+
+
+def _location(path: str, filesystem) -> str:
+    """A reported checkpoint path as the study's storage names it. Ray reports a checkpoint on remote
+    storage by its path in the bucket (TorchTrainer's TuneReportCallback, a resumed trial's replay),
+    without the scheme, which would read as a local path."""
+    import pyarrow.fs
+
+    if storage.is_remote(path) or isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        return path
+    return f"{filesystem.type_name}://{path}"
 
 
 def candidate(results, metric: str = metrics.PRIMARY) -> Candidate:
     """The study's best checkpoint by `metric` (best_checkpoint), loaded: what tracking.register logs and registers."""
     best, row = best_checkpoint(results, metric)
-    net, state = checkpoint.load_model(row["checkpoint_path"])
+    with storage.local_dir(row["checkpoint_path"]) as files:  # torch.load opens files on this disk
+        net, state = checkpoint.load_model(files)
     return Candidate(trial_id=best.metrics["trial_id"], row=row, net=net, state=state, history=trial_history(best))
 
 

@@ -81,7 +81,8 @@ class TrialSession:
     """The loop in the Tune trial's own process: one rank, the study's datasets as they are.
 
     Args:
-        datasets: {"train", "val"} Ray Datasets (data.build_datasets), iterated here directly.
+        datasets: {"train", "val"} Ray Datasets, or the CacheFiles this process reads itself
+            (data.pipeline.build_datasets), iterated here directly.
         run_dir: the trial's checkpoint directory (a local path or a URI), as a Train run's.
         ranked: the metric checkpoints are ranked by (metrics.ranked); keep: how many of the best stay.
         use_gpu: the trial holds a GPU (Ray has made it this process's only visible one).
@@ -105,7 +106,9 @@ class TrialSession:
         return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
 
     def shard(self, split: str):
-        return self.datasets[split]
+        from fracture.data import pipeline  # (pandas, Ray Data: only where a trial trains)
+
+        return pipeline.opened(self.datasets[split])
 
     def prepare_model(self, net: torch.nn.Module) -> torch.nn.Module:
         return net.to(self.device)

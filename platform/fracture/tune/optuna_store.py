@@ -3,34 +3,68 @@
 Optuna's study lives in the study dir (`optuna.db`, sqlite), not only inside the pickled searcher:
 `--extend` builds a new Tuner whose OptunaSearch loads it (create_study(load_if_exists=True)), so
 the sampler conditions on every earlier trial, and `search.warm_start` seeds a new study's storage
-with another study's trials. A study on remote storage (s3://...) keeps it in memory: sqlite
-needs a local file, so such a study cannot be extended.
+with another study's trials. sqlite needs a file on this disk, so on remote storage (s3://...) the
+driver, the only writer, works on a local copy (StudyPaths.optuna_local): `fetch` makes it the
+study's before a Tune run, `stored` copies it back beside the study when the run ends, finished or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
 from fracture.core import metrics
 from fracture.core.config import Config, ConfigError, loads
-from fracture.core.storage import StudyPaths, exists, is_remote, read_text
+from fracture.core.storage import StudyPaths, download_file, exists, is_remote, local_copy, read_text, upload_file
 from fracture.tune.space import search_space
 
 log = logging.getLogger(__name__)
 
 
 def optuna_storage(paths: StudyPaths):
-    """The study's Optuna storage (sqlite optuna.db in its dir); None (in memory) on remote storage."""
+    """The study's Optuna storage: sqlite, its optuna.db (on remote storage, the driver's copy of it)."""
     import optuna
 
-    if is_remote(paths.root):
-        log.info("Optuna's study stays in memory: %s is remote storage, where no sqlite file can live", paths.root)
-        return None
-    Path(paths.root).mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{paths.optuna}")
+    local = paths.optuna_local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{local}")
+
+
+def fetch(paths: StudyPaths, *, fresh: bool) -> None:
+    """Before a Tune run on remote storage: make the driver's copy of optuna.db the study's.
+
+    Args:
+        fresh: a new study, which starts with none: a copy left by an earlier study of the same
+            name (in another bucket, or one --overwrite removed) would otherwise be loaded by
+            create_study(load_if_exists=True). Otherwise (--resume, --extend) the stored one, so a
+            study goes on from another machine too; a study that stored none yet (its driver was
+            killed before its first Tune run ended) keeps this driver's copy, if there is one.
+    """
+    if not is_remote(paths.root):
+        return
+    local = paths.optuna_local
+    if fresh:
+        local.unlink(missing_ok=True)
+    elif download_file(paths.optuna, local):
+        log.info("Optuna's study: %s copied to %s", paths.optuna, local)
+
+
+@contextlib.contextmanager
+def stored(paths: StudyPaths) -> Iterator[None]:
+    """Around a Tune run on remote storage: when it ends (finished, interrupted or failed), the
+    driver's copy of optuna.db goes back beside the study, where --extend, search.warm_start and a
+    --resume find it."""
+    try:
+        yield
+    finally:
+        local = paths.optuna_local
+        if is_remote(paths.root) and local.is_file():
+            upload_file(local, paths.optuna)
+            log.info("Optuna's study: %s copied to %s", local, paths.optuna)
 
 
 def earlier_results(paths: StudyPaths) -> list:
@@ -44,7 +78,7 @@ def earlier_results(paths: StudyPaths) -> list:
     return results
 
 
-def optuna_trials(location: str) -> tuple[str, list]:
+def optuna_trials(location: str | Path) -> tuple[str, list]:
     """(study name, trials) of the Optuna study in the sqlite file `location` (one study per file)."""
     import optuna
 
@@ -67,12 +101,9 @@ def warm_trials(cfg: Config) -> list:
 
     source = StudyPaths.at(cfg.search.warm_start)
     where = f"search.warm_start={cfg.search.warm_start}"
-    if is_remote(cfg.cluster.storage_path):
-        raise ConfigError(f"{where}: this study is on remote storage, where its Optuna study stays in memory")
-    if is_remote(source.root) or not exists(source.optuna):
+    if not exists(source.optuna):
         raise ConfigError(
-            f"{where}: no Optuna study there ({source.optuna} not found; a study on local storage that "
-            "searched something keeps one)"
+            f"{where}: no Optuna study there ({source.optuna} not found; a study that searched something keeps one)"
         )
     if not cfg.search.space:
         raise ConfigError(f"{where}: this study searches nothing (search.space is empty)")
@@ -83,7 +114,8 @@ def warm_trials(cfg: Config) -> list:
             f"{where}: that study ranked trials by {theirs_ranked}, this one by {metrics.ranked(cfg)}: "
             "their values cannot be compared"
         )
-    _, trials = optuna_trials(source.optuna)
+    with local_copy(source.optuna) as location:  # sqlite reads a file on this disk
+        _, trials = optuna_trials(location)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     ours = OptunaSearch.convert_search_space({"config": search_space(cfg)})
     theirs = {k for t in done for k in t.params}

@@ -90,7 +90,7 @@ def resolve_paths(cfg: Config) -> Config:
 
     return cfg.replace(
         data={
-            "root": absolute(cfg.data.root),
+            "root": data_root(absolute(cfg.data.root)),
             "manifest": absolute(cfg.data.manifest),
             "cache_dir": absolute(cfg.data.cache_dir),
         },
@@ -101,3 +101,12 @@ def resolve_paths(cfg: Config) -> Config:
             else absolute(cfg.model.weights)
         },
     )
+
+
+def data_root(root: str) -> str:
+    """`root`, or its one subfolder that holds dataset.csv: an archive unpacked into data.root
+    (figshare's FracAtlas.zip holds a FracAtlas/ folder) names the folder above the data."""
+    if not root or "://" in root or (Path(root) / "dataset.csv").is_file():
+        return root
+    found = sorted(Path(root).glob("*/dataset.csv"))
+    return str(found[0].parent) if len(found) == 1 else root

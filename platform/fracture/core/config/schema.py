@@ -112,6 +112,9 @@ class ClusterConfig:
     cpus_per_worker: float = 1.0
     storage_path: str = "runs"  # local dir for one node; shared FS or s3:// / gs:// on many
     storage_shared: bool = False  # true when storage_path is a mount that every node sees (NFS, EFS)
+    # A cluster whose autoscaler must first launch the nodes a trial needs (GPU workers from zero):
+    # how long the study waits for room for one trial before it fails with one error line
+    capacity_timeout_s: float = 900.0
     max_failures: int = 0  # restarts of a failed trial (or its worker group) from its last checkpoint
     # auto: a one-worker trial trains in its Tune trial's own process (fracture.train.session.TrialSession,
     # ~1 s of overhead), several workers through a TorchTrainer (DDP); trainer: always a TorchTrainer

@@ -132,6 +132,7 @@ def _check_values(cfg: Config) -> None:
         ("train.ema_decay", 0.0 <= cfg.train.ema_decay < 1.0, "must be in [0, 1) (0 disables the average)"),
         ("train.batch_size_per_worker", cfg.train.batch_size_per_worker >= 1, "must be >= 1"),
         ("cluster.num_workers", cfg.cluster.num_workers >= 1, "must be >= 1"),
+        ("cluster.capacity_timeout_s", cfg.cluster.capacity_timeout_s >= 0, "must be >= 0 (0: no waiting)"),
         ("search.num_trials", cfg.search.num_trials >= 1, "must be >= 1"),
         ("search.target_sensitivity", 0 < cfg.search.target_sensitivity < 1, "must be in (0, 1)"),
     ]
