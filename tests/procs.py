@@ -6,12 +6,13 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+from fracture.runtime import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
@@ -79,10 +80,17 @@ def tiny_job_args(
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_tune(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """jobs/tune.py ARGV started in a process session of its own (stop_session ends it), its output in `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "jobs" / "tune.py"), *argv],
+            cwd=ROOT,
+            env=job_env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 PORTS = (
@@ -117,7 +125,7 @@ def ray_head(workdir: Path, *args: str, env: dict | None = None, num_cpus: int =
     }
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
-    ports = {name: free_port() for name in PORTS} | ({"port": port} if port else {})
+    ports = {name: cluster.free_port() for name in PORTS} | ({"port": port} if port else {})
     log = workdir / "head.log"
     with log.open("w") as out:
         # --block keeps `ray start` as the leader of a session of its own: teardown ends that session only.

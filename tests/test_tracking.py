@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-from procs import job_env, stop_session
+from procs import start_tune, stop_session
 
 from fracture import cli
 from fracture.runtime import cluster
@@ -159,18 +159,6 @@ def _server(port: int, directory: Path) -> subprocess.Popen:
             time.sleep(1)
 
 
-def _job(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "jobs" / "tune.py"), *argv],
-            cwd=ROOT,
-            env=job_env(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_study_whose_server_dies_stops_and_resumes_as_its_error_says(tmp_path, synthetic_root):
@@ -184,7 +172,7 @@ def test_a_study_whose_server_dies_stops_and_resumes_as_its_error_says(tmp_path,
     first, second = tmp_path / "first.log", tmp_path / "resume.log"
     server = _server(port, tmp_path / "server")
     try:
-        job = _job(argv, first, env)
+        job = start_tune(argv, first, env)
         try:
             while "trial_001 started" not in first.read_text():
                 assert job.poll() is None, first.read_text()[-3000:]
@@ -206,7 +194,7 @@ def test_a_study_whose_server_dies_stops_and_resumes_as_its_error_says(tmp_path,
         assert resume == ["--resume", str(tmp_path / "runs" / "demo")], errors[0]
 
         server = _server(port, tmp_path / "server")  # back, same address and store
-        job = _job(resume, second, env)
+        job = start_tune(resume, second, env)
         try:
             job.wait(timeout=400)
         finally:

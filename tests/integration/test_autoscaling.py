@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import free_port, job_env, ray_head
+from procs import job_env, ray_head
+
+from fracture.runtime import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,7 +62,7 @@ def _config(gcs: str) -> dict:
 @pytest.fixture
 def autoscaling_head(tmp_path):
     """A `ray start --head` of 1 CPU whose autoscaler may launch one 2-CPU node; none is up."""
-    config, port = tmp_path / "autoscaler.json", free_port()
+    config, port = tmp_path / "autoscaler.json", cluster.free_port()
     config.write_text(json.dumps(_config(f"127.0.0.1:{port}")))
     fake = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     with ray_head(tmp_path, f"--autoscaling-config={config}", env=fake, num_cpus=1, port=port) as head:

@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import job_env, stop_session
+from procs import job_env, start_tune, stop_session
+
+from fracture.runtime import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,18 +39,12 @@ PREFIX = f"runs/{NAME}"
 STUDY = f"s3://{BUCKET}/{PREFIX}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """(boto3 client, the jobs' AWS environment) of a moto S3 server holding an empty BUCKET."""
     import boto3
 
-    port = _free_port()
+    port = cluster.free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("w") as out:
@@ -114,15 +110,7 @@ def _job(args: list[str], env: dict, timeout: int = 300) -> subprocess.Completed
 
 def _interrupted(args: list[str], env: dict, log: Path) -> tuple[int, str]:
     """Run the study and SIGINT it (as Ctrl-C) once trial_001 has reported its first of two epochs."""
-    with log.open("w") as out:
-        job = subprocess.Popen(
-            [sys.executable, str(ROOT / "jobs" / "tune.py"), *args],
-            cwd=ROOT,
-            env=job_env(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    job = start_tune(args, log, env)
     try:
         deadline = time.time() + 240
         while job.poll() is None and "trial_001 epoch 1/2" not in log.read_text() and time.time() < deadline:

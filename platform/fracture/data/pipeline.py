@@ -250,9 +250,7 @@ def decoded(cfg: Config, split: str, columns: list[str] | None = None, *, files_
     if sum(f.stat().st_size for f in files) <= READ_IN_DRIVER_BYTES:
         # A small cache is read here and put in the object store as is (a block per file): Ray
         # Data's own read of it costs seconds of task start-up, more than the read.
-        import pyarrow.parquet as pq
-
-        return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
+        return _from_parquet(files, columns)
     # A large one is read by Ray Data's tasks, in parallel and without passing through this process.
     ds = ray.data.read_parquet([str(f) for f in files])
     ds.context.execution_options.preserve_order = True
@@ -276,13 +274,18 @@ def opened(source):
     if not isinstance(source, CacheFiles):
         return source
     if source not in _OPENED:
-        import pyarrow.parquet as pq
-        import ray.data
-
-        ds = ray.data.from_arrow([pq.read_table(f, columns=list(source.columns) or None) for f in source.files])
+        ds = _from_parquet(source.files, list(source.columns) or None)
         ds.context.execution_options.preserve_order = True
         _OPENED[source] = ds
     return _OPENED[source]
+
+
+def _from_parquet(files, columns: list[str] | None):
+    """The cache's Parquet files read in this process, put in its node's object store as is (a block per file)."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    return ray.data.from_arrow([pq.read_table(f, columns=columns) for f in files])
 
 
 def build_datasets(cfg: Config, *, read_in_trial: bool = False) -> dict:
